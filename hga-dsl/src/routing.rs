@@ -1,0 +1,105 @@
+//! Routing parameters: chunking, the always-attended windows, budgets, how summaries score, and whether
+//! routing is per query head or shared per KV head.
+
+use serde::{Deserialize, Serialize};
+
+/// How a chunk or group summary is built and scored against a query.
+///
+/// Non-exhaustive: better routers are added as new kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ScoreKind {
+    /// The reference: token-wise sum on high-frequency pairs, anchor-rotated raw sum on low ones.
+    #[default]
+    MixedRope,
+    /// Plain sum of the rotated keys.
+    SumRotated,
+    /// Quest-style bound: element-wise min and max of the rotated keys, score `Σ max(q·min, q·max)`.
+    MinMax,
+}
+
+impl ScoreKind {
+    /// Short name used in variant keys.
+    pub fn short(self) -> &'static str {
+        match self {
+            ScoreKind::MixedRope => "mixed",
+            ScoreKind::SumRotated => "sum",
+            ScoreKind::MinMax => "minmax",
+        }
+    }
+    /// Vectors of `head_dim` stored per summary (min/max stores two).
+    pub fn vectors(self) -> usize {
+        match self {
+            ScoreKind::MinMax => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Who routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Each query head picks its own chunks and groups (the reference); the fetch is the union.
+    #[default]
+    PerQueryHead,
+    /// The query heads of one KV head pick together by summed softmax mass of their scores.
+    PerKvHead,
+}
+
+impl Sharing {
+    /// Short name used in variant keys.
+    pub fn short(self) -> &'static str {
+        match self {
+            Sharing::PerQueryHead => "qh",
+            Sharing::PerKvHead => "kvh",
+        }
+    }
+}
+
+/// Routing parameters (DESIGN.md §1). Defaults are the reference router's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routing {
+    /// Tokens per chunk `C`.
+    pub chunk: u32,
+    /// Tokens per group `g` (divides `chunk`).
+    pub group: u32,
+    /// Closed chunks at the start always attended (sinks).
+    pub keep_first: u32,
+    /// Last closed chunks always attended (local window).
+    pub keep_last: u32,
+    /// Chunks selected by chunk scoring.
+    pub top_chunks: u32,
+    /// Groups opened among the selected chunks' groups.
+    pub top_groups: u32,
+    /// Summary kind.
+    pub score: ScoreKind,
+    /// Per query head or shared per KV head.
+    pub sharing: Sharing,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            chunk: 64,
+            group: 16,
+            keep_first: 2,
+            keep_last: 8,
+            top_chunks: 16,
+            top_groups: 32,
+            score: ScoreKind::MixedRope,
+            sharing: Sharing::PerQueryHead,
+        }
+    }
+}
+
+impl Routing {
+    /// Budgets large enough that every candidate is opened: HGA then equals dense attention.
+    pub fn full_budget(mut self) -> Self {
+        self.top_chunks = u32::MAX / 1024;
+        self.top_groups = u32::MAX / 1024;
+        self
+    }
+}

@@ -1,0 +1,1 @@
+//! Proc-macro front end over `hga-dsl` (filled in by the proc-macro issue).
