@@ -32,22 +32,42 @@ impl HfModel {
         let v: Value =
             serde_json::from_str(text).map_err(|e| SpecError::Parse { message: e.to_string(), span: None })?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
-        let q_heads = uint(&v, "num_attention_heads")?;
+        // GPT-J and GPT-2 style configs name the same numbers `n_head`, `n_embd`, `n_layer`, `n_positions`.
+        let q_heads = uint(&v, "num_attention_heads", "n_head")?;
         let kv_heads = opt_uint(&v, "num_key_value_heads")?.unwrap_or(q_heads);
         let head_dim = match opt_uint(&v, "head_dim")? {
             Some(d) => d,
             None => {
-                let hidden = uint(&v, "hidden_size")?;
+                let hidden = uint(&v, "hidden_size", "n_embd")?;
                 if q_heads == 0 || hidden % q_heads != 0 {
                     return Err(unsupported("hidden_size", "not a multiple of num_attention_heads"));
                 }
                 hidden / q_heads
             }
         };
-        let layers = uint(&v, "num_hidden_layers")?;
-        let max_position = opt_uint(&v, "max_position_embeddings")?.unwrap_or(0) as u64;
-        if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(unsupported("use_sliding_window", "sliding-window attention layers are not HGA's target"));
+        let layers = uint(&v, "num_hidden_layers", "n_layer")?;
+        let max_position =
+            opt_uint(&v, "max_position_embeddings")?.or(opt_uint(&v, "n_positions")?).unwrap_or(0) as u64;
+        match v.get("use_sliding_window").and_then(Value::as_bool) {
+            Some(true) => {
+                return Err(unsupported("use_sliding_window", "sliding-window attention layers are not HGA's target"))
+            }
+            // Qwen2/Qwen3 write a `sliding_window` size but switch it off with `use_sliding_window: false`.
+            Some(false) => {}
+            // Mistral v0.1 and others have no switch: a window shorter than the context is in use.
+            None => {
+                if let Some(w) = v.get("sliding_window").and_then(Value::as_u64) {
+                    if max_position == 0 || w < max_position {
+                        return Err(unsupported(
+                            "sliding_window",
+                            &format!(
+                                "a sliding window of {w} tokens (shorter than max_position_embeddings \
+                                 {max_position}) is not HGA's target"
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
             if types.iter().any(|t| t.as_str() != Some("full_attention")) {
@@ -62,10 +82,13 @@ impl HfModel {
             .map(|t| t.as_f64().ok_or_else(|| unsupported("rope_theta", "not a number")))
             .transpose()?
             .unwrap_or(10000.0);
-        let scaling_obj = rope_params.or_else(|| v.get("rope_scaling").filter(|s| s.is_object()));
+        let scaling_obj = match rope_params {
+            Some(p) => Some(("rope_parameters", p)),
+            None => v.get("rope_scaling").filter(|s| s.is_object()).map(|s| ("rope_scaling", s)),
+        };
         let rope_scaling = match scaling_obj {
             None => None,
-            Some(s) => scaling(s)?,
+            Some((name, s)) => scaling(name, s)?,
         };
         let (rope_style, mut rotary_dim) =
             if model_type == "gptj" { (RopeStyle::Gptj, opt_uint(&v, "rotary_dim")?) } else { (RopeStyle::Neox, None) };
@@ -96,12 +119,11 @@ impl HfModel {
     }
 }
 
-fn scaling(s: &Value) -> Result<Option<RopeScaling>, SpecError> {
+/// The scaling in the object `name` (`rope_scaling`, or `rope_parameters` in newer configs).
+fn scaling(name: &str, s: &Value) -> Result<Option<RopeScaling>, SpecError> {
     let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
     let f = |k: &str| -> Result<f64, SpecError> {
-        s.get(k)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| unsupported(&format!("rope_scaling.{k}"), "missing or not a number"))
+        s.get(k).and_then(Value::as_f64).ok_or_else(|| unsupported(&format!("{name}.{k}"), "missing or not a number"))
     };
     match kind {
         "default" => Ok(None),
@@ -113,7 +135,7 @@ fn scaling(s: &Value) -> Result<Option<RopeScaling>, SpecError> {
             original_max_position: f("original_max_position_embeddings")? as u64,
         })),
         other => Err(unsupported(
-            "rope_scaling.rope_type",
+            &format!("{name}.rope_type"),
             &format!("`{other}` is not supported (supported: default, linear, llama3)"),
         )),
     }
@@ -134,6 +156,10 @@ fn opt_uint(v: &Value, key: &str) -> Result<Option<u32>, SpecError> {
     }
 }
 
-fn uint(v: &Value, key: &str) -> Result<u32, SpecError> {
-    opt_uint(v, key)?.ok_or_else(|| unsupported(key, "missing"))
+/// A required count, under its Hugging Face name `key` or the GPT-2/GPT-J name `alias`.
+fn uint(v: &Value, key: &str, alias: &str) -> Result<u32, SpecError> {
+    match opt_uint(v, key)? {
+        Some(n) => Ok(n),
+        None => opt_uint(v, alias)?.ok_or_else(|| unsupported(key, &format!("missing (nor is `{alias}` given)"))),
+    }
 }

@@ -16,6 +16,8 @@ pub enum ScoreKind {
     /// Plain sum of the rotated keys.
     SumRotated,
     /// Quest-style bound: element-wise min and max of the rotated keys, score `Σ max(q·min, q·max)`.
+    /// Written `minmax` (the name), not serde's `min_max`.
+    #[serde(rename = "minmax")]
     MinMax,
 }
 

@@ -133,7 +133,8 @@ fn check_routing(c: &mut Checker, r: &Routing) {
     }
     c.check(r.top_chunks >= 1, "routing.top_chunks", r.top_chunks, "must be >= 1");
     c.check(r.top_groups >= 1, "routing.top_groups", r.top_groups, "must be >= 1");
-    if r.group >= 1 && r.chunk % r.group == 0 {
+    // Only when chunk, group and top_chunks are valid: otherwise the bound would repeat their error.
+    if (2..=1024).contains(&r.chunk) && r.group >= 1 && r.chunk % r.group == 0 && r.top_chunks >= 1 {
         let reachable = r.top_chunks as u64 * (r.chunk / r.group) as u64;
         c.check(
             r.top_groups as u64 <= reachable,
