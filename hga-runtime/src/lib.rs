@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod engine;
 pub mod error;
 
 pub use error::RuntimeError;

@@ -1,0 +1,233 @@
+//! The cache object an engine creates once per model: sequences, appends, batched decode attention.
+
+use super::config::CacheConfig;
+use super::cpu_backend::CpuBackend;
+use super::telemetry::{StepTelemetry, Totals};
+use crate::cpu::HeadLayout;
+use crate::RuntimeError;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+/// A sequence handle, unique for the life of its cache (ids are never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u64);
+
+/// Which backend to create the cache on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The GPU when one is usable, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU backend (reference semantics, f32, everything in host RAM).
+    Cpu,
+    /// The GPU backend on device `ordinal`; an error when it is not usable.
+    Gpu {
+        /// CUDA device ordinal.
+        ordinal: usize,
+    },
+}
+
+/// The backend a cache runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// [`crate::cpu`].
+    Cpu,
+    /// The CUDA offload runtime.
+    Gpu,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Cpu(CpuBackend),
+}
+
+/// K/V and summaries of every layer of every live sequence of one model, with HGA decode attention.
+///
+/// Every method checks its input completely before changing anything: on error the cache is as it was.
+#[derive(Debug)]
+pub struct HgaCache {
+    config: CacheConfig,
+    layout: HeadLayout,
+    /// Tokens per layer of each live sequence.
+    lens: BTreeMap<SeqId, Vec<usize>>,
+    next_id: u64,
+    host_used: u64,
+    backend: Backend,
+    totals: Totals,
+}
+
+impl HgaCache {
+    /// Creates an empty cache. `Auto` picks the GPU when the crate was built with it and a device is
+    /// usable, else the CPU.
+    pub fn new(config: CacheConfig, choice: BackendChoice) -> Result<Self, RuntimeError> {
+        config.validate()?;
+        let backend = match choice {
+            BackendChoice::Cpu | BackendChoice::Auto => {
+                Backend::Cpu(CpuBackend::new(config.spec.clone(), config.layers))
+            }
+            BackendChoice::Gpu { .. } => {
+                return Err(RuntimeError::NoGpu { reason: "the GPU backend is not available in this build".into() })
+            }
+        };
+        Ok(HgaCache {
+            layout: config.layout(),
+            config,
+            lens: BTreeMap::new(),
+            next_id: 0,
+            host_used: 0,
+            backend,
+            totals: Totals::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        match self.backend {
+            Backend::Cpu(_) => BackendKind::Cpu,
+        }
+    }
+
+    /// Head counts.
+    pub fn layout(&self) -> HeadLayout {
+        self.layout
+    }
+
+    /// Live sequences, ascending.
+    pub fn sequences(&self) -> Vec<SeqId> {
+        self.lens.keys().copied().collect()
+    }
+
+    /// Tokens sequence `id` holds in `layer`.
+    pub fn seq_len(&self, id: SeqId, layer: usize) -> Result<usize, RuntimeError> {
+        self.check_layer(layer)?;
+        Ok(self.lens(id)?[layer])
+    }
+
+    /// Host bytes the K/V store uses.
+    pub fn host_bytes(&self) -> u64 {
+        self.host_used
+    }
+
+    /// Totals over all steps so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Adds an empty sequence.
+    pub fn add_sequence(&mut self) -> Result<SeqId, RuntimeError> {
+        if self.lens.len() >= self.config.max_sequences {
+            return Err(RuntimeError::CapacityExceeded {
+                field: "sequences",
+                requested: self.lens.len() + 1,
+                limit: self.config.max_sequences,
+            });
+        }
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        match &mut self.backend {
+            Backend::Cpu(b) => b.add_sequence(id),
+        }
+        self.lens.insert(id, vec![0; self.config.layers]);
+        Ok(id)
+    }
+
+    /// Removes a sequence and frees its memory.
+    pub fn remove_sequence(&mut self, id: SeqId) -> Result<(), RuntimeError> {
+        let lens = self.lens.remove(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+        self.host_used -= lens.iter().map(|&n| self.host_bytes_at(n)).sum::<u64>();
+        match &mut self.backend {
+            Backend::Cpu(b) => b.remove_sequence(id),
+        }
+        Ok(())
+    }
+
+    /// Appends `n` tokens of sequence `id` in `layer`: `k` and `v` are `[n][kv_heads][head_dim]` f32,
+    /// keys after RoPE.
+    pub fn append(&mut self, id: SeqId, layer: usize, k: &[f32], v: &[f32]) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let len = self.lens(id)?[layer];
+        let l = self.layout;
+        let n = l.tokens("k", k, l.kv_heads)?;
+        HeadLayout::exact("v", v, k.len())?;
+        l.tokens("v", v, l.kv_heads)?;
+        if len + n > self.config.max_seq_len {
+            return Err(RuntimeError::CapacityExceeded {
+                field: "sequence length",
+                requested: len + n,
+                limit: self.config.max_seq_len,
+            });
+        }
+        let more = self.host_bytes_at(len + n) - self.host_bytes_at(len);
+        if self.host_used + more > self.config.host_budget_bytes {
+            return Err(RuntimeError::HostOutOfMemory {
+                requested: more,
+                used: self.host_used,
+                budget: self.config.host_budget_bytes,
+            });
+        }
+        match &mut self.backend {
+            Backend::Cpu(b) => b.append(id, layer, k, v)?,
+        }
+        self.host_used += more;
+        self.lens.get_mut(&id).expect("checked above")[layer] += n;
+        Ok(())
+    }
+
+    /// Decode attention in `layer` for a batch: the newest token's query of each sequence in `seqs`
+    /// (`q`: `[batch][q_heads][head_dim]`, after RoPE) into `out` (same shape). Each sequence must hold
+    /// at least one token in `layer`, and appear once.
+    pub fn attend(
+        &mut self,
+        layer: usize,
+        seqs: &[SeqId],
+        q: &[f32],
+        out: &mut [f32],
+    ) -> Result<StepTelemetry, RuntimeError> {
+        let t0 = Instant::now();
+        self.check_layer(layer)?;
+        let mut seen = HashSet::with_capacity(seqs.len());
+        for &id in seqs {
+            if !seen.insert(id) {
+                return Err(RuntimeError::DuplicateSequence { id: id.0 });
+            }
+            if self.lens(id)?[layer] == 0 {
+                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
+            }
+        }
+        let l = self.layout;
+        HeadLayout::exact("q", q, seqs.len() * l.q_heads * l.head_dim)?;
+        l.tokens("q", q, l.q_heads)?;
+        HeadLayout::exact("out", out, q.len())?;
+        let mut tel = StepTelemetry { sequences: seqs.len(), ..StepTelemetry::default() };
+        match &mut self.backend {
+            Backend::Cpu(b) => {
+                b.attend(layer, seqs, q, out, &mut tel)?;
+            }
+        }
+        tel.stages.total = t0.elapsed();
+        self.totals.add(&tel);
+        Ok(tel)
+    }
+
+    fn lens(&self, id: SeqId) -> Result<&Vec<usize>, RuntimeError> {
+        self.lens.get(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<(), RuntimeError> {
+        if layer >= self.config.layers {
+            return Err(RuntimeError::IndexOutOfRange { field: "layer", value: layer, limit: self.config.layers });
+        }
+        Ok(())
+    }
+
+    fn host_bytes_at(&self, len: usize) -> u64 {
+        match &self.backend {
+            Backend::Cpu(_) => CpuBackend::host_bytes(&self.config.spec, len),
+        }
+    }
+}

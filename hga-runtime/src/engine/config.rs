@@ -1,0 +1,67 @@
+//! What a cache is created with: the model's spec, layer count, length and memory limits.
+
+use crate::cpu::HeadLayout;
+use crate::RuntimeError;
+use hga_dsl::ValidSpec;
+
+/// Configuration of one [`super::HgaCache`]: the model, the limits appends are checked against, and
+/// the memory budgets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Head layout, RoPE and routing (shared by all layers).
+    pub spec: ValidSpec,
+    /// Attention layers of the model (≥ 1).
+    pub layers: usize,
+    /// Most tokens one sequence may hold per layer (≥ 1); appends beyond it are errors.
+    pub max_seq_len: usize,
+    /// Most sequences alive at once (≥ 1).
+    pub max_sequences: usize,
+    /// Host RAM the K/V store may use, in bytes (all layers and sequences together).
+    pub host_budget_bytes: u64,
+    /// GPU memory the working set (slot pool) may use, in bytes; `None` derives it from free GPU memory
+    /// (a quarter of it). The CPU backend uses it to size its modelled slot pool.
+    pub gpu_budget_bytes: Option<u64>,
+}
+
+impl CacheConfig {
+    /// A configuration with 16 sequences, a host budget of 64 GiB and a GPU budget derived from free
+    /// memory.
+    pub fn new(spec: ValidSpec, layers: usize, max_seq_len: usize) -> Self {
+        CacheConfig {
+            spec,
+            layers,
+            max_seq_len,
+            max_sequences: 16,
+            host_budget_bytes: 64 << 30,
+            gpu_budget_bytes: None,
+        }
+    }
+
+    /// Head counts of the spec.
+    pub fn layout(&self) -> HeadLayout {
+        HeadLayout::of(&self.spec)
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |field: &'static str, value: String, allowed: &str| {
+            Err(RuntimeError::InvalidConfig { field, value, allowed: allowed.to_string() })
+        };
+        if self.layers == 0 || self.layers > 4096 {
+            return bad("layers", self.layers.to_string(), "must be in 1..=4096");
+        }
+        if self.max_seq_len == 0 || self.max_seq_len > 1 << 30 {
+            return bad("max_seq_len", self.max_seq_len.to_string(), "must be in 1..=2^30");
+        }
+        if self.max_sequences == 0 || self.max_sequences > 1 << 16 {
+            return bad("max_sequences", self.max_sequences.to_string(), "must be in 1..=65536");
+        }
+        if self.host_budget_bytes == 0 {
+            return bad("host_budget_bytes", "0".into(), "must be > 0");
+        }
+        if self.gpu_budget_bytes == Some(0) {
+            return bad("gpu_budget_bytes", "0".into(), "must be > 0 (or None to derive it)");
+        }
+        Ok(())
+    }
+}
