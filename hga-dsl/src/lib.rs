@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod codegen;
 pub mod error;
 pub mod hf;
 pub mod kernel;

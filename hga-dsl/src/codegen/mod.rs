@@ -1,0 +1,248 @@
+//! CUDA C++ code generation for the kernels of one decode step (DESIGN.md §2).
+//!
+//! [`generate`] turns a [`ValidSpec`] into one self-contained translation unit (no include directive: NVRTC
+//! from a wheel has no toolkit headers) holding every kernel of a decode step, specialized by a prelude
+//! of compile-time constants (head dim, group size, GQA ratio, budgets, tiles, RoPE frequencies). The
+//! text is deterministic: the same spec gives byte-identical source, and its header names the variant
+//! key and [`GENERATOR_VERSION`].
+//!
+//! The kernels all take one `HgaParams` struct by value (its C layout is in the source; the runtime
+//! mirrors it) and run, per step, in this order:
+//!
+//! | kernel | grid | does |
+//! | --- | --- | --- |
+//! | `hga_append` | (KVH, B), block D | writes the step's K/V into the GPU window (sinks + local ring) |
+//! | `hga_summarize` | (KVH, B), block D | chunk + group summaries of a chunk that just closed |
+//! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
+//! | `hga_chunk_select` | (units, B) | top `top_chunks` per unit (summed softmax mass when shared) |
+//! | `hga_group_select` | (units, B) | groups of the selected chunks: score + top `top_groups` |
+//! | `hga_fetch_resolve` | (KVH, B) | union per KV head, slot-cache lookup, miss list |
+//! | `hga_fetch_assign` | (1) | slots for the misses (clock order, never a slot used this step) |
+//! | `hga_fetch_gather` | (any) | copies missed groups from mapped host memory into their slots |
+//! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention, fp32 online softmax |
+//! | `hga_merge` | (QH, B), block D | merges the splits into the output |
+//!
+//! ```
+//! use hga_dsl::{codegen, presets, Spec};
+//! let spec = Spec::new(presets::find("qwen3-30b")?.shape).validate()?;
+//! let src = codegen::generate(&spec);
+//! assert!(src.source.contains(&spec.variant_key()));
+//! assert!(src.entry_points.contains(&"hga_attend"));
+//! assert_eq!(src.source, codegen::generate(&spec).source);
+//! # Ok::<(), hga_dsl::SpecError>(())
+//! ```
+
+use crate::model::{DType, RopeStyle};
+use crate::routing::{ScoreKind, Sharing};
+use crate::spec::ValidSpec;
+use std::fmt::Write;
+
+/// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
+/// the kernels or the `HgaParams` layout change.
+pub const GENERATOR_VERSION: &str = "hga-codegen-1";
+
+/// Kernel entry points, in launch order within a step.
+pub const ENTRY_POINTS: [&str; 10] = [
+    "hga_append",
+    "hga_summarize",
+    "hga_chunk_score",
+    "hga_chunk_select",
+    "hga_group_select",
+    "hga_fetch_resolve",
+    "hga_fetch_assign",
+    "hga_fetch_gather",
+    "hga_attend",
+    "hga_merge",
+];
+
+/// Launch parameters derived from the spec; the runtime sizes grids and scratch buffers from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchParams {
+    /// Threads per block of the scoring, selection, fetch and attention kernels.
+    pub threads: u32,
+    /// Threads per block of `hga_append`, `hga_summarize` and `hga_merge` (= head dim).
+    pub head_threads: u32,
+    /// Splits of the attended tokens per (sequence, KV head, head tile).
+    pub split_k: u32,
+    /// Tokens per attention tile (the spec's `tile_tokens`, halved while shared memory would exceed
+    /// [`ATTEND_SMEM_LIMIT`]).
+    pub tile_tokens: u32,
+    /// Query heads per attention block (the largest divisor of the GQA ratio ≤ 8).
+    pub head_tile: u32,
+    /// Attention blocks per KV head: GQA ratio / `head_tile`.
+    pub head_tiles: u32,
+    /// Candidate chunks per `hga_chunk_score` block.
+    pub chunk_tile: u32,
+    /// Routing units: query heads, or KV heads when routing is shared.
+    pub units: u32,
+    /// 32-bit words of the per-group query-head mask.
+    pub mask_words: u32,
+    /// Vectors of `head_dim` floats per summary (2 for min/max).
+    pub summary_vectors: u32,
+    /// Chunks held by the GPU window of each (sequence, KV head): sinks + local window + current.
+    pub window_chunks: u32,
+    /// Static shared memory of `hga_attend` in bytes.
+    pub attend_smem_bytes: u32,
+}
+
+/// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
+pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
+
+/// The generated translation unit and what the runtime needs to launch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedSource {
+    /// Full CUDA C++ source (self-contained).
+    pub source: String,
+    /// `extern "C"` kernel names, in launch order within a step.
+    pub entry_points: Vec<&'static str>,
+    /// The spec's variant key (also in the header comment).
+    pub variant_key: String,
+    /// [`GENERATOR_VERSION`].
+    pub generator_version: &'static str,
+    /// Launch parameters.
+    pub launch: LaunchParams,
+}
+
+const KERNELS: &str = include_str!("kernels.cu");
+
+/// Derives the launch parameters of a spec.
+pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
+    let (m, r, k) = (spec.model(), spec.routing(), spec.kernel());
+    let gqa = spec.gqa() as u32;
+    let d = m.head_dim;
+    let head_tile = (1..=gqa.min(8)).rev().find(|t| gqa % t == 0).unwrap_or(1);
+    let mut tile_tokens = k.tile_tokens;
+    let smem = |tt: u32| head_tile * d * 4 + tt * (d / 2 + 1) * 4 + tt * d * 2 + head_tile * tt * 5 + head_tile * 12;
+    while smem(tile_tokens) > ATTEND_SMEM_LIMIT && tile_tokens > 16 {
+        tile_tokens /= 2;
+    }
+    LaunchParams {
+        threads: k.threads,
+        head_threads: d,
+        split_k: k.split_k,
+        tile_tokens,
+        head_tile,
+        head_tiles: gqa / head_tile,
+        chunk_tile: 4 * k.threads / 32,
+        units: match r.sharing {
+            Sharing::PerQueryHead => m.q_heads,
+            Sharing::PerKvHead => m.kv_heads,
+        },
+        mask_words: gqa.div_ceil(32),
+        summary_vectors: r.score.vectors() as u32,
+        window_chunks: r.keep_first + r.keep_last + 1,
+        attend_smem_bytes: smem(tile_tokens),
+    }
+}
+
+/// Generates the CUDA source of every decode-step kernel for `spec`.
+pub fn generate(spec: &ValidSpec) -> GeneratedSource {
+    let (m, r, k) = (spec.model(), spec.routing(), spec.kernel());
+    let lp = launch_params(spec);
+    let key = spec.variant_key();
+    let rope = spec.rope();
+    let gqa = spec.gqa();
+    let mut s = String::with_capacity(KERNELS.len() + 4096);
+    let w = &mut s;
+    // Writing to a String cannot fail.
+    let _ = writeln!(w, "// HGA decode-step kernels, generated by hga-dsl ({GENERATOR_VERSION}); do not edit.");
+    let _ = writeln!(w, "// variant: {key}");
+    let _ = writeln!(w, "// spec hash: {}", spec.content_hash());
+    let _ =
+        writeln!(w, "// Self-contained (no include directives); compile with NVRTC for one architecture (sm_80+).\n");
+    let define = |w: &mut String, name: &str, value: String, why: &str| {
+        let _ = writeln!(w, "#define {name:<14} {value:<14} // {why}");
+    };
+    define(w, "D", m.head_dim.to_string(), "head dimension");
+    define(w, "QH", m.q_heads.to_string(), "query heads");
+    define(w, "KVH", m.kv_heads.to_string(), "key/value heads");
+    define(w, "GQA", gqa.to_string(), "query heads per KV head");
+    define(w, "C", r.chunk.to_string(), "tokens per chunk");
+    define(w, "G", r.group.to_string(), "tokens per group");
+    define(w, "GPC", spec.groups_per_chunk().to_string(), "groups per chunk");
+    define(w, "KF", r.keep_first.to_string(), "sink chunks");
+    define(w, "KL", r.keep_last.to_string(), "local-window chunks");
+    define(w, "WIN_CHUNKS", lp.window_chunks.to_string(), "chunks held by the GPU window");
+    define(w, "TOP_CHUNKS", r.top_chunks.to_string(), "chunk budget");
+    define(w, "TOP_GROUPS", r.top_groups.to_string(), "group budget");
+    define(w, "SV", lp.summary_vectors.to_string(), "vectors per summary");
+    define(w, "SCORE_MIXED", u8::from(r.score == ScoreKind::MixedRope).to_string(), "score kind: mixed RoPE");
+    define(w, "SCORE_MINMAX", u8::from(r.score == ScoreKind::MinMax).to_string(), "score kind: min/max bound");
+    define(w, "SHARED", u8::from(r.sharing == Sharing::PerKvHead).to_string(), "routing shared per KV head");
+    define(w, "UNITS", lp.units.to_string(), "routing units");
+    let unit_heads = if r.sharing == Sharing::PerKvHead { gqa } else { 1 };
+    define(w, "UNIT_HEADS", unit_heads.to_string(), "query heads per routing unit");
+    define(w, "GQA_TILE_Q", gqa.min(8).to_string(), "query heads staged per scoring pass");
+    define(w, "MW", lp.mask_words.to_string(), "words of a query-head mask");
+    define(w, "NT", k.threads.to_string(), "threads per block");
+    define(w, "SK", k.split_k.to_string(), "attention splits");
+    define(w, "TT", lp.tile_tokens.to_string(), "tokens per attention tile");
+    define(w, "VW", k.vec_width.to_string(), "elements per vector load");
+    define(w, "HT", lp.head_tile.to_string(), "query heads per attention block");
+    define(w, "HTILES", lp.head_tiles.to_string(), "attention blocks per KV head");
+    define(w, "CHUNK_TILE", lp.chunk_tile.to_string(), "candidate chunks per scoring block");
+    define(w, "ELEM_BF16", u8::from(m.dtype == DType::Bf16).to_string(), "element type bf16 (else f16)");
+    define(w, "ROPE_NEOX", u8::from(m.rope_style == RopeStyle::Neox).to_string(), "rotate_half pairing");
+    define(w, "RDIM", rope.rotary_dim().to_string(), "rotary dimensions");
+    define(w, "PAIRS", rope.pairs().to_string(), "rotary pairs");
+    let scale = 1.0 / (m.head_dim as f32).sqrt();
+    define(w, "SCALE", format!("{scale:?}f"), "softmax scale 1/sqrt(D), as the CPU's f32");
+    let _ = writeln!(w, "\n// Inverse frequency of each rotary pair (after scaling), as the CPU's f64.");
+    let freqs: Vec<String> = rope.inv_freq().iter().map(|f| format!("{f:?}")).collect();
+    let _ = writeln!(w, "__constant__ double INV_FREQ[PAIRS] = {{\n{}\n}};", wrap(&freqs));
+    let _ = writeln!(w, "// Mixed RoPE: 1 where pair i takes the token-wise sum ((C-1)·inv_freq > 0.5).");
+    let hf: Vec<String> = rope.high_frequency(r.chunk).iter().map(|&h| u8::from(h).to_string()).collect();
+    let _ = writeln!(w, "__constant__ unsigned char HIGH_FREQ[PAIRS] = {{\n{}\n}};\n", wrap(&hf));
+    s.push_str(KERNELS);
+    GeneratedSource {
+        source: s,
+        entry_points: ENTRY_POINTS.to_vec(),
+        variant_key: key,
+        generator_version: GENERATOR_VERSION,
+        launch: lp,
+    }
+}
+
+/// Comma-separated values, eight per line.
+fn wrap(items: &[String]) -> String {
+    items.chunks(8).map(|c| format!("    {},", c.join(", "))).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{presets, KernelParams, Routing, Spec};
+
+    #[test]
+    fn deterministic_self_contained_and_specialized() {
+        for p in presets::all() {
+            let spec = Spec::new(p.shape.clone()).validate().unwrap();
+            let a = generate(&spec);
+            assert_eq!(a, generate(&spec), "{}", p.name);
+            assert!(!a.source.contains("#include"), "{}", p.name);
+            assert!(a.source.contains(&format!("// variant: {}", spec.variant_key())));
+            assert!(a.source.contains(GENERATOR_VERSION));
+            assert!(a.source.contains(&format!("#define GQA            {}", spec.gqa())));
+            for e in ENTRY_POINTS {
+                assert!(a.source.contains(&format!("{e}(HgaParams P")), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn attend_fits_static_shared_memory() {
+        for d in [64u32, 96, 128, 256] {
+            for tt in [16u32, 32, 64, 128] {
+                let mut shape = crate::ModelShape::new(64, 8, d, 1e4);
+                shape.head_dim = d;
+                let spec = Spec::new(shape)
+                    .with_routing(Routing { group: 16, ..Routing::default() })
+                    .with_kernel(KernelParams { tile_tokens: tt, ..KernelParams::default() })
+                    .validate()
+                    .unwrap();
+                let lp = launch_params(&spec);
+                assert!(lp.attend_smem_bytes <= ATTEND_SMEM_LIMIT, "d {d} tt {tt}: {lp:?}");
+            }
+        }
+    }
+}
