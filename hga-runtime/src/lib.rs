@@ -29,5 +29,6 @@
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod offload;
 
 pub use error::RuntimeError;

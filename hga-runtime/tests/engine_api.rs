@@ -259,3 +259,52 @@ fn invalid_config_and_missing_gpu_are_typed_errors() {
         Err(e) => assert!(matches!(e, RuntimeError::NoGpu { .. }), "{e}"),
     }
 }
+
+#[test]
+fn modelled_working_set_counts_hits_misses_and_bytes() {
+    let mut rng = rng();
+    let spec = spec(small_routing());
+    let l = HeadLayout::of(&spec);
+    let (row_kv, row_q) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+    let record = 2 * 4 * 64 * 2; // g × D keys + values, bf16
+    let mut config = CacheConfig::new(spec, 1, 4096);
+    config.max_sequences = 2;
+    // The largest step: 2 sequences × 2 KV heads × top_groups 4 × 4 query heads per KV head.
+    let need = 2 * 2 * 4 * 4;
+    config.gpu_budget_bytes = Some(need * record - 1);
+    assert!(matches!(
+        HgaCache::new(config.clone(), BackendChoice::Cpu),
+        Err(RuntimeError::InvalidConfig { field: "gpu_budget_bytes", .. })
+    ));
+    config.gpu_budget_bytes = Some(need * record);
+    let mut cache = HgaCache::new(config, BackendChoice::Cpu).unwrap();
+    let ids = [cache.add_sequence().unwrap(), cache.add_sequence().unwrap()];
+    for &id in &ids {
+        let n = rng.random_range(600..900);
+        cache.append(id, 0, &randv(&mut rng, n * row_kv), &randv(&mut rng, n * row_kv)).unwrap();
+    }
+    let q = randv(&mut rng, 2 * row_q);
+    let mut out = vec![0.0; q.len()];
+    let cold = cache.attend(0, &ids, &q, &mut out).unwrap();
+    let routed: usize = cold.groups_per_kv_head.iter().sum();
+    assert!(routed > 0);
+    assert_eq!((cold.hits, cold.misses), (0, routed as u64));
+    assert_eq!(cold.bytes_h2d, routed as u64 * record);
+    assert_eq!(cold.hit_rate(), Some(0.0));
+    let warm = cache.attend(0, &ids, &q, &mut out).unwrap();
+    assert_eq!((warm.hits, warm.misses, warm.bytes_h2d), (routed as u64, 0, 0));
+    assert_eq!(warm.hit_rate(), Some(1.0));
+    // Correlated queries: the pool is exactly one step large, so misses refill it and the counts add up.
+    let mut qt = q.clone();
+    for _ in 0..20 {
+        for x in qt.iter_mut() {
+            *x = 0.9 * *x + 0.1 * rng.random_range(-1.0f32..1.0);
+        }
+        let t = cache.attend(0, &ids, &qt, &mut out).unwrap();
+        assert_eq!(t.hits + t.misses, t.groups_per_kv_head.iter().sum::<usize>() as u64);
+        assert_eq!(t.bytes_h2d, t.misses * record);
+    }
+    let totals = cache.totals();
+    assert_eq!(totals.steps, 22);
+    assert!(totals.hit_rate().unwrap() > 0.0);
+}

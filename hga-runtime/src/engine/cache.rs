@@ -1,7 +1,7 @@
 //! The cache object an engine creates once per model: sequences, appends, batched decode attention.
 
 use super::config::CacheConfig;
-use super::cpu_backend::CpuBackend;
+use super::cpu_backend::{CpuBackend, MODEL_GPU_BUDGET};
 use super::telemetry::{StepTelemetry, Totals};
 use crate::cpu::HeadLayout;
 use crate::RuntimeError;
@@ -63,7 +63,9 @@ impl HgaCache {
         config.validate()?;
         let backend = match choice {
             BackendChoice::Cpu | BackendChoice::Auto => {
-                Backend::Cpu(CpuBackend::new(config.spec.clone(), config.layers))
+                let budget = config.gpu_budget_bytes.unwrap_or(MODEL_GPU_BUDGET);
+                let slots = working_set_slots(&config, budget, CpuBackend::record(&config.spec).bytes() as u64)?;
+                Backend::Cpu(CpuBackend::new(config.spec.clone(), config.layers, slots)?)
             }
             BackendChoice::Gpu { .. } => {
                 return Err(RuntimeError::NoGpu { reason: "the GPU backend is not available in this build".into() })
@@ -205,9 +207,7 @@ impl HgaCache {
         HeadLayout::exact("out", out, q.len())?;
         let mut tel = StepTelemetry { sequences: seqs.len(), ..StepTelemetry::default() };
         match &mut self.backend {
-            Backend::Cpu(b) => {
-                b.attend(layer, seqs, q, out, &mut tel)?;
-            }
+            Backend::Cpu(b) => b.attend(layer, seqs, q, out, &mut tel)?,
         }
         tel.stages.total = t0.elapsed();
         self.totals.add(&tel);
@@ -230,4 +230,31 @@ impl HgaCache {
             Backend::Cpu(_) => CpuBackend::host_bytes(&self.config.spec, len),
         }
     }
+}
+
+/// Most distinct groups one step can route in one layer: every sequence, every KV head, the union of its
+/// query heads' budgets (bounded by the groups a maximal sequence has).
+pub(crate) fn max_groups_per_step(config: &CacheConfig) -> usize {
+    let r = config.spec.routing();
+    let units = if r.sharing == hga_dsl::Sharing::PerKvHead { 1 } else { config.spec.gqa() };
+    let per_head = (r.top_groups as usize).saturating_mul(units).min(config.max_seq_len / r.group as usize);
+    config.max_sequences * config.layout().kv_heads * per_head
+}
+
+/// Slots of `record_bytes` that `budget` holds; an error when that is fewer than one step can need.
+pub(crate) fn working_set_slots(config: &CacheConfig, budget: u64, record_bytes: u64) -> Result<usize, RuntimeError> {
+    let slots = (budget / record_bytes).min(1 << 31) as usize;
+    let need = max_groups_per_step(config).max(1);
+    if slots < need {
+        return Err(RuntimeError::InvalidConfig {
+            field: "gpu_budget_bytes",
+            value: budget.to_string(),
+            allowed: format!(
+                "must hold the largest step's groups: {need} records of {record_bytes} bytes = {} bytes \
+                 (max_sequences × kv_heads × min(top_groups × query heads per routing unit, max_seq_len / group))",
+                need as u64 * record_bytes
+            ),
+        });
+    }
+    Ok(slots)
 }

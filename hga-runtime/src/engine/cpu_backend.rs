@@ -3,6 +3,7 @@
 use super::telemetry::StepTelemetry;
 use super::SeqId;
 use crate::cpu::{HeadLayout, LayerCache};
+use crate::offload::{GroupKey, Placement, RecordLayout, SlotPool};
 use crate::RuntimeError;
 use hga_dsl::ValidSpec;
 use rayon::prelude::*;
@@ -10,16 +11,32 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 /// K/V of every live sequence in host memory, f32, attended by the reference implementation.
+///
+/// It also models the GPU working set: a [`SlotPool`] of the configured GPU budget in bf16 group
+/// records sees every step's routed groups, so the telemetry reports the hit rate and host→device bytes
+/// the GPU backend would have at the same budget (with LRU eviction).
 #[derive(Debug)]
 pub(crate) struct CpuBackend {
     spec: ValidSpec,
     layers: usize,
     seqs: HashMap<SeqId, Vec<LayerCache>>,
+    pool: SlotPool,
+    record_bytes: u64,
 }
 
+/// GPU working-set budget the CPU backend models when none is configured.
+pub(crate) const MODEL_GPU_BUDGET: u64 = 1 << 30;
+
 impl CpuBackend {
-    pub(crate) fn new(spec: ValidSpec, layers: usize) -> Self {
-        CpuBackend { spec, layers, seqs: HashMap::new() }
+    /// `slots` records in the modelled working set.
+    pub(crate) fn new(spec: ValidSpec, layers: usize, slots: usize) -> Result<Self, RuntimeError> {
+        let record_bytes = Self::record(&spec).bytes() as u64;
+        Ok(CpuBackend { spec, layers, seqs: HashMap::new(), pool: SlotPool::new(slots)?, record_bytes })
+    }
+
+    /// The bf16 group record of `spec`.
+    pub(crate) fn record(spec: &ValidSpec) -> RecordLayout {
+        RecordLayout { group: spec.routing().group as usize, head_dim: spec.head_dim() }
     }
 
     /// Host bytes one (sequence, layer) holds at `len` tokens: f32 keys and values plus summaries.
@@ -39,6 +56,7 @@ impl CpuBackend {
 
     pub(crate) fn remove_sequence(&mut self, id: SeqId) {
         self.seqs.remove(&id);
+        self.pool.remove_sequence(id.0);
     }
 
     /// Appends (already validated by the caller; `LayerCache` checks again and changes nothing on error).
@@ -49,13 +67,13 @@ impl CpuBackend {
 
     /// Decode attention of each sequence's newest query; fills the routing part of the telemetry.
     pub(crate) fn attend(
-        &self,
+        &mut self,
         layer: usize,
         seqs: &[SeqId],
         q: &[f32],
         out: &mut [f32],
         tel: &mut StepTelemetry,
-    ) -> Result<Vec<Vec<Vec<usize>>>, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
         let l = HeadLayout::of(&self.spec);
         let row = l.q_heads * l.head_dim;
         let caches: Vec<&LayerCache> = seqs
@@ -72,8 +90,8 @@ impl CpuBackend {
         tel.stages.attend = t0.elapsed();
         // Per sequence, per KV head: the distinct groups routed (the fetch set).
         let gqa = l.gqa();
-        let mut fetch = Vec::with_capacity(seqs.len());
-        for t in &traces {
+        let mut keys = Vec::new();
+        for (t, id) in traces.iter().zip(seqs) {
             let mut per_kv = Vec::with_capacity(l.kv_heads);
             for heads in t.heads.chunks(gqa) {
                 let mut all: Vec<usize> = heads.iter().flat_map(|h| h.groups.iter().copied()).collect();
@@ -83,9 +101,24 @@ impl CpuBackend {
             }
             tel.groups_per_kv_head.extend(per_kv.iter().map(Vec::len));
             tel.attended_tokens += t.heads.iter().map(|h| h.attended_tokens as u64).sum::<u64>();
-            fetch.push(per_kv);
+            for (kv_head, groups) in per_kv.iter().enumerate() {
+                keys.extend(groups.iter().map(|&g| GroupKey {
+                    layer: layer as u32,
+                    seq: id.0,
+                    kv_head: kv_head as u32,
+                    group: g as u32,
+                }));
+            }
         }
-        Ok(fetch)
+        // The pool was sized at creation for the largest possible step, so placing cannot fail.
+        for p in self.pool.place_step(&keys)? {
+            match p {
+                Placement::Hit(_) => tel.hits += 1,
+                Placement::Miss { .. } => tel.misses += 1,
+            }
+        }
+        tel.bytes_h2d = tel.misses * self.record_bytes;
+        Ok(())
     }
 }
 
