@@ -27,8 +27,12 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod jit;
 pub mod offload;
 
 pub use error::RuntimeError;

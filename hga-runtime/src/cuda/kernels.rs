@@ -1,0 +1,150 @@
+//! The generated kernels of one variant, loaded on a device, and the C mirror of their parameters.
+
+use super::{CudaError, Gpu};
+use crate::jit::{Compiled, Jit};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+use cudarc::driver::{result, CudaFunction, DeviceRepr};
+use hga_dsl::codegen::{self, GeneratedSource, ENTRY_POINTS};
+use hga_dsl::ValidSpec;
+use std::fmt;
+
+/// Attributes the driver reports for a loaded kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuncAttributes {
+    /// Entry point.
+    pub name: &'static str,
+    /// Registers per thread.
+    pub registers: i32,
+    /// Static shared memory in bytes.
+    pub smem_bytes: i32,
+    /// Local memory per thread in bytes (stack and spills).
+    pub local_bytes: i32,
+    /// Largest block the kernel can launch with.
+    pub max_threads: i32,
+}
+
+impl fmt::Display for FuncAttributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<18} {:>3} regs {:>6} B smem {:>4} B local, max {} threads",
+            self.name, self.registers, self.smem_bytes, self.local_bytes, self.max_threads
+        )
+    }
+}
+
+/// The kernels of one variant, compiled for the device and loaded.
+#[derive(Debug)]
+pub struct DecodeKernels {
+    spec: ValidSpec,
+    generated: GeneratedSource,
+    compiled: Compiled,
+    funcs: Vec<CudaFunction>,
+    attributes: Vec<FuncAttributes>,
+}
+
+impl DecodeKernels {
+    /// Generates, compiles (or takes from the JIT cache) and loads the kernels of `spec`.
+    pub fn load(gpu: &Gpu, jit: &Jit, spec: &ValidSpec) -> Result<DecodeKernels, CudaError> {
+        let generated = codegen::generate(spec);
+        let compiled = jit.compile(&generated, gpu.arch())?;
+        let module = gpu.context().load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))?;
+        let mut funcs = Vec::new();
+        let mut attributes = Vec::new();
+        for name in ENTRY_POINTS {
+            let f = module.load_function(name)?;
+            // SAFETY: the function was just loaded from this module.
+            let get = |a| unsafe { result::function::get_function_attribute(f.cu_function(), a) };
+            attributes.push(FuncAttributes {
+                name,
+                registers: get(Attr::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+                smem_bytes: get(Attr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+                local_bytes: get(Attr::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+                max_threads: get(Attr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            });
+            funcs.push(f);
+        }
+        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes })
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &ValidSpec {
+        &self.spec
+    }
+    /// The generated source and launch parameters.
+    pub fn generated(&self) -> &GeneratedSource {
+        &self.generated
+    }
+    /// The compiled module (CUBIN, ptxas resources, cache hit).
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+    /// Driver-reported attributes of each kernel, in [`ENTRY_POINTS`] order.
+    pub fn attributes(&self) -> &[FuncAttributes] {
+        &self.attributes
+    }
+    pub(super) fn func(&self, k: Kernel) -> &CudaFunction {
+        &self.funcs[k as usize]
+    }
+}
+
+/// Kernel indices into [`ENTRY_POINTS`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kernel {
+    Append = 0,
+    Summarize,
+    ChunkScore,
+    ChunkSelect,
+    GroupSelect,
+    FetchResolve,
+    FetchAssign,
+    FetchGather,
+    Attend,
+    Merge,
+}
+
+/// Mirror of the generated `struct HgaParams` (same field order and C layout; raw device pointers).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct HgaParams {
+    pub pos: u64,
+    pub win_k: u64,
+    pub win_v: u64,
+    pub chunk_sum: u64,
+    pub group_sum: u64,
+    pub q: u64,
+    pub chunk_score: u64,
+    pub chunk_mass: u64,
+    pub sel_chunk: u64,
+    pub n_sel_chunk: u64,
+    pub group_cand: u64,
+    pub group_score: u64,
+    pub group_mass: u64,
+    pub sel_group: u64,
+    pub n_sel_group: u64,
+    pub uni_group: u64,
+    pub uni_slot: u64,
+    pub uni_mask: u64,
+    pub n_uni: u64,
+    pub slot_of: u64,
+    pub slot_owner: u64,
+    pub slot_stamp: u64,
+    pub fetch_state: u64,
+    pub miss_list: u64,
+    pub host_kv: u64,
+    pub slots: u64,
+    pub part_ml: u64,
+    pub part_acc: u64,
+    pub out: u64,
+    pub batch: i32,
+    pub cap_chunks: i32,
+    pub cap_groups: i32,
+    pub n_slots: i32,
+    pub step: i32,
+    pub kce: i32,
+    pub kge: i32,
+    pub ucap: i32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for HgaParams {}

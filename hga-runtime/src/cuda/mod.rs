@@ -1,0 +1,167 @@
+//! The CUDA backend of one decode step: device context, the generated kernels (JIT-compiled through
+//! [`crate::jit`]) and the device state of a batch of sequences for one layer.
+//!
+//! ```no_run
+//! use hga_dsl::{presets, Spec};
+//! use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
+//! use hga_runtime::jit::Jit;
+//! let spec = Spec::new(presets::find("qwen3-30b")?.shape).validate()?;
+//! let gpu = Gpu::open(0)?;                                  // typed error without a driver or GPU
+//! let kernels = DecodeKernels::load(&gpu, &Jit::from_env()?, &spec)?; // NVRTC or the on-disk cache
+//! for r in &kernels.compiled().resources { println!("{r}"); }
+//! let cap = Capacity { batch: 1, max_context: 65536, n_slots: 4096 };
+//! let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
+//! // Per step: positions, then q/k/v of the new token (bf16 bits), then the whole pipeline.
+//! b.set_positions(&[1000])?;
+//! let (q, k, v) = (vec![0u16; 32 * 128], vec![0u16; 4 * 128], vec![0u16; 4 * 128]);
+//! b.upload_q(&q)?;
+//! b.step(&k, &v)?;                 // append, summarize on chunk close, route, fetch, attend, merge
+//! let out: Vec<u16> = b.output()?; // [B][q_heads][d] bf16 bits
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! For the tuner: [`DecodeBatch`] exposes each stage as its own launch ([`DecodeBatch::launch_append`],
+//! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, chunk select, group
+//! select), [`DecodeBatch::launch_fetch`] (resolve, assign, gather), [`DecodeBatch::launch_attend`]
+//! (split-K attention and merge)); time them with [`Gpu::timer`] (CUDA events on the batch's stream).
+//! Host memory for the K/V store is any device-readable pointer ([`DecodeBatch::set_host_store`]):
+//! mapped pinned memory in production, a device buffer in tests.
+
+mod batch;
+mod kernels;
+
+pub use batch::{Capacity, DecodeBatch};
+pub use kernels::{DecodeKernels, FuncAttributes};
+
+use crate::jit::{Arch, JitError};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// Errors of the CUDA backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// libcuda could not be loaded (no driver).
+    #[error("CUDA driver (libcuda) is not available")]
+    DriverMissing,
+    /// No device with this ordinal.
+    #[error("no CUDA device {ordinal}: {message}")]
+    NoDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// What the driver said.
+        message: String,
+    },
+    /// A driver call failed.
+    #[error("CUDA driver call failed: {0}")]
+    Driver(String),
+    /// Compilation or the JIT cache failed.
+    #[error(transparent)]
+    Jit(#[from] JitError),
+    /// An argument does not fit the batch's capacity or layout.
+    #[error("{field} = {value}: {rule}")]
+    Invalid {
+        /// The argument.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// The slot cache had fewer free slots than this step's misses.
+    #[error("slot cache too small: a step needed more than {n_slots} slots")]
+    SlotsExhausted {
+        /// Slots in the cache.
+        n_slots: usize,
+    },
+}
+
+impl From<DriverError> for CudaError {
+    fn from(e: DriverError) -> Self {
+        CudaError::Driver(format!("{e:?}"))
+    }
+}
+
+/// Whether libcuda can be loaded (never panics).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen candidate names.
+    catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// One device and the stream all of this backend's work goes to.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: typed errors (never a panic) without a driver or device.
+    pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::DriverMissing);
+        }
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Gpu, CudaError> {
+            let ctx =
+                CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { ordinal, message: format!("{e:?}") })?;
+            // One stream, raw pointers in the params struct: cudarc's per-buffer event tracking only
+            // adds work here.
+            // SAFETY: no other stream of this context uses these buffers.
+            unsafe { ctx.disable_event_tracking() };
+            let (major, minor) = ctx.compute_capability()?;
+            let name = ctx.name()?;
+            let stream = ctx.default_stream();
+            Ok(Gpu { ctx, stream, arch: Arch::from_capability(major, minor), name })
+        }));
+        opened.unwrap_or_else(|_| Err(CudaError::DriverMissing))
+    }
+
+    /// The device's architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Waits for all work on the stream.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+    /// A pair of CUDA events on the stream for timing a region.
+    pub fn timer(&self) -> Result<Timer, CudaError> {
+        let mk = || self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT));
+        Ok(Timer { start: mk()?, end: mk()?, stream: self.stream.clone() })
+    }
+}
+
+/// CUDA events around a region of stream work.
+#[derive(Debug)]
+pub struct Timer {
+    start: CudaEvent,
+    end: CudaEvent,
+    stream: Arc<CudaStream>,
+}
+
+impl Timer {
+    /// Records the start event.
+    pub fn start(&self) -> Result<(), CudaError> {
+        Ok(self.start.record(&self.stream)?)
+    }
+    /// Records the end event, waits for it and returns the elapsed device time in microseconds.
+    pub fn stop_us(&self) -> Result<f64, CudaError> {
+        self.end.record(&self.stream)?;
+        self.end.synchronize()?;
+        Ok(self.start.elapsed_ms(&self.end)? as f64 * 1e3)
+    }
+}
