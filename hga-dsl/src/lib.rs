@@ -30,6 +30,7 @@ pub mod error;
 pub mod hf;
 pub mod kernel;
 mod key;
+pub mod macro_support;
 pub mod model;
 pub mod presets;
 pub mod rope;
