@@ -1,0 +1,128 @@
+//! Attention backends behind one trait, so the forward pass does not care whether a run is dense or
+//! routed: [`DenseAttention`] (blocked causal, GEMM-based, the baseline) and HGA through
+//! `hga_runtime::cpu::LayerCache`.
+
+mod dense;
+mod hga;
+
+pub use dense::{blocked_causal, DenseAttention};
+pub use hga::HgaAttention;
+
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+use hga_dsl::ValidSpec;
+
+/// Per-query-position statistics of the attention, summed over heads and layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PositionStats {
+    /// (query head, key) pairs in the softmax.
+    pub attended: u64,
+    /// (query head, key) pairs causally visible (what dense attention attends).
+    pub visible: u64,
+    /// Distinct routed groups, summed over KV heads: the transfer cost.
+    pub groups: u64,
+    /// KV-head routings counted in `groups` (layers × KV heads for a routed backend, 0 for dense).
+    pub routings: u64,
+}
+
+impl PositionStats {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &PositionStats) {
+        self.attended += other.attended;
+        self.visible += other.visible;
+        self.groups += other.groups;
+        self.routings += other.routings;
+    }
+}
+
+/// One sequence's attention state over all layers: the K/V (and, for HGA, summaries) appended so far.
+pub trait SequenceAttention: Send {
+    /// Appends `n` tokens to layer `layer`: `k` and `v` are `[n][kv_heads][head_dim]`, keys after RoPE.
+    fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), EngineError>;
+
+    /// Attention of `q` (`[n][q_heads][head_dim]`, after RoPE) at positions `start..start + n` of layer
+    /// `layer` into `out` (same shape). Those positions' K/V must be appended: query `i` sees tokens
+    /// `0..=start + i` only. Adds position `i`'s statistics to `stats[i]`.
+    fn attend(
+        &self,
+        layer: usize,
+        q: &[f32],
+        start: usize,
+        out: &mut [f32],
+        stats: &mut [PositionStats],
+    ) -> Result<(), EngineError>;
+
+    /// Tokens appended to the last layer (the sequence length once a forward step is done).
+    fn len(&self) -> usize;
+
+    /// Whether nothing was appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which attention a run uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttentionKind {
+    /// Dense causal attention.
+    Dense,
+    /// HGA with this spec (its `[model]` is the checkpoint's).
+    Hga(ValidSpec),
+}
+
+impl AttentionKind {
+    /// A fresh sequence state for a model of `cfg`.
+    pub fn new_sequence(&self, cfg: &ModelConfig) -> Box<dyn SequenceAttention> {
+        match self {
+            AttentionKind::Dense => Box::new(DenseAttention::new(cfg)),
+            AttentionKind::Hga(spec) => Box::new(HgaAttention::new(cfg, spec)),
+        }
+    }
+
+    /// The routing spec, for HGA.
+    pub fn spec(&self) -> Option<&ValidSpec> {
+        match self {
+            AttentionKind::Dense => None,
+            AttentionKind::Hga(spec) => Some(spec),
+        }
+    }
+}
+
+/// Head counts of one attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub q: usize,
+    /// KV heads.
+    pub kv: usize,
+    /// Head dimension.
+    pub dim: usize,
+}
+
+impl Heads {
+    /// The heads of `cfg`.
+    pub fn of(cfg: &ModelConfig) -> Self {
+        Heads { q: cfg.q_heads(), kv: cfg.kv_heads(), dim: cfg.head_dim() }
+    }
+
+    /// Query heads per KV head.
+    pub fn gqa(&self) -> usize {
+        self.q / self.kv
+    }
+}
+
+fn shape_error(field: &'static str, got: usize, row: usize) -> EngineError {
+    EngineError::Runtime(hga_runtime::RuntimeError::ShapeMismatch {
+        field,
+        expected: format!("a multiple of {row}"),
+        got,
+    })
+}
+
+/// Checks that `buf` holds whole rows of `row` floats; returns the row count.
+pub(crate) fn rows_of(field: &'static str, buf: &[f32], row: usize) -> Result<usize, EngineError> {
+    if buf.len() % row != 0 {
+        return Err(shape_error(field, buf.len(), row));
+    }
+    Ok(buf.len() / row)
+}

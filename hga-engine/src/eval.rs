@@ -1,0 +1,321 @@
+//! Teacher-forced quality evaluation: mean next-token NLL per position bucket, dense against routing
+//! specs, with the attended fraction and the groups fetched per KV head per token.
+
+use crate::attention::{AttentionKind, PositionStats};
+use crate::error::EngineError;
+use crate::model::Model;
+use crate::reference::token_nll;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to evaluate: documents are consecutive `doc_bytes`-byte slices of the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalConfig {
+    /// Bytes per document.
+    pub doc_bytes: usize,
+    /// Documents evaluated.
+    pub docs: usize,
+    /// Index of the first document.
+    pub first_doc: usize,
+    /// Tokens per forward block (K/V of a block are appended before its positions attend).
+    pub block: usize,
+}
+
+impl EvalConfig {
+    /// Checks the ranges against `data_len` bytes of data.
+    pub fn check(&self, data_len: usize) -> Result<(), EngineError> {
+        if self.doc_bytes < 2 {
+            return Err(EngineError::argument("--doc-bytes", self.doc_bytes, "must be >= 2"));
+        }
+        if self.docs == 0 {
+            return Err(EngineError::argument("--docs", self.docs, "must be >= 1"));
+        }
+        if self.block == 0 {
+            return Err(EngineError::argument("--block", self.block, "must be >= 1"));
+        }
+        let available = data_len / self.doc_bytes;
+        if self.first_doc + self.docs > available {
+            return Err(EngineError::argument(
+                "--docs",
+                self.docs,
+                format!(
+                    "--first-doc {} + --docs must be <= the {available} whole documents of {} bytes in the data ({data_len} bytes)",
+                    self.first_doc, self.doc_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bucket boundaries `[0, 4K) [4K, 8K) [8K, 16K) [16K, 32K)`, doubling on for longer documents and
+    /// cut at the last scored position.
+    pub fn buckets(&self) -> Vec<(usize, usize)> {
+        let scored = self.doc_bytes - 1;
+        let mut out = vec![(0, 4096.min(scored))];
+        let mut lo = 4096;
+        while lo < scored {
+            out.push((lo, (2 * lo).min(scored)));
+            lo *= 2;
+        }
+        out
+    }
+}
+
+/// One attention configuration to evaluate.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Name in tables and JSON.
+    pub name: String,
+    /// The attention.
+    pub kind: AttentionKind,
+}
+
+/// Sums over the positions of one bucket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    nll: f64,
+    tokens: u64,
+    stats: PositionStats,
+}
+
+impl Acc {
+    fn add(&mut self, other: &Acc) {
+        self.nll += other.nll;
+        self.tokens += other.tokens;
+        self.stats.add(&other.stats);
+    }
+
+    fn result(&self, range: (usize, usize)) -> BucketResult {
+        let s = &self.stats;
+        BucketResult {
+            from: range.0,
+            to: range.1,
+            tokens: self.tokens,
+            nll: self.nll / self.tokens.max(1) as f64,
+            attended_fraction: s.attended as f64 / s.visible.max(1) as f64,
+            groups_per_kv_head: (s.routings > 0).then(|| s.groups as f64 / s.routings as f64),
+        }
+    }
+}
+
+/// Results over the query positions `from..to` of every document.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketResult {
+    /// First position.
+    pub from: usize,
+    /// One past the last position.
+    pub to: usize,
+    /// Positions scored (all documents).
+    pub tokens: u64,
+    /// Mean next-token NLL (nats per token).
+    pub nll: f64,
+    /// Fraction of causally visible (query head, key) pairs attended.
+    pub attended_fraction: f64,
+    /// Distinct routed groups per KV head per token per layer (the transfer cost); `None` for dense.
+    pub groups_per_kv_head: Option<f64>,
+}
+
+/// One run's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// The run's name.
+    pub name: String,
+    /// The routing spec (TOML), for HGA runs.
+    pub spec: Option<String>,
+    /// Per bucket, all documents.
+    pub buckets: Vec<BucketResult>,
+    /// All positions of all documents.
+    pub overall: BucketResult,
+    /// Per document: index, mean NLL per bucket, seconds.
+    pub docs: Vec<DocResult>,
+}
+
+/// One document of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DocResult {
+    /// Document index in the data.
+    pub doc: usize,
+    /// Mean NLL per bucket.
+    pub nll: Vec<f64>,
+    /// Wall-clock seconds for the document.
+    pub seconds: f64,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Bytes per document.
+    pub doc_bytes: usize,
+    /// Documents `first_doc..first_doc + docs`.
+    pub first_doc: usize,
+    /// Number of documents.
+    pub docs: usize,
+    /// One per run, in the order given.
+    pub runs: Vec<RunResult>,
+}
+
+/// Progress events of [`evaluate`].
+#[derive(Debug, Clone)]
+pub enum Progress<'a> {
+    /// A run starts on a document.
+    Start {
+        /// Document index.
+        doc: usize,
+        /// Run name.
+        run: &'a str,
+    },
+    /// Positions finished.
+    Tokens(usize),
+    /// A run finished a document.
+    Done {
+        /// Document index.
+        doc: usize,
+        /// Run name.
+        run: &'a str,
+        /// Mean NLL per bucket of this document.
+        nll: &'a [f64],
+        /// Seconds it took.
+        seconds: f64,
+    },
+}
+
+/// Positions processed per document and run (the last byte has no target).
+pub fn scored_positions(cfg: &EvalConfig) -> usize {
+    cfg.doc_bytes - 1
+}
+
+/// Evaluates `runs` on the documents of `data`, reporting progress to `progress`.
+pub fn evaluate(
+    model: &Model,
+    data: &[u8],
+    cfg: &EvalConfig,
+    runs: &[Run],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<EvalReport, EngineError> {
+    cfg.check(data.len())?;
+    if runs.is_empty() {
+        return Err(EngineError::argument("runs", 0, "at least one run (dense or a routing spec) is needed"));
+    }
+    let buckets = cfg.buckets();
+    let mut totals = vec![vec![Acc::default(); buckets.len()]; runs.len()];
+    let mut docs = vec![Vec::new(); runs.len()];
+    for doc in cfg.first_doc..cfg.first_doc + cfg.docs {
+        let bytes = &data[doc * cfg.doc_bytes..(doc + 1) * cfg.doc_bytes];
+        for (ri, run) in runs.iter().enumerate() {
+            progress(Progress::Start { doc, run: &run.name });
+            let t0 = Instant::now();
+            let accs = eval_document(model, bytes, &run.kind, cfg.block, &buckets, progress)?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let nll: Vec<f64> = accs.iter().map(|a| a.nll / a.tokens.max(1) as f64).collect();
+            progress(Progress::Done { doc, run: &run.name, nll: &nll, seconds });
+            for (t, a) in totals[ri].iter_mut().zip(&accs) {
+                t.add(a);
+            }
+            docs[ri].push(DocResult { doc, nll, seconds });
+        }
+    }
+    let runs = runs
+        .iter()
+        .zip(totals)
+        .zip(docs)
+        .map(|((run, acc), docs)| {
+            let mut all = Acc::default();
+            acc.iter().for_each(|a| all.add(a));
+            RunResult {
+                name: run.name.clone(),
+                spec: run.kind.spec().map(|s| s.to_toml()),
+                buckets: acc.iter().zip(&buckets).map(|(a, &b)| a.result(b)).collect(),
+                overall: all.result((0, scored_positions(cfg))),
+                docs,
+            }
+        })
+        .collect();
+    Ok(EvalReport { doc_bytes: cfg.doc_bytes, first_doc: cfg.first_doc, docs: cfg.docs, runs })
+}
+
+/// One document, one run: per-bucket sums.
+fn eval_document(
+    model: &Model,
+    bytes: &[u8],
+    kind: &AttentionKind,
+    block: usize,
+    buckets: &[(usize, usize)],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Acc>, EngineError> {
+    let vocab = model.config().vocab;
+    let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+    let n = tokens.len() - 1;
+    let mut seq = kind.new_sequence(model.config());
+    let mut accs = vec![Acc::default(); buckets.len()];
+    for start in (0..n).step_by(block) {
+        let end = (start + block).min(n);
+        let mut stats = vec![PositionStats::default(); end - start];
+        let logits = model.forward(&tokens[start..end], seq.as_mut(), &mut stats)?;
+        let nll: Vec<f64> =
+            logits.par_chunks(vocab).enumerate().map(|(i, row)| token_nll(row, tokens[start + i + 1])).collect();
+        for (i, (nll, s)) in nll.iter().zip(&stats).enumerate() {
+            let pos = start + i;
+            if let Some(b) = buckets.iter().position(|&(lo, hi)| (lo..hi).contains(&pos)) {
+                let a = &mut accs[b];
+                a.nll += nll;
+                a.tokens += 1;
+                a.stats.add(s);
+            }
+        }
+        progress(Progress::Tokens(end - start));
+    }
+    Ok(accs)
+}
+
+/// The report as a fixed-width table: one row per run and bucket.
+pub fn table(report: &EvalReport) -> String {
+    let mut s = format!(
+        "{:<36} {:>15} {:>9} {:>9} {:>9} {:>14}\n",
+        "run", "positions", "NLL", "vs dense", "attended", "groups/KVh/tok"
+    );
+    let dense = report.runs.iter().find(|r| r.spec.is_none());
+    for run in &report.runs {
+        for (i, b) in run.buckets.iter().chain(std::iter::once(&run.overall)).enumerate() {
+            let range = if i == run.buckets.len() { "all".to_string() } else { format!("[{},{})", k(b.from), k(b.to)) };
+            let base = dense.map(|d| if i == run.buckets.len() { &d.overall } else { &d.buckets[i] });
+            let gap = base.map_or(String::from("-"), |d| format!("{:+.4}", b.nll - d.nll));
+            let groups = b.groups_per_kv_head.map_or(String::from("-"), |g| format!("{g:.1}"));
+            s += &format!(
+                "{:<36} {:>15} {:>9.4} {:>9} {:>9.4} {:>14}\n",
+                run.name, range, b.nll, gap, b.attended_fraction, groups
+            );
+        }
+    }
+    s
+}
+
+fn k(pos: usize) -> String {
+    if pos % 1024 == 0 {
+        format!("{}K", pos / 1024)
+    } else {
+        pos.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_the_readme() {
+        let c = EvalConfig { doc_bytes: 32768, docs: 1, first_doc: 0, block: 512 };
+        assert_eq!(c.buckets(), vec![(0, 4096), (4096, 8192), (8192, 16384), (16384, 32767)]);
+        let c = EvalConfig { doc_bytes: 2048, ..c };
+        assert_eq!(c.buckets(), vec![(0, 2047)]);
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let c = EvalConfig { doc_bytes: 32768, docs: 13, first_doc: 0, block: 512 };
+        let e = c.check(12 * 32768).unwrap_err().to_string();
+        assert!(e.contains("--docs = 13") && e.contains("the 12 whole documents"), "{e}");
+        let c = EvalConfig { docs: 0, ..c };
+        assert!(c.check(1 << 20).unwrap_err().to_string().contains("--docs = 0: must be >= 1"));
+    }
+}

@@ -1,0 +1,46 @@
+//! A small evaluation on real data: dense and full-budget HGA agree; a small routing budget attends a
+//! fraction of the context and fetches a bounded number of groups.
+
+mod common;
+
+use hga_dsl::Routing;
+use hga_engine::eval::{evaluate, EvalConfig, Run};
+use hga_engine::{AttentionKind, Model};
+
+#[test]
+fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
+    let model = Model::load(&common::tiny_code()).unwrap();
+    let data = std::fs::read(common::dev_data()).unwrap();
+    let base = model.config().attention.clone();
+    let small = Routing {
+        chunk: 16,
+        group: 4,
+        keep_first: 1,
+        keep_last: 2,
+        top_chunks: 4,
+        top_groups: 8,
+        ..Routing::default()
+    };
+    let runs = vec![
+        Run { name: "dense".into(), kind: AttentionKind::Dense },
+        Run { name: "full".into(), kind: AttentionKind::Hga(base.with_routing(small.clone().full_budget()).unwrap()) },
+        Run { name: "small".into(), kind: AttentionKind::Hga(base.with_routing(small).unwrap()) },
+    ];
+    let cfg = EvalConfig { doc_bytes: 2048, docs: 1, first_doc: 3, block: 300 };
+    let r = evaluate(&model, &data, &cfg, &runs, &mut |_| {}).unwrap();
+    let (dense, full, small) = (&r.runs[0].overall, &r.runs[1].overall, &r.runs[2].overall);
+    println!("dense {dense:?}\nfull {full:?}\nsmall {small:?}");
+    assert_eq!(dense.tokens, 2047);
+    assert!(dense.nll.is_finite() && dense.nll > 0.1 && dense.nll < 3.0, "dense NLL {}", dense.nll);
+    assert!((dense.nll - full.nll).abs() < 1e-4, "dense {} vs full-budget HGA {}", dense.nll, full.nll);
+    assert_eq!(dense.attended_fraction, 1.0);
+    assert_eq!(full.attended_fraction, 1.0);
+    assert!(small.attended_fraction > 0.05 && small.attended_fraction < 0.5, "attended {}", small.attended_fraction);
+    let g = small.groups_per_kv_head.unwrap();
+    assert!(g > 1.0 && g <= 4.0 * 8.0, "groups per KV head {g}: at most gqa × top_groups = 32");
+    assert!(
+        small.nll.is_finite() && small.nll > dense.nll - 0.05 && small.nll < dense.nll + 1.0,
+        "small {}",
+        small.nll
+    );
+}
