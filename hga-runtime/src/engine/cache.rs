@@ -39,6 +39,8 @@ pub enum BackendKind {
 #[derive(Debug)]
 enum Backend {
     Cpu(CpuBackend),
+    #[cfg(feature = "cuda")]
+    Gpu(super::gpu_backend::GpuBackend),
 }
 
 /// K/V and summaries of every layer of every live sequence of one model, with HGA decode attention.
@@ -61,14 +63,37 @@ impl HgaCache {
     /// usable, else the CPU.
     pub fn new(config: CacheConfig, choice: BackendChoice) -> Result<Self, RuntimeError> {
         config.validate()?;
+        #[cfg(feature = "cuda")]
+        let gpu = |ordinal| {
+            super::gpu_backend::GpuBackend::new(
+                ordinal,
+                config.spec.clone(),
+                config.layers,
+                config.max_seq_len,
+                config.max_sequences,
+                config.gpu_budget_bytes,
+            )
+            .map(Backend::Gpu)
+        };
+        let cpu = || -> Result<Backend, RuntimeError> {
+            let budget = config.gpu_budget_bytes.unwrap_or(MODEL_GPU_BUDGET);
+            let slots = working_set_slots(&config, budget, CpuBackend::record(&config.spec).bytes() as u64)?;
+            Ok(Backend::Cpu(CpuBackend::new(config.spec.clone(), config.layers, slots)?))
+        };
         let backend = match choice {
-            BackendChoice::Cpu | BackendChoice::Auto => {
-                let budget = config.gpu_budget_bytes.unwrap_or(MODEL_GPU_BUDGET);
-                let slots = working_set_slots(&config, budget, CpuBackend::record(&config.spec).bytes() as u64)?;
-                Backend::Cpu(CpuBackend::new(config.spec.clone(), config.layers, slots)?)
-            }
+            BackendChoice::Cpu => cpu()?,
+            #[cfg(feature = "cuda")]
+            BackendChoice::Auto => match gpu(0) {
+                Err(RuntimeError::NoGpu { .. }) => cpu()?,
+                other => other?,
+            },
+            #[cfg(not(feature = "cuda"))]
+            BackendChoice::Auto => cpu()?,
+            #[cfg(feature = "cuda")]
+            BackendChoice::Gpu { ordinal } => gpu(ordinal)?,
+            #[cfg(not(feature = "cuda"))]
             BackendChoice::Gpu { .. } => {
-                return Err(RuntimeError::NoGpu { reason: "the GPU backend is not available in this build".into() })
+                return Err(RuntimeError::NoGpu { reason: "hga-runtime was built without the `cuda` feature".into() })
             }
         };
         Ok(HgaCache {
@@ -91,6 +116,8 @@ impl HgaCache {
     pub fn backend(&self) -> BackendKind {
         match self.backend {
             Backend::Cpu(_) => BackendKind::Cpu,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(_) => BackendKind::Gpu,
         }
     }
 
@@ -129,11 +156,22 @@ impl HgaCache {
                 limit: self.config.max_sequences,
             });
         }
+        let reserve = self.host_bytes_per_sequence();
+        if self.host_used + reserve > self.config.host_budget_bytes {
+            return Err(RuntimeError::HostOutOfMemory {
+                requested: reserve,
+                used: self.host_used,
+                budget: self.config.host_budget_bytes,
+            });
+        }
         let id = SeqId(self.next_id);
-        self.next_id += 1;
         match &mut self.backend {
             Backend::Cpu(b) => b.add_sequence(id),
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(b) => b.add_sequence(id)?,
         }
+        self.next_id += 1;
+        self.host_used += reserve;
         self.lens.insert(id, vec![0; self.config.layers]);
         Ok(id)
     }
@@ -141,9 +179,11 @@ impl HgaCache {
     /// Removes a sequence and frees its memory.
     pub fn remove_sequence(&mut self, id: SeqId) -> Result<(), RuntimeError> {
         let lens = self.lens.remove(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
-        self.host_used -= lens.iter().map(|&n| self.host_bytes_at(n)).sum::<u64>();
+        self.host_used -= lens.iter().map(|&n| self.host_bytes_at(n)).sum::<u64>() + self.host_bytes_per_sequence();
         match &mut self.backend {
             Backend::Cpu(b) => b.remove_sequence(id),
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(b) => b.remove_sequence(id),
         }
         Ok(())
     }
@@ -174,6 +214,8 @@ impl HgaCache {
         }
         match &mut self.backend {
             Backend::Cpu(b) => b.append(id, layer, k, v)?,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(b) => b.append(id, layer, k, v)?,
         }
         self.host_used += more;
         self.lens.get_mut(&id).expect("checked above")[layer] += n;
@@ -208,6 +250,8 @@ impl HgaCache {
         let mut tel = StepTelemetry { sequences: seqs.len(), ..StepTelemetry::default() };
         match &mut self.backend {
             Backend::Cpu(b) => b.attend(layer, seqs, q, out, &mut tel)?,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(b) => b.attend(layer, seqs, q, out, &mut tel)?,
         }
         tel.stages.total = t0.elapsed();
         self.totals.add(&tel);
@@ -225,9 +269,25 @@ impl HgaCache {
         Ok(())
     }
 
+    /// Host bytes one (sequence, layer) holds at `len` tokens, beyond its reservation.
     fn host_bytes_at(&self, len: usize) -> u64 {
         match &self.backend {
             Backend::Cpu(_) => CpuBackend::host_bytes(&self.config.spec, len),
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(_) => 0,
+        }
+    }
+
+    /// Host bytes a sequence reserves when added (the GPU backend pins its stores up front).
+    fn host_bytes_per_sequence(&self) -> u64 {
+        match &self.backend {
+            Backend::Cpu(_) => 0,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(_) => super::gpu_backend::GpuBackend::host_bytes_per_sequence(
+                &self.config.spec,
+                self.config.layers,
+                self.config.max_seq_len,
+            ),
         }
     }
 }

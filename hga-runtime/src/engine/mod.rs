@@ -29,6 +29,8 @@
 mod cache;
 mod config;
 mod cpu_backend;
+#[cfg(feature = "cuda")]
+mod gpu_backend;
 mod telemetry;
 
 pub use cache::{BackendChoice, BackendKind, HgaCache, SeqId};

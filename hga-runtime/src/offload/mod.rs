@@ -6,13 +6,18 @@
 //! - [`HostStore`]: the group-contiguous host store, (layer, sequence, KV head, group) → record.
 //! - [`SlotPool`]: the index of the GPU working set (slots of one group each), LRU eviction, groups of
 //!   the current step pinned.
+//! - [`PinnedBuffer`], [`PinnedSource`] (feature `cuda`): page-locked, device-mapped host memory.
 
 mod arena;
 mod host_store;
+#[cfg(feature = "cuda")]
+mod pinned;
 mod record;
 mod slot_pool;
 
 pub use arena::{Arena, BlockSource, HeapSource, HostBlock, RecordRef};
 pub use host_store::HostStore;
+#[cfg(feature = "cuda")]
+pub use pinned::{PinnedBuffer, PinnedSource};
 pub use record::{bf16_to_f32, f32_to_bf16, RecordLayout};
 pub use slot_pool::{GroupKey, Placement, SlotPool};

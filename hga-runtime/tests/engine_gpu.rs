@@ -1,0 +1,150 @@
+//! The engine API on the GPU backend against the CPU backend fed the same (bf16-rounded) inputs: full
+//! budget and routed outputs, working-set hits on a repeated step, typed errors. Skips visibly without a
+//! GPU; fails instead when HGA_REQUIRE_GPU=1.
+
+use hga_dsl::{ModelShape, Routing, Spec, ValidSpec};
+use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, SeqId};
+use hga_runtime::offload::{bf16_to_f32, f32_to_bf16};
+use hga_runtime::RuntimeError;
+use rand::{Rng, SeedableRng};
+
+fn rng() -> rand::rngs::StdRng {
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Random values already representable in bf16, so both backends see identical inputs.
+fn randv(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| bf16_to_f32(f32_to_bf16(rng.random_range(-1.0f32..1.0)))).collect()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().chain(b).all(|x| x.is_finite()), "non-finite output");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn spec(routing: Routing) -> ValidSpec {
+    Spec::new(ModelShape::new(32, 4, 128, 1e6)).with_routing(routing).validate().unwrap()
+}
+
+fn routing() -> Routing {
+    Routing { keep_first: 1, keep_last: 2, top_chunks: 4, top_groups: 8, ..Routing::default() }
+}
+
+/// The GPU cache, or None (with a visible message) where there is no GPU and none is required.
+fn gpu_cache(config: CacheConfig) -> Option<HgaCache> {
+    match HgaCache::new(config, BackendChoice::Gpu { ordinal: 0 }) {
+        Ok(c) => {
+            assert_eq!(c.backend(), BackendKind::Gpu);
+            Some(c)
+        }
+        Err(RuntimeError::NoGpu { reason }) => {
+            if std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("HGA_REQUIRE_GPU=1 but no GPU: {reason}");
+            }
+            eprintln!("SKIPPED: no GPU ({reason})");
+            None
+        }
+        Err(e) => panic!("GPU backend failed: {e}"),
+    }
+}
+
+/// Fills both caches with the same sequences; returns their ids (same order).
+fn fill(rng: &mut impl Rng, caches: [&mut HgaCache; 2], lens: &[usize]) -> [Vec<SeqId>; 2] {
+    let l = caches[0].layout();
+    let row = l.kv_heads * l.head_dim;
+    let mut ids = [Vec::new(), Vec::new()];
+    for &len in lens {
+        let ks = [caches[0].add_sequence().unwrap(), caches[1].add_sequence().unwrap()];
+        let mut done = 0;
+        while done < len {
+            let n = rng.random_range(1..=(len - done).min(100));
+            let (k, v) = (randv(rng, n * row), randv(rng, n * row));
+            caches[0].append(ks[0], 0, &k, &v).unwrap();
+            caches[1].append(ks[1], 0, &k, &v).unwrap();
+            done += n;
+        }
+        ids[0].push(ks[0]);
+        ids[1].push(ks[1]);
+    }
+    ids
+}
+
+fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64) {
+    let mut rng = rng();
+    let spec = spec(routing);
+    let mut config = CacheConfig::new(spec, 1, 4096);
+    config.max_sequences = 4;
+    let Some(mut gpu) = gpu_cache(config.clone()) else { return };
+    let mut cpu = HgaCache::new(config, BackendChoice::Cpu).unwrap();
+    let [gids, cids] = fill(&mut rng, [&mut gpu, &mut cpu], lens);
+    let l = gpu.layout();
+    let row = l.q_heads * l.head_dim;
+    for step in 0..3 {
+        let q = randv(&mut rng, lens.len() * row);
+        let (mut og, mut oc) = (vec![f32::NAN; q.len()], vec![f32::NAN; q.len()]);
+        let tg = gpu.attend(0, &gids, &q, &mut og).unwrap();
+        let tc = cpu.attend(0, &cids, &q, &mut oc).unwrap();
+        for b in 0..lens.len() {
+            let e = rel_err(&og[b * row..(b + 1) * row], &oc[b * row..(b + 1) * row]);
+            eprintln!("step {step} sequence {b} (len {}): rel err {e:.2e}", lens[b]);
+            assert!(e < bound, "sequence {b}: rel err {e} >= {bound}");
+        }
+        assert_eq!(tg.groups_per_kv_head.len(), tc.groups_per_kv_head.len());
+        assert_eq!(tg.hits + tg.misses, tg.groups_per_kv_head.iter().sum::<usize>() as u64);
+        // The same query again: everything routed is in the working set.
+        let again = gpu.attend(0, &gids, &q, &mut og).unwrap();
+        assert_eq!(again.misses, 0, "{again:?}");
+        assert_eq!(again.hits, tg.hits + tg.misses);
+        assert_eq!(again.bytes_h2d, 0);
+        assert!(tg.stages.route.as_nanos() > 0 && tg.stages.attend.as_nanos() > 0);
+    }
+}
+
+#[test]
+fn gpu_full_budget_matches_cpu() {
+    check_against_cpu(routing().full_budget(), &[70, 700, 1500], 1e-2);
+}
+
+#[test]
+fn gpu_routed_matches_cpu() {
+    check_against_cpu(routing(), &[1, 900, 2500], 2e-2);
+}
+
+#[test]
+fn gpu_bad_input_is_a_typed_error() {
+    let mut rng = rng();
+    let mut config = CacheConfig::new(spec(routing()), 1, 128);
+    config.max_sequences = 1;
+    let Some(mut gpu) = gpu_cache(config) else { return };
+    let id = gpu.add_sequence().unwrap();
+    let l = gpu.layout();
+    let row = l.kv_heads * l.head_dim;
+    gpu.append(id, 0, &randv(&mut rng, 100 * row), &randv(&mut rng, 100 * row)).unwrap();
+    let q = randv(&mut rng, l.q_heads * l.head_dim);
+    let mut before = vec![0.0; q.len()];
+    gpu.attend(0, &[id], &q, &mut before).unwrap();
+    assert_eq!(
+        gpu.append(id, 0, &randv(&mut rng, 29 * row), &randv(&mut rng, 29 * row)).unwrap_err(),
+        RuntimeError::CapacityExceeded { field: "sequence length", requested: 129, limit: 128 }
+    );
+    assert_eq!(
+        gpu.add_sequence().unwrap_err(),
+        RuntimeError::CapacityExceeded { field: "sequences", requested: 2, limit: 1 }
+    );
+    let mut after = vec![0.0; q.len()];
+    gpu.attend(0, &[id], &q, &mut after).unwrap();
+    assert_eq!(before, after);
+    assert_eq!(gpu.seq_len(id, 0).unwrap(), 100);
+    // A sequence too large for the GPU: a typed error, nothing allocated.
+    let mut huge = CacheConfig::new(spec(routing()), 1, 1 << 30);
+    huge.host_budget_bytes = u64::MAX;
+    huge.max_sequences = 1;
+    let mut big = gpu_cache(huge).unwrap();
+    assert!(matches!(big.add_sequence(), Err(RuntimeError::GpuOutOfMemory { .. })));
+    assert!(big.sequences().is_empty());
+}
