@@ -36,6 +36,7 @@ pub mod presets;
 pub mod rope;
 pub mod routing;
 pub mod spec;
+pub mod tuned;
 
 pub use error::{SpecError, Violation};
 pub use hf::HfModel;

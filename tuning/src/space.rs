@@ -1,0 +1,146 @@
+//! The search space: every combination of the spec language's allowed kernel parameters (split-K at
+//! powers of two), pruned before timing: specs that break a rule, variants beyond the GPU's shared
+//! memory or that spill registers, and variants whose generated kernels equal an earlier candidate's
+//! (the generator clamps tile tokens to its shared-memory limit).
+
+use crate::cost::{modeled_resources, Resources};
+use crate::gpu::GpuSpec;
+use hga_dsl::codegen::{generate, launch_params};
+use hga_dsl::kernel::allowed;
+use hga_dsl::tuned::{short_name, Pruned};
+use hga_dsl::{KernelParams, ValidSpec};
+
+/// One candidate variant.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Short name (`th128_sk4_tt64_v8`).
+    pub name: String,
+    /// The validated spec (model, routing, these kernel parameters).
+    pub spec: ValidSpec,
+}
+
+impl Candidate {
+    /// The kernel parameters.
+    pub fn kernel(&self) -> &KernelParams {
+        self.spec.kernel()
+    }
+}
+
+/// Where resource figures come from.
+pub enum ResourceSource<'a> {
+    /// The cost model's estimate.
+    Modeled,
+    /// A compiler (NVRTC through the JIT): registers, shared memory and spills of the attention kernel.
+    Compiler(&'a dyn Fn(&ValidSpec) -> Result<Resources, String>),
+}
+
+/// The candidates (in a fixed order) and what was pruned, with reasons.
+#[derive(Debug, Clone)]
+pub struct Space {
+    /// Candidates to time.
+    pub candidates: Vec<Candidate>,
+    /// Pruned variants.
+    pub pruned: Vec<Pruned>,
+    /// Pruned duplicates: (short name, index of the candidate with the same kernels).
+    pub duplicates: Vec<(String, usize)>,
+}
+
+/// Split-K values searched: powers of two in the allowed range.
+pub fn split_k_values() -> Vec<u32> {
+    let (lo, hi) = allowed::SPLIT_K;
+    (0..32).map(|i| 1u32 << i).filter(|v| (lo..=hi).contains(v)).collect()
+}
+
+/// Every combination, sorted by (threads, split_k, tile_tokens, vec_width).
+pub fn grid() -> Vec<KernelParams> {
+    let mut out = Vec::new();
+    for &threads in allowed::THREADS {
+        for split_k in split_k_values() {
+            for &tile_tokens in allowed::TILE_TOKENS {
+                for &vec_width in allowed::VEC_WIDTH {
+                    out.push(KernelParams { threads, split_k, tile_tokens, vec_width });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Builds the space for a model/routing (`base`, whose kernel parameters are replaced) on a GPU.
+pub fn build(base: &ValidSpec, gpu: &GpuSpec, resources: &ResourceSource<'_>) -> Space {
+    let limits = gpu.limits();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut sources: Vec<String> = Vec::new();
+    let mut pruned = Vec::new();
+    let mut duplicates = Vec::new();
+    for k in grid() {
+        let name = short_name(&k);
+        let spec = match base.with_kernel(k.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                pruned.push(Pruned { variant: name, reason: e.to_string() });
+                continue;
+            }
+        };
+        let lp = launch_params(&spec);
+        let body = kernel_body(&spec);
+        if let Some(i) = sources.iter().position(|s| *s == body) {
+            let reason = if lp.tile_tokens != k.tile_tokens {
+                format!(
+                    "same kernels as {}: the generator clamps tile_tokens {} to {} ({} B of static shared memory)",
+                    candidates[i].name, k.tile_tokens, lp.tile_tokens, lp.attend_smem_bytes
+                )
+            } else {
+                format!("same kernels as {}", candidates[i].name)
+            };
+            pruned.push(Pruned { variant: name.clone(), reason });
+            duplicates.push((name, i));
+            continue;
+        }
+        let (res, how) = match resources {
+            ResourceSource::Modeled => (Ok(modeled_resources(&spec)), "modeled"),
+            ResourceSource::Compiler(f) => (f(&spec), "NVRTC"),
+        };
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                pruned.push(Pruned { variant: name, reason: format!("does not compile: {e}") });
+                continue;
+            }
+        };
+        if res.smem_bytes > limits.smem_per_block {
+            pruned.push(Pruned {
+                variant: name,
+                reason: format!(
+                    "hga_attend needs {} B of shared memory per block ({how}); {} allows {} B",
+                    res.smem_bytes, limits.arch, limits.smem_per_block
+                ),
+            });
+            continue;
+        }
+        if res.spill_bytes > 0 {
+            pruned.push(Pruned {
+                variant: name,
+                reason: format!(
+                    "hga_attend spills {} B to local memory ({how}; {} registers per thread)",
+                    res.spill_bytes, res.regs_per_thread
+                ),
+            });
+            continue;
+        }
+        sources.push(body);
+        candidates.push(Candidate { name, spec });
+    }
+    Space { candidates, pruned, duplicates }
+}
+
+/// The generated source without the header lines that name the variant: two candidates with equal bodies
+/// compile to the same kernels.
+fn kernel_body(spec: &ValidSpec) -> String {
+    generate(spec)
+        .source
+        .lines()
+        .filter(|l| !l.starts_with("// variant:") && !l.starts_with("// spec hash:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
