@@ -141,19 +141,24 @@ impl State<'_> {
         }
         let message = v.to_string();
         let pairs = &self.index.pairs;
-        // The field itself, or the table or preset it was written in.
+        // The field itself, or the preset that wrote it.
         let mut prefix = v.field.as_str();
+        let mut table = None;
         loop {
             if let Some(p) = pairs.values().find(|p| p.path == prefix) {
-                let t = p.value_tokens.clone();
-                return self.error(Some(&t), message);
+                if prefix == v.field || p.preset_text.is_some() {
+                    let t = p.value_tokens.clone();
+                    return self.error(Some(&t), message);
+                }
+                table = table.or(Some(p.value_tokens.clone()));
             }
             match prefix.rfind('.') {
                 Some(i) => prefix = &prefix[..i],
                 None => break,
             }
         }
-        // Not written: its default broke a rule together with something written.
+        // Not written: its default broke a rule together with something written; point at that, else at
+        // the table or section it would be in.
         let note = format!("{message} (`{}` is not written here: that is its default)", v.field);
         let mut mentioned: Vec<_> = pairs.iter().filter(|(_, p)| mentions(&v.rule, &p.path)).collect();
         mentioned.sort_by_key(|(id, _)| **id);
@@ -163,7 +168,7 @@ impl State<'_> {
         }
         let section = v.field.split('.').next().unwrap_or("");
         let header = self.index.headers.values().find(|h| h.0 == section).map(|h| h.1.to_token_stream());
-        self.error(header.as_ref(), note);
+        self.error(table.or(header).as_ref(), note);
     }
 }
 
@@ -323,6 +328,26 @@ mod tests {
              `rope_style`, `rotary_dim`, `rope_scaling`, `dtype`",
             "routing.group = 0: must be >= 1",
             "kernel.threads = 7: must be one of [64, 128, 256, 512]",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn repairs_inside_an_inline_model_table() {
+        let d = declaration(
+            r#"model = { kv_heads = 4, head_dim = true, rope_theta = 1e6, rope_scaling = { type = "linear" } }
+               routing = { chunk = 40 }"#,
+        );
+        let got = messages(&check(&d).unwrap_err());
+        let want: BTreeSet<String> = [
+            "missing field `model.q_heads`",
+            "model.head_dim: invalid type: boolean `true`, expected u32",
+            "missing field `model.rope_scaling.factor`",
+            "routing.group = 16: must divide routing.chunk (40) (`routing.group` is not written here: that is its \
+             default)",
         ]
         .into_iter()
         .map(String::from)
