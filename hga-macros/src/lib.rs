@@ -27,8 +27,9 @@ use proc_macro::TokenStream;
 /// spec is the TOML form written as tokens:
 ///
 /// - `[model]`, `[routing]`, `[kernel]` (and dotted `[model.rope_scaling]`) start a section, and the
-///   `key = value` pairs after a header belong to it, as in TOML. Nothing separates pairs (tokens have
-///   no newlines); a `,` or `;` after one is allowed.
+///   `key = value` pairs after a header belong to it, as in TOML; dotted keys (`routing.top_chunks = 8`
+///   before any header) work too. Nothing separates pairs (tokens have no newlines); a `,` or `;` after
+///   one is allowed.
 /// - Values are TOML values in Rust spelling: integers (`128`, `1_000_000`), floats (`1e6`, `8.0`),
 ///   `"strings"`, `true`/`false`, arrays `[..]`, inline tables `{ key = value, .. }`. Keys are names
 ///   (keywords too: `type = "llama3"`) or `"quoted"`. Literal suffixes (`32u32`) are errors: the
