@@ -95,7 +95,9 @@ impl GpuBackend {
         let kce = (spec.routing().top_chunks as usize).min(chunks);
         let kge = (spec.routing().top_groups as usize).min(kce * spec.groups_per_chunk());
         let need = kvh * units * kge;
-        let per_state = (budget / (layers * max_sequences) as u64 / record) as usize;
+        // More slots than a sequence has groups would never fill.
+        let all_groups = kvh * chunks * spec.groups_per_chunk();
+        let per_state = ((budget / (layers * max_sequences) as u64 / record) as usize).min(all_groups.max(need));
         if per_state < need.max(1) {
             return Err(RuntimeError::InvalidConfig {
                 field: "gpu_budget_bytes",

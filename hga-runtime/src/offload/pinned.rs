@@ -5,6 +5,7 @@ use super::arena::{BlockSource, HostBlock};
 use crate::cuda::Gpu;
 use crate::RuntimeError;
 use cudarc::driver::{result, sys};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// A page-locked host buffer of `u16` elements that the GPU reads at [`PinnedBuffer::device_addr`].
@@ -52,7 +53,7 @@ impl PinnedBuffer {
             return Err(RuntimeError::Cuda { op: "cuMemHostGetDevicePointer", message: format!("{r:?}") });
         }
         let mut buf = PinnedBuffer { ptr, len, dev, ctx };
-        buf.as_mut_slice().fill(0);
+        buf.as_mut_slice().par_chunks_mut(1 << 20).for_each(|c| c.fill(0));
         Ok(buf)
     }
 

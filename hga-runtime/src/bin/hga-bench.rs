@@ -1,0 +1,503 @@
+//! `hga-bench`: the decode attention step of one layer on the GPU, HGA (steady state and cold) against
+//! dense PyTorch SDPA measured in the same run; JSON and a table.
+//!
+//! ```text
+//! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
+//!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--slots-factor 4]
+//!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json]
+//! ```
+//!
+//! Per (batch, context): a [`DecodeBatch`] of the generated kernels with the whole context already in
+//! place: random bf16 K/V in one pinned, device-mapped host store (the group-contiguous layout the
+//! gather reads), random summary tables and window on the GPU. Then decode steps at positions
+//! `context − 1, context, …`, each appending a random token (append + summarize on chunk close) and
+//! running route → fetch → attend → merge.
+//!
+//! - **Steady state**: queries correlated across steps as in real decoding: per head,
+//!   `q_t = normalize(ρ·q_{t−1} + (1−ρ)·n_t)·√D` with `n_t` standard normal, ρ = 0.9 (the cosine
+//!   between consecutive queries is then ≈ 0.99). `--warmup` steps fill the slot cache, the next
+//!   `--steps` are measured. Slot pool: `--slots-factor` × the largest union one step can open.
+//! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
+//!   nearly every routed group is a miss (the measured hit rate is reported).
+//! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
+//!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
+//!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
+//!   append + summarize, reported apart (an engine's new token is already on the GPU).
+//! - Memory: the GPU bytes of the attention state per layer (window, summary tables, slot pool, index
+//!   tables) by the buffers' sizes and by `cuMemGetInfo` before/after, against the dense K/V size.
+//! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes). The codegen has
+//!   no flash-decoding kernel of its own yet, so no second dense column.
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice};
+use hga_dsl::{presets, Sharing, Spec, ValidSpec};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
+use hga_runtime::jit::Jit;
+use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+struct Args {
+    model: String,
+    contexts: Vec<usize>,
+    batches: Vec<usize>,
+    steps: usize,
+    warmup: usize,
+    cold_steps: usize,
+    rho: f32,
+    slots_factor: usize,
+    sdpa: Option<String>,
+    json: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: "qwen3-30b".into(),
+        contexts: vec![4096, 32768, 65536, 131072, 524288, 1048576],
+        batches: vec![1, 8],
+        steps: 300,
+        warmup: 50,
+        cold_steps: 60,
+        rho: 0.9,
+        slots_factor: 4,
+        sdpa: None,
+        json: None,
+    };
+    let list = |s: &str| -> Result<Vec<usize>, String> {
+        s.split(',').map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"))).collect()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = val()?,
+            "--contexts" => a.contexts = list(&val()?)?,
+            "--batch" => a.batches = list(&val()?)?,
+            "--steps" => a.steps = val()?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--warmup" => a.warmup = val()?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--cold-steps" => a.cold_steps = val()?.parse().map_err(|e| format!("--cold-steps: {e}"))?,
+            "--rho" => a.rho = val()?.parse().map_err(|e| format!("--rho: {e}"))?,
+            "--slots-factor" => a.slots_factor = val()?.parse().map_err(|e| format!("--slots-factor: {e}"))?,
+            "--sdpa" => a.sdpa = Some(val()?),
+            "--json" => a.json = Some(val()?),
+            "-h" | "--help" => return Err("see the module docs in hga-runtime/src/bin/hga-bench.rs".into()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.steps == 0 || a.cold_steps == 0 || !(0.0..1.0).contains(&a.rho) || a.slots_factor == 0 {
+        return Err("--steps, --cold-steps, --slots-factor must be >= 1 and --rho in [0, 1)".into());
+    }
+    if a.contexts.iter().any(|&c| c < 64) || a.batches.contains(&0) {
+        return Err("contexts must be >= 64 and batches >= 1".into());
+    }
+    Ok(a)
+}
+
+/// SplitMix64: a fast, seedable generator for filling large buffers in parallel.
+struct Mix(u64);
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn normal(&mut self) -> f32 {
+        // Box-Muller.
+        let (u, v) = (
+            ((self.next() >> 40) as f32 + 1.0) / (1u64 << 24) as f32,
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32,
+        );
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+/// Non-zero random bf16 bits, magnitudes in [0.25, 1), both signs.
+fn fill_bf16(buf: &mut [u16], seed: u64) {
+    buf.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| {
+        let mut r = Mix(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        for x in c.iter_mut() {
+            let b = r.next() as u16;
+            *x = (b & 0x807f) | if b & 0x4000 != 0 { 0x3f00 } else { 0x3e80 };
+        }
+    });
+}
+
+fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    v.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| {
+        let mut r = Mix(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        for x in c.iter_mut() {
+            *x = r.uniform();
+        }
+    });
+    v
+}
+
+fn random_bits(n: usize, seed: u64) -> Vec<u16> {
+    let mut v = vec![0u16; n];
+    fill_bf16(&mut v, seed);
+    v
+}
+
+/// Per-head queries: `[B][QH][D]` f32, each head of norm √D.
+struct Queries {
+    q: Vec<f32>,
+    d: usize,
+    rng: Mix,
+}
+
+impl Queries {
+    fn new(n: usize, d: usize, seed: u64) -> Self {
+        let mut s = Queries { q: vec![0.0; n], d, rng: Mix(seed) };
+        s.advance(0.0);
+        s
+    }
+    /// `q ← normalize(ρ·q + (1−ρ)·noise)·√D` per head.
+    fn advance(&mut self, rho: f32) {
+        let d = self.d;
+        for h in self.q.chunks_mut(d) {
+            for x in h.iter_mut() {
+                *x = rho * *x + (1.0 - rho) * self.rng.normal();
+            }
+            let norm = h.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-20);
+            for x in h.iter_mut() {
+                *x *= (d as f32).sqrt() / norm;
+            }
+        }
+    }
+    fn bits(&self) -> Vec<u16> {
+        self.q.iter().map(|&x| f32_to_bf16(x)).collect()
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn event(gpu: &Gpu) -> Res<CudaEvent> {
+    Ok(gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
+}
+
+fn us(a: &CudaEvent, b: &CudaEvent) -> Res<f64> {
+    Ok(a.elapsed_ms(b)? as f64 * 1e3)
+}
+
+#[derive(Default)]
+struct Samples {
+    step: Vec<f64>,
+    gpu: Vec<f64>,
+    route: Vec<f64>,
+    fetch: Vec<f64>,
+    attend: Vec<f64>,
+    append: Vec<f64>,
+    routed: u64,
+    misses: u64,
+    miss_fetch_us: Vec<(u64, f64)>,
+    steps: u64,
+}
+
+impl Samples {
+    fn summary(mut self, batch: usize, kv_heads: usize, record: u64) -> Value {
+        let hit_rate = if self.routed > 0 { 1.0 - self.misses as f64 / self.routed as f64 } else { f64::NAN };
+        // Effective fetch bandwidth over the queued (gap-free) steps: bytes of missed groups / fetch time.
+        let (bytes, t): (u64, f64) =
+            self.miss_fetch_us.iter().fold((0, 0.0), |(b, t), &(m, f)| (b + m * record, t + f));
+        json!({
+            "step_us": median(&mut self.step),
+            "gpu_us": median(&mut self.gpu),
+            "route_us": median(&mut self.route),
+            "fetch_us": median(&mut self.fetch),
+            "attend_merge_us": median(&mut self.attend),
+            "append_us": median(&mut self.append),
+            "hit_rate": hit_rate,
+            "groups_per_kv_head": self.routed as f64 / (self.steps.max(1) * (batch * kv_heads) as u64) as f64,
+            "misses_per_step": self.misses as f64 / self.steps.max(1) as f64,
+            "bytes_h2d_per_step": (self.misses * record) as f64 / self.steps.max(1) as f64,
+            "fetch_GBps": if t > 0.0 { bytes as f64 / t / 1e3 } else { f64::NAN },
+        })
+    }
+}
+
+struct Bench<'a> {
+    gpu: &'a Gpu,
+    spec: &'a ValidSpec,
+    spacer: CudaSlice<u8>,
+    ev: [CudaEvent; 6],
+}
+
+impl Bench<'_> {
+    /// Runs `steps` decode steps (first `warmup` unmeasured); odd steps queued behind the spacer.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        b: &mut DecodeBatch,
+        pos: &mut [u32],
+        q: &mut Queries,
+        rho: f32,
+        warmup: usize,
+        steps: usize,
+        seed: u64,
+    ) -> Res<Samples> {
+        let (kvh, d) = (self.spec.model().kv_heads as usize, self.spec.head_dim());
+        let bsz = pos.len();
+        let mut s = Samples::default();
+        let st = self.gpu.stream().clone();
+        for t in 0..warmup + steps {
+            let queued = t % 2 == 1;
+            q.advance(rho);
+            b.set_positions(pos)?;
+            b.upload_q(&q.bits())?;
+            let (k, v) =
+                (random_bits(bsz * kvh * d, seed + 2 * t as u64), random_bits(bsz * kvh * d, seed + 2 * t as u64 + 1));
+            self.ev[0].record(&st)?;
+            b.launch_append(&k, &v)?;
+            b.launch_summarize_closed()?;
+            self.ev[1].record(&st)?;
+            if queued {
+                st.memset_zeros(&mut self.spacer)?;
+            }
+            self.ev[2].record(&st)?;
+            b.launch_route()?;
+            self.ev[3].record(&st)?;
+            b.launch_fetch()?;
+            self.ev[4].record(&st)?;
+            b.launch_attend()?;
+            self.ev[5].record(&st)?;
+            self.ev[5].synchronize()?;
+            let misses = b.last_misses()? as u64;
+            let routed: u64 = b.union()?.iter().map(|u| u.len() as u64).sum();
+            for p in pos.iter_mut() {
+                *p += 1;
+            }
+            if t < warmup {
+                continue;
+            }
+            s.steps += 1;
+            s.routed += routed;
+            s.misses += misses;
+            s.append.push(us(&self.ev[0], &self.ev[1])?);
+            let total = us(&self.ev[2], &self.ev[5])?;
+            if queued {
+                s.gpu.push(total);
+                s.route.push(us(&self.ev[2], &self.ev[3])?);
+                let f = us(&self.ev[3], &self.ev[4])?;
+                s.fetch.push(f);
+                s.miss_fetch_us.push((misses, f));
+                s.attend.push(us(&self.ev[4], &self.ev[5])?);
+            } else {
+                s.step.push(total);
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Runs the SDPA baseline script; returns its JSON.
+fn run_sdpa(script: &str, a: &Args, q_heads: u32, kv_heads: u32, d: u32) -> Res<Value> {
+    let out = std::env::temp_dir().join(format!("hga-bench-sdpa-{}.json", std::process::id()));
+    let join = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--q-heads", &q_heads.to_string(), "--kv-heads", &kv_heads.to_string(), "--head-dim", &d.to_string()])
+        .args(["--contexts", &join(&a.contexts), "--batch", &join(&a.batches)])
+        .arg("--json")
+        .arg(&out)
+        .env("PYTHONUNBUFFERED", "1")
+        .status()?;
+    if !status.success() {
+        return Err(format!("{script} failed: {status}").into());
+    }
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    std::fs::remove_file(&out).ok();
+    Ok(v)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hga-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("hga-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: Args) -> Res<()> {
+    let preset = presets::find(&a.model)?;
+    let spec = Spec::new(preset.shape.clone()).validate()?;
+    let (m, r) = (spec.model(), spec.routing());
+    let (qh, kvh, d) = (m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
+    let (g, c, gpc) = (r.group as usize, r.chunk as usize, spec.groups_per_chunk());
+    let record = (2 * g * d * 2) as u64;
+
+    let sdpa = match &a.sdpa {
+        Some(script) => Some(run_sdpa(script, &a, m.q_heads, m.kv_heads, m.head_dim)?),
+        None => None,
+    };
+
+    let gpu = Gpu::open(0)?;
+    let t0 = Instant::now();
+    let kernels = DecodeKernels::load(&gpu, &Jit::from_env()?, &spec)?;
+    eprintln!("{}: kernels {} in {:.0} ms", gpu.name(), spec.variant_key(), t0.elapsed().as_secs_f64() * 1e3);
+
+    let extra = a.warmup + a.steps.max(a.cold_steps) + c;
+    let cap_groups = |n: usize| (n + extra).div_ceil(c) * gpc;
+    let store_len = a
+        .batches
+        .iter()
+        .flat_map(|&b| a.contexts.iter().map(move |&n| b * kvh * cap_groups(n) * 2 * g * d))
+        .max()
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    let mut store = PinnedBuffer::new(&gpu, store_len)?;
+    fill_bf16(store.as_mut_slice(), 0x5eed);
+    eprintln!(
+        "host store: {:.2} GiB pinned + filled in {:.1} s",
+        store_len as f64 * 2.0 / (1u64 << 30) as f64,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let ev = [event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?];
+    let spacer = gpu.stream().alloc_zeros::<u8>(512 << 20)?;
+    let mut bench = Bench { gpu: &gpu, spec: &spec, spacer, ev };
+    let units = if r.sharing == Sharing::PerKvHead { 1 } else { spec.gqa() };
+
+    let mut rows = Vec::new();
+    for &bsz in &a.batches {
+        for &n in &a.contexts {
+            let max_context = n + extra;
+            let cap_chunks = max_context.div_ceil(c);
+            let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
+            let need = bsz * kvh * units * kge;
+            let mut result = json!({ "batch": bsz, "context": n });
+            let mut seed = (bsz * 1_000_003 + n) as u64;
+            for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
+                let (free0, _) = gpu.context().mem_get_info()?;
+                let cap = Capacity { batch: bsz, max_context, n_slots: slots };
+                let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
+                // SAFETY: `store` outlives `b` and holds at least `b.host_store_len()` elements.
+                assert!(b.host_store_len() <= store.len());
+                unsafe { b.set_host_store(store.device_addr()) };
+                let lp = &kernels.generated().launch;
+                let win = bsz * kvh * lp.window_chunks as usize * c * d;
+                b.upload_window(&random_bits(win, seed), &random_bits(win, seed + 1))?;
+                let sv = lp.summary_vectors as usize;
+                let (cs, gs) = (bsz * kvh * cap_chunks * sv * d, bsz * kvh * cap_chunks * gpc * sv * d);
+                b.upload_summaries(&random_f32(cs, seed + 2), &random_f32(gs, seed + 3))?;
+                gpu.sync()?;
+                let (free1, _) = gpu.context().mem_get_info()?;
+                let mut pos = vec![(n - 1) as u32; bsz];
+                let mut q = Queries::new(bsz * qh * d, d, seed + 4);
+                seed += 1000;
+                let samples = if mode == "steady" {
+                    bench.run(&mut b, &mut pos, &mut q, a.rho, a.warmup, a.steps, seed)?
+                } else {
+                    bench.run(&mut b, &mut pos, &mut q, 0.0, 2, a.cold_steps, seed)?
+                };
+                result[mode] = samples.summary(bsz, kvh, record);
+                result[mode]["n_slots"] = json!(slots);
+                if mode == "steady" {
+                    let sums = (cs + gs) * 4;
+                    let window = 2 * win * 2;
+                    let slot_bytes = slots * (record as usize + 12);
+                    let tables =
+                        bsz * kvh * cap_chunks * gpc * 4 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
+                    let dense = bsz * n * kvh * d * 2 * 2;
+                    let state = sums + window + slot_bytes + tables;
+                    result["memory"] = json!({
+                        "state_bytes": state,
+                        "state_bytes_measured": free0.saturating_sub(free1),
+                        "summary_bytes": sums,
+                        "window_bytes": window,
+                        "slot_bytes": slot_bytes,
+                        "dense_kv_bytes": dense,
+                        "state_over_dense": state as f64 / dense as f64,
+                    });
+                }
+                drop(b);
+            }
+            if let Some(s) = &sdpa {
+                let hit = s["decode"].as_array().and_then(|v| {
+                    v.iter()
+                        .find(|e| e["batch"].as_u64() == Some(bsz as u64) && e["context"].as_u64() == Some(n as u64))
+                });
+                result["sdpa_us"] = hit.map_or(Value::Null, |e| e["us"].clone());
+            }
+            eprintln!("{result}");
+            rows.push(result);
+        }
+    }
+
+    let report = json!({
+        "device": gpu.name(),
+        "model": a.model,
+        "variant": spec.variant_key(),
+        "spec": spec.to_toml(),
+        "method": {
+            "queries": format!("per head q_t = normalize({}·q_(t-1) + {}·n_t)·sqrt(D), n_t ~ N(0, I); cold: independent q each step", a.rho, 1.0 - a.rho),
+            "steps": a.steps, "warmup": a.warmup, "cold_steps": a.cold_steps, "slots_factor": a.slots_factor,
+            "timing": "CUDA events, medians; step_us as launched, gpu_us queued behind a 512 MiB memset",
+            "data": "random bf16 K/V in pinned mapped host memory, random f32 summary tables and window",
+        },
+        "pinned_h2d_GBps": sdpa.as_ref().map_or(Value::Null, |s| s["pinned_h2d_GBps"].clone()),
+        "results": rows,
+    });
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    print_table(&report);
+    Ok(())
+}
+
+fn print_table(report: &Value) {
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| if x.is_nan() { "-".into() } else { format!("{x:.1}") });
+    let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    println!(
+        "\n{} · {} · one layer, decode step (µs, medians)",
+        report["device"].as_str().unwrap_or("?"),
+        report["variant"].as_str().unwrap_or("?")
+    );
+    println!(
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | SDPA | state MiB | dense K/V MiB | state/dense |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in report["results"].as_array().into_iter().flatten() {
+        let (s, c, m) = (&r["steady"], &r["cold"], &r["memory"]);
+        let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["batch"],
+            r["context"],
+            f(&s["step_us"]),
+            f(&s["gpu_us"]),
+            f(&s["route_us"]),
+            f(&s["fetch_us"]),
+            f(&s["attend_merge_us"]),
+            pct(&s["hit_rate"]),
+            f(&s["groups_per_kv_head"]),
+            f(&c["gpu_us"]),
+            pct(&c["hit_rate"]),
+            f(&c["fetch_GBps"]),
+            f(&r["sdpa_us"]),
+            mib(&m["state_bytes"]),
+            mib(&m["dense_kv_bytes"]),
+            pct(&m["state_over_dense"]),
+        );
+    }
+}
