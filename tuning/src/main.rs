@@ -30,7 +30,7 @@ struct Cli {
     #[arg(long, value_name = "LIST", default_value = buckets::DEFAULT_BATCHES)]
     batch: String,
     /// Time budget of the whole search, seconds (measured mode: least promising candidates are dropped).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     time_budget: Option<f64>,
     /// measured (needs the GPU), modeled (cost model), or auto (measured when the GPU is present).
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
