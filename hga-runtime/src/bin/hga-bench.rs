@@ -346,10 +346,14 @@ fn run(a: Args) -> Res<()> {
     let (g, c, gpc) = (r.group as usize, r.chunk as usize, spec.groups_per_chunk());
     let record = (2 * g * d * 2) as u64;
 
-    let sdpa = match &a.sdpa {
-        Some(script) => Some(run_sdpa(script, &a, m.q_heads, m.kv_heads, m.head_dim)?),
-        None => None,
-    };
+    // A failing baseline is reported, not fatal: the HGA numbers still come back.
+    let sdpa = a.sdpa.as_ref().and_then(|script| match run_sdpa(script, &a, m.q_heads, m.kv_heads, m.head_dim) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("hga-bench: SDPA baseline failed: {e}");
+            None
+        }
+    });
 
     let gpu = Gpu::open(0)?;
     let t0 = Instant::now();
@@ -364,14 +368,10 @@ fn run(a: Args) -> Res<()> {
         .flat_map(|&b| a.contexts.iter().map(move |&n| b * kvh * cap_groups(n) * 2 * g * d))
         .max()
         .unwrap_or(0);
-    let t0 = Instant::now();
-    let mut store = PinnedBuffer::new(&gpu, store_len)?;
-    fill_bf16(store.as_mut_slice(), 0x5eed);
-    eprintln!(
-        "host store: {:.2} GiB pinned + filled in {:.1} s",
-        store_len as f64 * 2.0 / (1u64 << 30) as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let mut store = Store { gpu: &gpu, buf: None };
+    if let Err(e) = store.ensure(store_len) {
+        eprintln!("hga-bench: pinning {store_len} elements failed ({e}); pinning per configuration instead");
+    }
 
     let ev = [event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?];
     let spacer = gpu.stream().alloc_zeros::<u8>(512 << 20)?;
@@ -379,72 +379,7 @@ fn run(a: Args) -> Res<()> {
     let units = if r.sharing == Sharing::PerKvHead { 1 } else { spec.gqa() };
 
     let mut rows = Vec::new();
-    for &bsz in &a.batches {
-        for &n in &a.contexts {
-            let max_context = n + extra;
-            let cap_chunks = max_context.div_ceil(c);
-            let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
-            let need = bsz * kvh * units * kge;
-            let mut result = json!({ "batch": bsz, "context": n });
-            let mut seed = (bsz * 1_000_003 + n) as u64;
-            for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
-                let (free0, _) = gpu.context().mem_get_info()?;
-                let cap = Capacity { batch: bsz, max_context, n_slots: slots };
-                let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
-                // SAFETY: `store` outlives `b` and holds at least `b.host_store_len()` elements.
-                assert!(b.host_store_len() <= store.len());
-                unsafe { b.set_host_store(store.device_addr()) };
-                let lp = &kernels.generated().launch;
-                let win = bsz * kvh * lp.window_chunks as usize * c * d;
-                b.upload_window(&random_bits(win, seed), &random_bits(win, seed + 1))?;
-                let sv = lp.summary_vectors as usize;
-                let (cs, gs) = (bsz * kvh * cap_chunks * sv * d, bsz * kvh * cap_chunks * gpc * sv * d);
-                b.upload_summaries(&random_f32(cs, seed + 2), &random_f32(gs, seed + 3))?;
-                gpu.sync()?;
-                let (free1, _) = gpu.context().mem_get_info()?;
-                let mut pos = vec![(n - 1) as u32; bsz];
-                let mut q = Queries::new(bsz * qh * d, d, seed + 4);
-                seed += 1000;
-                let samples = if mode == "steady" {
-                    bench.run(&mut b, &mut pos, &mut q, a.rho, a.warmup, a.steps, seed)?
-                } else {
-                    bench.run(&mut b, &mut pos, &mut q, 0.0, 2, a.cold_steps, seed)?
-                };
-                result[mode] = samples.summary(bsz, kvh, record);
-                result[mode]["n_slots"] = json!(slots);
-                if mode == "steady" {
-                    let sums = (cs + gs) * 4;
-                    let window = 2 * win * 2;
-                    let slot_bytes = slots * (record as usize + 12);
-                    let tables =
-                        bsz * kvh * cap_chunks * gpc * 4 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
-                    let dense = bsz * n * kvh * d * 2 * 2;
-                    let state = sums + window + slot_bytes + tables;
-                    result["memory"] = json!({
-                        "state_bytes": state,
-                        "state_bytes_measured": free0.saturating_sub(free1),
-                        "summary_bytes": sums,
-                        "window_bytes": window,
-                        "slot_bytes": slot_bytes,
-                        "dense_kv_bytes": dense,
-                        "state_over_dense": state as f64 / dense as f64,
-                    });
-                }
-                drop(b);
-            }
-            if let Some(s) = &sdpa {
-                let hit = s["decode"].as_array().and_then(|v| {
-                    v.iter()
-                        .find(|e| e["batch"].as_u64() == Some(bsz as u64) && e["context"].as_u64() == Some(n as u64))
-                });
-                result["sdpa_us"] = hit.map_or(Value::Null, |e| e["us"].clone());
-            }
-            eprintln!("{result}");
-            rows.push(result);
-        }
-    }
-
-    let report = json!({
+    let mut report = json!({
         "device": gpu.name(),
         "model": a.model,
         "variant": spec.variant_key(),
@@ -456,13 +391,117 @@ fn run(a: Args) -> Res<()> {
             "data": "random bf16 K/V in pinned mapped host memory, random f32 summary tables and window",
         },
         "pinned_h2d_GBps": sdpa.as_ref().map_or(Value::Null, |s| s["pinned_h2d_GBps"].clone()),
-        "results": rows,
+        "results": [],
     });
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    for &bsz in &a.batches {
+        for &n in &a.contexts {
+            let max_context = n + extra;
+            let cap_chunks = max_context.div_ceil(c);
+            let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
+            let need = bsz * kvh * units * kge;
+            let mut result = json!({ "batch": bsz, "context": n });
+            let mut seed = (bsz * 1_000_003 + n) as u64;
+            let mut one = |result: &mut Value| -> Res<()> {
+                for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
+                    let (free0, _) = gpu.context().mem_get_info()?;
+                    let cap = Capacity { batch: bsz, max_context, n_slots: slots };
+                    let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
+                    let addr = store.ensure(b.host_store_len())?;
+                    // SAFETY: `store` outlives `b` and holds at least `b.host_store_len()` elements.
+                    unsafe { b.set_host_store(addr) };
+                    let lp = &kernels.generated().launch;
+                    let win = bsz * kvh * lp.window_chunks as usize * c * d;
+                    b.upload_window(&random_bits(win, seed), &random_bits(win, seed + 1))?;
+                    let sv = lp.summary_vectors as usize;
+                    let (cs, gs) = (bsz * kvh * cap_chunks * sv * d, bsz * kvh * cap_chunks * gpc * sv * d);
+                    b.upload_summaries(&random_f32(cs, seed + 2), &random_f32(gs, seed + 3))?;
+                    gpu.sync()?;
+                    let (free1, _) = gpu.context().mem_get_info()?;
+                    let mut pos = vec![(n - 1) as u32; bsz];
+                    let mut q = Queries::new(bsz * qh * d, d, seed + 4);
+                    seed += 1000;
+                    let samples = if mode == "steady" {
+                        bench.run(&mut b, &mut pos, &mut q, a.rho, a.warmup, a.steps, seed)?
+                    } else {
+                        bench.run(&mut b, &mut pos, &mut q, 0.0, 2, a.cold_steps, seed)?
+                    };
+                    result[mode] = samples.summary(bsz, kvh, record);
+                    result[mode]["n_slots"] = json!(slots);
+                    if mode == "steady" {
+                        let sums = (cs + gs) * 4;
+                        let window = 2 * win * 2;
+                        let slot_bytes = slots * (record as usize + 12);
+                        let tables =
+                            bsz * kvh * cap_chunks * gpc * 4 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
+                        let dense = bsz * n * kvh * d * 2 * 2;
+                        let state = sums + window + slot_bytes + tables;
+                        result["memory"] = json!({
+                            "state_bytes": state,
+                            "state_bytes_measured": free0.saturating_sub(free1),
+                            "summary_bytes": sums,
+                            "window_bytes": window,
+                            "slot_bytes": slot_bytes,
+                            "dense_kv_bytes": dense,
+                            "state_over_dense": state as f64 / dense as f64,
+                        });
+                    }
+                    drop(b);
+                }
+                Ok(())
+            };
+            if let Err(e) = one(&mut result) {
+                eprintln!("hga-bench: B={bsz} N={n}: {e}");
+                result["error"] = json!(e.to_string());
+            }
+            if let Some(s) = &sdpa {
+                let hit = s["decode"].as_array().and_then(|v| {
+                    v.iter()
+                        .find(|e| e["batch"].as_u64() == Some(bsz as u64) && e["context"].as_u64() == Some(n as u64))
+                });
+                result["sdpa_us"] = hit.map_or(Value::Null, |e| e["us"].clone());
+            }
+            eprintln!("{result}");
+            rows.push(result);
+            // Written after every configuration, so that a run cut short still leaves its results.
+            report["results"] = json!(rows);
+            if let Some(path) = &a.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+        }
+    }
+    if let Some(s) = &sdpa {
+        report["sdpa"] = s.clone();
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
     }
     print_table(&report);
     Ok(())
+}
+
+/// The pinned host store, grown (reallocated and refilled) when a configuration needs more.
+struct Store<'g> {
+    gpu: &'g Gpu,
+    buf: Option<PinnedBuffer>,
+}
+
+impl Store<'_> {
+    /// Device address of a store of at least `len` random elements.
+    fn ensure(&mut self, len: usize) -> Res<u64> {
+        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+            self.buf = None;
+            let t0 = Instant::now();
+            let mut b = PinnedBuffer::new(self.gpu, len)?;
+            fill_bf16(b.as_mut_slice(), 0x5eed);
+            eprintln!(
+                "host store: {:.2} GiB pinned + filled in {:.1} s",
+                len as f64 * 2.0 / (1u64 << 30) as f64,
+                t0.elapsed().as_secs_f64()
+            );
+            self.buf = Some(b);
+        }
+        Ok(self.buf.as_ref().map_or(0, |b| b.device_addr()))
+    }
 }
 
 fn print_table(report: &Value) {
