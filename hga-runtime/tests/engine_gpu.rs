@@ -148,3 +148,41 @@ fn gpu_bad_input_is_a_typed_error() {
     assert!(matches!(big.add_sequence(), Err(RuntimeError::GpuOutOfMemory { .. })));
     assert!(big.sequences().is_empty());
 }
+
+#[test]
+fn device_buffers_match_host_slices() {
+    let mut rng = rng();
+    let mut config = CacheConfig::new(spec(routing()), 2, 2048);
+    config.max_sequences = 2;
+    let Some(mut cache) = gpu_cache(config) else { return };
+    let gpu = hga_runtime::cuda::Gpu::open(0).unwrap();
+    let st = gpu.stream();
+    let l = cache.layout();
+    let row = l.kv_heads * l.head_dim;
+    let (a, b) = (cache.add_sequence().unwrap(), cache.add_sequence().unwrap());
+    let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| f32_to_bf16(v)).collect() };
+    for layer in 0..2 {
+        for n in [700, 1, 300] {
+            let (k, v) = (randv(&mut rng, n * row), randv(&mut rng, n * row));
+            cache.append(a, layer, &k, &v).unwrap();
+            let (kd, vd) = (st.clone_htod(&bits(&k)).unwrap(), st.clone_htod(&bits(&v)).unwrap());
+            cache.append_device(b, layer, &kd, &vd).unwrap();
+        }
+    }
+    let qrow = l.q_heads * l.head_dim;
+    let q = randv(&mut rng, qrow);
+    for layer in 0..2 {
+        let mut oa = vec![f32::NAN; qrow];
+        cache.attend(layer, &[a], &q, &mut oa).unwrap();
+        let qd = st.clone_htod(&bits(&q)).unwrap();
+        let mut od = st.clone_htod(&vec![0xffffu16; qrow]).unwrap();
+        cache.attend_device(layer, &[b], &qd, &mut od).unwrap();
+        let ob: Vec<f32> = st.clone_dtoh(&od).unwrap().into_iter().map(bf16_to_f32).collect();
+        assert!(ob.iter().all(|x| x.is_finite()), "every output element written");
+        assert_eq!(ob, bits(&oa).into_iter().map(bf16_to_f32).collect::<Vec<_>>(), "layer {layer}");
+    }
+    // A device buffer of the wrong length is a typed error, and nothing changes.
+    let short = st.clone_htod(&vec![0x3f80u16; row - 1]).unwrap();
+    assert!(matches!(cache.append_device(a, 0, &short, &short), Err(RuntimeError::ShapeMismatch { field: "k", .. })));
+    assert_eq!(cache.seq_len(a, 0).unwrap(), 1001);
+}

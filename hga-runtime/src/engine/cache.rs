@@ -258,6 +258,46 @@ impl HgaCache {
         Ok(tel)
     }
 
+    /// [`HgaCache::append`] from device buffers of bf16 bits (`[n][kv_heads][head_dim]`), on either
+    /// backend. The decode kernels take their inputs from the host today, so the data is staged through
+    /// host memory (a device-to-host copy), not read in place.
+    #[cfg(feature = "cuda")]
+    pub fn append_device(
+        &mut self,
+        id: SeqId,
+        layer: usize,
+        k: &cudarc::driver::CudaSlice<u16>,
+        v: &cudarc::driver::CudaSlice<u16>,
+    ) -> Result<(), RuntimeError> {
+        let (k, v) = (device_to_f32("k", k)?, device_to_f32("v", v)?);
+        self.append(id, layer, &k, &v)
+    }
+
+    /// [`HgaCache::attend`] with the queries and outputs in device buffers of bf16 bits, staged through
+    /// host memory as in [`HgaCache::append_device`]. `out` is written only on success.
+    #[cfg(feature = "cuda")]
+    pub fn attend_device(
+        &mut self,
+        layer: usize,
+        seqs: &[SeqId],
+        q: &cudarc::driver::CudaSlice<u16>,
+        out: &mut cudarc::driver::CudaSlice<u16>,
+    ) -> Result<StepTelemetry, RuntimeError> {
+        let q = device_to_f32("q", q)?;
+        if out.len() != q.len() {
+            return Err(RuntimeError::ShapeMismatch { field: "out", expected: q.len().to_string(), got: out.len() });
+        }
+        let mut o = vec![0.0f32; q.len()];
+        let tel = self.attend(layer, seqs, &q, &mut o)?;
+        let bits: Vec<u16> = o.iter().map(|&x| crate::offload::f32_to_bf16(x)).collect();
+        let stream = out.stream().clone();
+        stream
+            .memcpy_htod(&bits, out)
+            .map_err(|e| RuntimeError::Cuda { op: "copy output", message: format!("{e:?}") })?;
+        stream.synchronize().map_err(|e| RuntimeError::Cuda { op: "synchronize", message: format!("{e:?}") })?;
+        Ok(tel)
+    }
+
     fn lens(&self, id: SeqId) -> Result<&Vec<usize>, RuntimeError> {
         self.lens.get(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })
     }
@@ -317,4 +357,14 @@ pub(crate) fn working_set_slots(config: &CacheConfig, budget: u64, record_bytes:
         });
     }
     Ok(slots)
+}
+
+/// Copies a device buffer of bf16 bits to host f32 (synchronizes its stream).
+#[cfg(feature = "cuda")]
+fn device_to_f32(field: &'static str, buf: &cudarc::driver::CudaSlice<u16>) -> Result<Vec<f32>, RuntimeError> {
+    let bits = buf.stream().clone_dtoh(buf).map_err(|e| RuntimeError::Cuda {
+        op: if field == "q" { "copy q" } else { "copy k/v" },
+        message: format!("{e:?}"),
+    })?;
+    Ok(bits.into_iter().map(crate::offload::bf16_to_f32).collect())
 }
