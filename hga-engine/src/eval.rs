@@ -48,14 +48,14 @@ impl EvalConfig {
         Ok(())
     }
 
-    /// Bucket boundaries `[0, 4K) [4K, 8K) [8K, 16K) [16K, 32K)`, doubling on for longer documents and
-    /// cut at the last scored position.
+    /// Bucket boundaries of query positions `[0, 4K) [4K, 8K) [8K, 16K) [16K, 32K)`, doubling on for
+    /// longer documents and cut at the document's end (its last position has no target and is not scored).
     pub fn buckets(&self) -> Vec<(usize, usize)> {
-        let scored = self.doc_bytes - 1;
-        let mut out = vec![(0, 4096.min(scored))];
+        let end = self.doc_bytes;
+        let mut out = vec![(0, 4096.min(end))];
         let mut lo = 4096;
-        while lo < scored {
-            out.push((lo, (2 * lo).min(scored)));
+        while lo < end - 1 {
+            out.push((lo, (2 * lo).min(end)));
             lo *= 2;
         }
         out
@@ -104,7 +104,7 @@ impl Acc {
 pub struct BucketResult {
     /// First position.
     pub from: usize,
-    /// One past the last position.
+    /// One past the last position of the bucket (the document's last position has no target).
     pub to: usize,
     /// Positions scored (all documents).
     pub tokens: u64,
@@ -226,7 +226,7 @@ pub fn evaluate(
                 name: run.name.clone(),
                 spec: run.kind.spec().map(|s| s.to_toml()),
                 buckets: acc.iter().zip(&buckets).map(|(a, &b)| a.result(b)).collect(),
-                overall: all.result((0, scored_positions(cfg))),
+                overall: all.result((0, cfg.doc_bytes)),
                 docs,
             }
         })
@@ -305,9 +305,13 @@ mod tests {
     #[test]
     fn buckets_follow_the_readme() {
         let c = EvalConfig { doc_bytes: 32768, docs: 1, first_doc: 0, block: 512 };
-        assert_eq!(c.buckets(), vec![(0, 4096), (4096, 8192), (8192, 16384), (16384, 32767)]);
+        assert_eq!(c.buckets(), vec![(0, 4096), (4096, 8192), (8192, 16384), (16384, 32768)]);
         let c = EvalConfig { doc_bytes: 2048, ..c };
-        assert_eq!(c.buckets(), vec![(0, 2047)]);
+        assert_eq!(c.buckets(), vec![(0, 2048)]);
+        let c = EvalConfig { doc_bytes: 4097, ..c };
+        assert_eq!(c.buckets(), vec![(0, 4096)]);
+        let c = EvalConfig { doc_bytes: 4098, ..c };
+        assert_eq!(c.buckets(), vec![(0, 4096), (4096, 4098)]);
     }
 
     #[test]

@@ -1,9 +1,7 @@
-//! # hga-engine: run a real checkpoint with HGA attention and measure the gap to dense
-//!
-//! A small CPU engine for Hugging Face Qwen3-architecture checkpoints (`config.json` +
-//! `model.safetensors`, bf16/f16/f32 weights widened to f32 at load). Matrix products go through
-//! `matrixmultiply`, parallelism through rayon, and attention through the [`SequenceAttention`] trait:
-//! dense ([`DenseAttention`], blocked GEMMs with an online softmax) or HGA with any routing spec.
+//! A small CPU engine for Qwen3-architecture checkpoints that takes attention from `hga-runtime`:
+//! [`Model`] (load and forward pass), [`SequenceAttention`] backends ([`DenseAttention`],
+//! [`HgaAttention`]), [`eval`] (teacher-forced NLL per position bucket), [`generate`] (greedy) and
+//! [`reference`] (reproducing a checkpoint's reference logits).
 //!
 //! ```no_run
 //! use hga_engine::{AttentionKind, Model, PositionStats};
@@ -14,6 +12,10 @@
 //! let logits = model.forward(&tokens, seq.as_mut(), &mut stats)?; // [n][vocab]
 //! # Ok::<(), hga_engine::EngineError>(())
 //! ```
+//!
+//! The crate README follows.
+//!
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod attention;

@@ -63,11 +63,39 @@ pub(crate) fn gemm(a: View, b: View, beta: f32, c: &mut [f32], ldc: usize) {
 /// Rows per parallel task of [`linear`]: big enough that packing the weight is amortized.
 const ROWS_PER_TASK: usize = 64;
 
+/// Up to this many rows, [`linear`] uses dot products instead of a GEMM.
+const GEMV_ROWS: usize = 4;
+
+/// Dot product with eight independent accumulators (vectorizes).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `y[n][out] = x[n][in] · wᵀ` for a PyTorch weight `w: [out][in]`, in parallel over row blocks.
 pub(crate) fn linear(x: &[f32], w: &[f32], in_dim: usize, out_dim: usize, y: &mut [f32]) {
     let n = x.len() / in_dim;
     assert_eq!(w.len(), in_dim * out_dim, "linear: weight shape");
     assert_eq!(y.len(), n * out_dim, "linear: output shape");
+    if n <= GEMV_ROWS {
+        // Decode: a GEMM would pack (copy) the whole weight for one row; dot products read it once.
+        y.par_chunks_mut(out_dim).zip(x.par_chunks(in_dim)).for_each(|(yr, xr)| {
+            yr.par_chunks_mut(256).enumerate().for_each(|(c, yc)| {
+                for (j, yo) in yc.iter_mut().enumerate() {
+                    let o = c * 256 + j;
+                    *yo = dot(xr, &w[o * in_dim..(o + 1) * in_dim]);
+                }
+            })
+        });
+        return;
+    }
     let rows = ROWS_PER_TASK.max(n.div_ceil(rayon::current_num_threads().max(1) * 4));
     y.par_chunks_mut(rows * out_dim).zip(x.par_chunks(rows * in_dim)).for_each(|(yc, xc)| {
         let r = xc.len() / in_dim;
@@ -162,7 +190,8 @@ mod tests {
     #[test]
     fn linear_matches_naive() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-        let (n, i, o) = (rng.random_range(1..300), rng.random_range(1..70), rng.random_range(1..90));
+        let n = if rng.random_bool(0.5) { rng.random_range(1..=GEMV_ROWS) } else { rng.random_range(1..300) };
+        let (i, o) = (rng.random_range(1..70), rng.random_range(1..600));
         let x: Vec<f32> = (0..n * i).map(|_| rng.random_range(-1.0..1.0)).collect();
         let w: Vec<f32> = (0..o * i).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut y = vec![f32::NAN; n * o];
