@@ -157,7 +157,7 @@ pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, nvrtc: Option<
     let workloads = workloads(req);
     let mut timer = search::ModelTimer { gpu, assumptions: a };
     let order = |_w: Workload| (0..space.candidates.len()).collect::<Vec<_>>();
-    let results = search::run(&space, &workloads, &mut timer, req.time_budget, &order, req.progress);
+    let results = search::run(&space, &workloads, &mut timer, req.time_budget, &order, "not modeled", req.progress);
     let provenance = Provenance {
         mode: Mode::Modeled,
         gpu: gpu.name.clone(),

@@ -73,18 +73,31 @@ pub fn default_index(space: &Space) -> Option<usize> {
 
 /// Times every candidate in every bucket. `budget` bounds the whole search (split evenly over the buckets);
 /// a measured search times the built-in default first, then candidates in the order of `order` (most
-/// promising first), so a budget cut drops the least promising.
+/// promising first), so a budget cut drops the least promising. Candidates `order` leaves out get the
+/// reason `skipped`.
 pub fn run(
     space: &Space,
     buckets: &[Workload],
     timer: &mut dyn Timer,
     budget: Option<Duration>,
     order: &dyn Fn(Workload) -> Vec<usize>,
+    skipped: &str,
     progress: bool,
 ) -> Vec<BucketResult> {
     let n = space.candidates.len();
+    let seqs: Vec<Vec<usize>> = buckets
+        .iter()
+        .map(|&w| {
+            let mut seq = order(w);
+            if let Some(d) = default_index(space) {
+                seq.retain(|&i| i != d);
+                seq.insert(0, d);
+            }
+            seq
+        })
+        .collect();
     let bar = if progress {
-        let pb = ProgressBar::new((n * buckets.len()) as u64);
+        let pb = ProgressBar::new(seqs.iter().map(Vec::len).sum::<usize>() as u64);
         pb.set_style(
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -95,16 +108,11 @@ pub fn run(
     };
     let per_bucket = budget.map(|b| b / buckets.len().max(1) as u32);
     let mut out = Vec::new();
-    for &w in buckets {
+    for (&w, seq) in buckets.iter().zip(&seqs) {
         bar.set_message(format!("context {} batch {}", crate::buckets::fmt_context(w.context), w.batch));
         let start = Instant::now();
         let mut times = vec![None; n];
         let mut reasons: Vec<Option<String>> = vec![None; n];
-        let mut seq = order(w);
-        if let Some(d) = default_index(space) {
-            seq.retain(|&i| i != d);
-            seq.insert(0, d);
-        }
         for (k, &i) in seq.iter().enumerate() {
             if let Some(limit) = per_bucket {
                 // The default and the first ranked candidate are always timed.
@@ -123,6 +131,11 @@ pub fn run(
                 Err(e) => reasons[i] = Some(e),
             }
             bar.inc(1);
+        }
+        for (i, r) in reasons.iter_mut().enumerate() {
+            if times[i].is_none() && r.is_none() {
+                *r = Some(skipped.to_string());
+            }
         }
         let untimed = reasons
             .iter()
