@@ -74,7 +74,10 @@ fn fill(rng: &mut impl Rng, caches: [&mut HgaCache; 2], lens: &[usize]) -> [Vec<
     ids
 }
 
-fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64) {
+/// Compares GPU and CPU per head output. `tie_share`: the share of heads allowed to exceed `bound`,
+/// for routing flips between candidates whose scores tie within rounding (summation order differs on the
+/// GPU); 0 at full budget, where nothing is selected.
+fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64, tie_share: f64) {
     let mut rng = rng();
     let spec = spec(routing);
     let mut config = CacheConfig::new(spec, 1, 4096);
@@ -83,19 +86,17 @@ fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64) {
     let mut cpu = HgaCache::new(config, BackendChoice::Cpu).unwrap();
     let [gids, cids] = fill(&mut rng, [&mut gpu, &mut cpu], lens);
     let l = gpu.layout();
-    let row = l.q_heads * l.head_dim;
-    for step in 0..3 {
+    let (d, row) = (l.head_dim, l.q_heads * l.head_dim);
+    let mut errs = Vec::new();
+    for _step in 0..3 {
         let q = randv(&mut rng, lens.len() * row);
         let (mut og, mut oc) = (vec![f32::NAN; q.len()], vec![f32::NAN; q.len()]);
         let tg = gpu.attend(0, &gids, &q, &mut og).unwrap();
-        let tc = cpu.attend(0, &cids, &q, &mut oc).unwrap();
-        for b in 0..lens.len() {
-            let e = rel_err(&og[b * row..(b + 1) * row], &oc[b * row..(b + 1) * row]);
-            eprintln!("step {step} sequence {b} (len {}): rel err {e:.2e}", lens[b]);
-            assert!(e < bound, "sequence {b}: rel err {e} >= {bound}");
-        }
-        assert_eq!(tg.groups_per_kv_head.len(), tc.groups_per_kv_head.len());
+        cpu.attend(0, &cids, &q, &mut oc).unwrap();
+        errs.extend(og.chunks(d).zip(oc.chunks(d)).map(|(a, b)| rel_err(a, b)));
+        assert_eq!(tg.groups_per_kv_head.len(), lens.len() * l.kv_heads);
         assert_eq!(tg.hits + tg.misses, tg.groups_per_kv_head.iter().sum::<usize>() as u64);
+        assert_eq!(tg.bytes_h2d, tg.misses * 2 * 2 * 16 * 128);
         // The same query again: everything routed is in the working set.
         let again = gpu.attend(0, &gids, &q, &mut og).unwrap();
         assert_eq!(again.misses, 0, "{again:?}");
@@ -103,16 +104,26 @@ fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64) {
         assert_eq!(again.bytes_h2d, 0);
         assert!(tg.stages.route.as_nanos() > 0 && tg.stages.attend.as_nanos() > 0);
     }
+    let over = errs.iter().filter(|&&e| e >= bound).count();
+    let mut sorted = errs.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    eprintln!(
+        "{} head outputs: median rel err {:.2e}, max {:.2e}; {over} over {bound:.0e}",
+        errs.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    assert!(over as f64 <= tie_share * errs.len() as f64, "{over} of {} heads over {bound}", errs.len());
 }
 
 #[test]
 fn gpu_full_budget_matches_cpu() {
-    check_against_cpu(routing().full_budget(), &[70, 700, 1500], 1e-2);
+    check_against_cpu(routing().full_budget(), &[70, 700, 1500], 1e-2, 0.0);
 }
 
 #[test]
 fn gpu_routed_matches_cpu() {
-    check_against_cpu(routing(), &[1, 900, 2500], 2e-2);
+    check_against_cpu(routing(), &[1, 900, 2500], 1e-2, 0.03);
 }
 
 #[test]
