@@ -28,6 +28,8 @@
 //! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes). The codegen has
 //!   no flash-decoding kernel of its own yet, so no second dense column.
 
+mod dense;
+
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
@@ -49,6 +51,8 @@ struct Args {
     slots_factor: usize,
     sdpa: Option<String>,
     json: Option<String>,
+    mode: String,
+    dense_json: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -63,6 +67,8 @@ fn parse_args() -> Result<Args, String> {
         slots_factor: 4,
         sdpa: None,
         json: None,
+        mode: "hga".into(),
+        dense_json: None,
     };
     let list = |s: &str| -> Result<Vec<usize>, String> {
         s.split(',').map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"))).collect()
@@ -81,9 +87,14 @@ fn parse_args() -> Result<Args, String> {
             "--slots-factor" => a.slots_factor = val()?.parse().map_err(|e| format!("--slots-factor: {e}"))?,
             "--sdpa" => a.sdpa = Some(val()?),
             "--json" => a.json = Some(val()?),
+            "--mode" => a.mode = val()?,
+            "--dense-json" => a.dense_json = Some(val()?),
             "-h" | "--help" => return Err("see the module docs in hga-runtime/src/bin/hga-bench.rs".into()),
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if a.mode != "hga" && a.mode != "dense" {
+        return Err(format!("--mode {}: must be hga or dense", a.mode));
     }
     if a.steps == 0 || a.cold_steps == 0 || !(0.0..1.0).contains(&a.rho) || a.slots_factor == 0 {
         return Err("--steps, --cold-steps, --slots-factor must be >= 1 and --rho in [0, 1)".into());
@@ -184,7 +195,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn event(gpu: &Gpu) -> Res<CudaEvent> {
     Ok(gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
@@ -332,10 +343,51 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(args) {
+    let result = if args.mode == "dense" { run_dense(args) } else { run(args) };
+    if let Err(e) = result {
         eprintln!("hga-bench: {e}");
         std::process::exit(1);
     }
+}
+
+/// `--mode dense`: the own flash-decoding kernel, checked against the CPU oracle, then timed per
+/// (batch, context). Run as its own process so that a fault in it cannot touch the HGA measurements.
+fn run_dense(a: Args) -> Res<()> {
+    let preset = presets::find(&a.model)?;
+    let spec = Spec::new(preset.shape.clone()).validate()?;
+    let gpu = Gpu::open(0)?;
+    let dense = dense::Dense::load(&gpu, &Jit::from_env()?, &spec)?;
+    let mut report = json!({ "device": gpu.name(), "kernel": "hga-bench dense.cu (split-K flash decoding)" });
+    let save = |report: &Value| -> Res<()> {
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+        }
+        Ok(())
+    };
+    let mut worst = 0.0f64;
+    for (b, n, seed) in [(2, 1000, 1u64), (1, 4099, 2), (3, 64, 3)] {
+        worst = worst.max(dense.check(b, n, seed)?);
+    }
+    eprintln!("dense check: max rel err {worst:.2e} against the CPU oracle");
+    report["check_rel_err"] = json!(worst);
+    if worst > 1e-2 {
+        report["error"] = json!("check failed: not timed");
+        return save(&report);
+    }
+    let mut rows = Vec::new();
+    for &bsz in &a.batches {
+        for &n in &a.contexts {
+            let row = match dense.time(bsz, n, 10, 50) {
+                Ok((us, bytes)) => json!({ "batch": bsz, "context": n, "us": us, "kv_GBps": bytes as f64 / us / 1e3 }),
+                Err(e) => json!({ "batch": bsz, "context": n, "error": e.to_string() }),
+            };
+            eprintln!("{row}");
+            rows.push(row);
+            report["decode"] = json!(rows);
+            save(&report)?;
+        }
+    }
+    Ok(())
 }
 
 fn run(a: Args) -> Res<()> {
@@ -355,6 +407,9 @@ fn run(a: Args) -> Res<()> {
         }
     });
 
+    // The own dense kernel's results, from an earlier `--mode dense` process.
+    let dense_json: Option<Value> =
+        a.dense_json.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| serde_json::from_str(&t).ok());
     let gpu = Gpu::open(0)?;
     let t0 = Instant::now();
     let kernels = DecodeKernels::load(&gpu, &Jit::from_env()?, &spec)?;
@@ -390,6 +445,7 @@ fn run(a: Args) -> Res<()> {
             "timing": "CUDA events, medians; step_us as launched, gpu_us queued behind a 512 MiB memset",
             "data": "random bf16 K/V in pinned mapped host memory, random f32 summary tables and window",
         },
+        "dense_check_rel_err": dense_json.as_ref().map_or(Value::Null, |d| d["check_rel_err"].clone()),
         "pinned_h2d_GBps": sdpa.as_ref().map_or(Value::Null, |s| s["pinned_h2d_GBps"].clone()),
         "results": [],
     });
@@ -453,6 +509,13 @@ fn run(a: Args) -> Res<()> {
                 eprintln!("hga-bench: B={bsz} N={n}: {e}");
                 result["error"] = json!(e.to_string());
             }
+            if let Some(dj) = &dense_json {
+                let hit = dj["decode"].as_array().and_then(|v| {
+                    v.iter()
+                        .find(|e| e["batch"].as_u64() == Some(bsz as u64) && e["context"].as_u64() == Some(n as u64))
+                });
+                result["dense_us"] = hit.map_or(Value::Null, |e| e["us"].clone());
+            }
             if let Some(s) = &sdpa {
                 let hit = s["decode"].as_array().and_then(|v| {
                     v.iter()
@@ -513,14 +576,14 @@ fn print_table(report: &Value) {
         report["variant"].as_str().unwrap_or("?")
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | SDPA | state MiB | dense K/V MiB | state/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report["results"].as_array().into_iter().flatten() {
         let (s, c, m) = (&r["steady"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -533,6 +596,7 @@ fn print_table(report: &Value) {
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),
+            f(&r["dense_us"]),
             f(&r["sdpa_us"]),
             mib(&m["state_bytes"]),
             mib(&m["dense_kv_bytes"]),
