@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// Time spent in each stage of one decode step (wall clock on the host; on the GPU backend, measured
-/// with device events).
+/// Time spent in each stage of one decode step: wall clock on the CPU backend (which reports routing and
+/// attention together as `attend`); CUDA events on the GPU backend (`attend` includes the split-K merge,
+/// which is launched with it, so `merge` stays zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
     /// Scoring chunk and group summaries and choosing the groups.
@@ -32,7 +33,8 @@ pub struct StepTelemetry {
     /// Distinct groups routed per (sequence, KV head), `[sequence][kv_head]` in batch order: the union
     /// over the query heads sharing the KV head.
     pub groups_per_kv_head: Vec<usize>,
-    /// Tokens in the softmax, summed over sequences and query heads.
+    /// Tokens in the softmax, summed over sequences and query heads (CPU backend; 0 on the GPU backend,
+    /// whose kernels do not report it).
     pub attended_tokens: u64,
     /// Time per stage.
     pub stages: StageTimes,
