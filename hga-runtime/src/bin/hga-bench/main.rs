@@ -18,15 +18,18 @@
 //!   between consecutive queries is then ≈ 0.99). `--warmup` steps fill the slot cache, the next
 //!   `--steps` are measured. Slot pool: `--slots-factor` × the largest union one step can open.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
-//!   nearly every routed group is a miss (the measured hit rate is reported).
+//!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
+//!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
 //!   append + summarize, reported apart (an engine's new token is already on the GPU).
 //! - Memory: the GPU bytes of the attention state per layer (window, summary tables, slot pool, index
 //!   tables) by the buffers' sizes and by `cuMemGetInfo` before/after, against the dense K/V size.
-//! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes). The codegen has
-//!   no flash-decoding kernel of its own yet, so no second dense column.
+//! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes), and this bench's
+//!   own split-K flash-decoding kernel (`dense.cu`; the codegen has none yet), run beforehand as
+//!   `hga-bench --mode dense --json dense.json` (its own process, checked against the CPU oracle before
+//!   timing) and merged with `--dense-json dense.json`.
 
 mod dense;
 
@@ -217,6 +220,9 @@ struct Samples {
     misses: u64,
     miss_fetch_us: Vec<(u64, f64)>,
     steps: u64,
+    /// The first step after creation (empty slot cache: every routed group a miss), queued:
+    /// (gpu µs, fetch µs, misses, routed).
+    first: Option<(f64, f64, u64, u64)>,
 }
 
 impl Samples {
@@ -225,7 +231,12 @@ impl Samples {
         // Effective fetch bandwidth over the queued (gap-free) steps: bytes of missed groups / fetch time.
         let (bytes, t): (u64, f64) =
             self.miss_fetch_us.iter().fold((0, 0.0), |(b, t), &(m, f)| (b + m * record, t + f));
+        let first = self.first.map_or(Value::Null, |(g, f, m, r)| {
+            json!({ "gpu_us": g, "fetch_us": f, "misses": m, "routed": r,
+                    "fetch_GBps": (m * record) as f64 / f / 1e3 })
+        });
         json!({
+            "first_step": first,
             "step_us": median(&mut self.step),
             "gpu_us": median(&mut self.gpu),
             "route_us": median(&mut self.route),
@@ -266,7 +277,7 @@ impl Bench<'_> {
         let mut s = Samples::default();
         let st = self.gpu.stream().clone();
         for t in 0..warmup + steps {
-            let queued = t % 2 == 1;
+            let queued = t % 2 == 1 || t == 0;
             q.advance(rho);
             b.set_positions(pos)?;
             b.upload_q(&q.bits())?;
@@ -291,6 +302,10 @@ impl Bench<'_> {
             let routed: u64 = b.union()?.iter().map(|u| u.len() as u64).sum();
             for p in pos.iter_mut() {
                 *p += 1;
+            }
+            if t == 0 {
+                let f = us(&self.ev[3], &self.ev[4])?;
+                s.first = Some((us(&self.ev[2], &self.ev[5])?, f, misses, routed));
             }
             if t < warmup {
                 continue;
@@ -576,14 +591,14 @@ fn print_table(report: &Value) {
         report["variant"].as_str().unwrap_or("?")
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report["results"].as_array().into_iter().flatten() {
         let (s, c, m) = (&r["steady"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -596,6 +611,8 @@ fn print_table(report: &Value) {
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),
+            f(&c["first_step"]["gpu_us"]),
+            f(&c["first_step"]["fetch_GBps"]),
             f(&r["dense_us"]),
             f(&r["sdpa_us"]),
             mib(&m["state_bytes"]),
