@@ -138,10 +138,39 @@ pub(crate) fn log_sum_exp(x: &[f32]) -> f64 {
 
 /// `x ← exp(x − shift)` over the slice, returning the sum. A Cephes-style polynomial (≈1 ulp on the
 /// softmax range `x − shift ≤ 0`) written so the loop vectorizes: `f32::exp` would cost more than the
-/// score GEMM in dense attention.
+/// score GEMM in dense attention. Compiled for AVX-512 or AVX2 when the CPU has them (no FMA
+/// contraction, so every path gives the same bits).
 pub(crate) fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut chunks = x.chunks_exact_mut(8);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { exp_shifted_sum_avx512(x, shift) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { exp_shifted_sum_avx2(x, shift) };
+        }
+    }
+    exp_shifted_sum_portable(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_shifted_sum_avx512(x: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_portable(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn exp_shifted_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_portable(x, shift)
+}
+
+#[inline(always)]
+fn exp_shifted_sum_portable(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
     for c in &mut chunks {
         for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
             *v = fast_exp(*v - shift);
@@ -156,6 +185,19 @@ pub(crate) fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
+/// Largest element (−∞ for an empty slice), with independent lanes so that it vectorizes.
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// `e^x` for `x ≤ 88`; inputs below −87 give ≈0 (a softmax weight below 1e-38).
 #[inline(always)]
 pub(crate) fn fast_exp(x: f32) -> f32 {
@@ -164,7 +206,8 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -173,7 +216,9 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // `t`'s low mantissa bits hold the integer n (|n| ≤ 127): 2^n without a float-to-int conversion,
+    // whose saturating `as` would not vectorize.
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
@@ -220,6 +265,16 @@ mod tests {
         let s = exp_shifted_sum(&mut v, -1.0);
         let want: f64 = (0..10).map(|i| (1.0 - i as f64).exp()).sum();
         assert!((s as f64 - want).abs() < 1e-6 * want);
+        let mut long: Vec<f32> = (0..1000).map(|_| rng.random_range(-30.0..0.0)).collect();
+        let want: Vec<f64> = long.iter().map(|&x| (x as f64 + 2.0).exp()).collect();
+        let s = exp_shifted_sum(&mut long, -2.0) as f64;
+        assert!((s - want.iter().sum::<f64>()).abs() < 1e-5 * s);
+        for (g, w) in long.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 4e-7 * w, "{g} vs {w}");
+        }
+        assert_eq!(max_of(&[]), f32::NEG_INFINITY);
+        let xs: Vec<f32> = (0..37).map(|_| rng.random_range(-5.0..5.0)).collect();
+        assert_eq!(max_of(&xs), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::{rows_of, Heads, PositionStats, SequenceAttention};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
-use crate::linalg::{exp_shifted_sum, gemm, View};
+use crate::linalg::{exp_shifted_sum, gemm, max_of, View};
 use rayon::prelude::*;
 
 /// Queries per task (times the GQA factor: the query heads of one KV head share a GEMM).
@@ -161,7 +161,7 @@ fn flash_rows(qp: &[f32], pos: &[usize], keys: &[f32], values: &[f32], d: usize,
                 row.fill(0.0);
                 continue;
             }
-            let tile_max = row[..valid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let tile_max = max_of(&row[..valid]);
             let new_max = max[r].max(tile_max);
             if new_max > max[r] && max[r] > f32::NEG_INFINITY {
                 let c = (max[r] - new_max).exp();
