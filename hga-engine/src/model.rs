@@ -74,13 +74,17 @@ impl Model {
                 .zip(qkv.par_chunks(qd + 2 * kvd))
                 .enumerate()
                 .for_each(|(i, (((q, k), v), row))| {
-                    let row: Vec<f32> = match &lw.qkv_bias {
-                        Some(b) => row.iter().zip(b).map(|(x, b)| x + b).collect(),
-                        None => row.to_vec(),
-                    };
                     q.copy_from_slice(&row[..qd]);
                     k.copy_from_slice(&row[qd..qd + kvd]);
                     v.copy_from_slice(&row[qd + kvd..]);
+                    if let Some(b) = &lw.qkv_bias {
+                        let (bq, bk, bv) = (&b[..qd], &b[qd..qd + kvd], &b[qd + kvd..]);
+                        q.iter_mut()
+                            .zip(bq)
+                            .chain(k.iter_mut().zip(bk))
+                            .chain(v.iter_mut().zip(bv))
+                            .for_each(|(x, b)| *x += b);
+                    }
                     let pos = (start + i) as f64;
                     // Qwen3 normalizes each head before RoPE; keys are cached after RoPE.
                     for (head, norm) in q

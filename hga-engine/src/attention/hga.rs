@@ -39,13 +39,18 @@ impl SequenceAttention for HgaAttention {
         let h = self.heads;
         let row = h.q * h.dim;
         let n = rows_of("q", q, row)?;
-        if out.len() != q.len() || stats.len() != n {
-            return Err(hga_runtime::RuntimeError::ShapeMismatch {
+        if out.len() != q.len() {
+            let e = hga_runtime::RuntimeError::ShapeMismatch {
                 field: "out",
                 expected: q.len().to_string(),
                 got: out.len(),
-            }
-            .into());
+            };
+            return Err(e.into());
+        }
+        if stats.len() != n {
+            let e =
+                hga_runtime::RuntimeError::ShapeMismatch { field: "stats", expected: n.to_string(), got: stats.len() };
+            return Err(e.into());
         }
         let cache = &self.caches[layer];
         out.par_chunks_mut(row).zip(q.par_chunks(row)).zip(stats.par_iter_mut()).enumerate().try_for_each(
