@@ -115,12 +115,89 @@ __device__ float block_max(float v, float* red) {
     return t;
 }
 
-// The best `k` of `vals[0..n)` (higher first, then lower index) into out[0..k'), k' = min(k, n).
-// Round r picks the best element ranked strictly after the pick of round r-1: no writes to `vals`.
+// Places the `cnt` best of the (value, index) pairs sv/si[0..n) into out[rank] by counting, for each
+// pair, the pairs ranked before it. Indices are unique, so ranks are too. Every thread must call it.
+__device__ void rank_select(const float* sv, const int* si, int n, int cnt, int* out, int out_offset) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = sv[i];
+        const int x = si[i];
+        int rank = 0;
+        for (int j = 0; j < n; ++j) rank += better(sv[j], si[j], v, x);
+        if (rank < cnt) out[rank] = x + out_offset;
+    }
+}
+
+#define RANK_DIRECT 256
+#define RANK_MAX 512
+#define LIST_MAX 32
+
+// The best `k` of `vals[0..n)` (higher first, then lower index) into out[0..k'), k' = min(k, n), as
+// indices + out_offset; KMAX >= k is the compile-time budget. Small n: rank counting in shared memory.
+// Larger n with KMAX <= LIST_MAX: each thread keeps its sorted top KMAX in registers, each warp merges
+// its lanes' lists, and the warps' lists are ranked. Otherwise KMAX rounds, each picking the best
+// element ranked after the previous pick. Every thread of the block must call it.
+template <int KMAX>
 __device__ int block_topk(const float* vals, int n, int k, int* out, int out_offset) {
-    __shared__ float rv[32];
-    __shared__ int ri[32];
+    __shared__ float sv[RANK_MAX];
+    __shared__ int si[RANK_MAX];
     const int cnt = min(k, n);
+    __syncthreads();
+    if (n <= RANK_DIRECT) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) { sv[i] = vals[i]; si[i] = i; }
+        __syncthreads();
+        rank_select(sv, si, n, cnt, out, out_offset);
+        return cnt;
+    }
+    if (KMAX <= LIST_MAX && (NT / 32) * KMAX <= RANK_MAX) {
+        constexpr int K = KMAX <= LIST_MAX ? KMAX : 1;
+        float lv[K];
+        int li[K];
+#pragma unroll
+        for (int j = 0; j < K; ++j) { lv[j] = NEG_INF; li[j] = 0x7fffffff; }
+        // Loads in batches of 8 so that they are in flight together.
+        for (int i0 = threadIdx.x; i0 < n; i0 += 8 * NT) {
+            float vb[8];
+#pragma unroll
+            for (int b = 0; b < 8; ++b) vb[b] = i0 + b * NT < n ? vals[i0 + b * NT] : NEG_INF;
+#pragma unroll
+            for (int b = 0; b < 8; ++b) {
+                float cv = vb[b];
+                int ci = i0 + b * NT;
+                if (ci < n && better(cv, ci, lv[K - 1], li[K - 1])) {
+#pragma unroll
+                    for (int j = 0; j < K; ++j) {
+                        if (better(cv, ci, lv[j], li[j])) {
+                            const float tv = lv[j]; const int ti = li[j];
+                            lv[j] = cv; li[j] = ci; cv = tv; ci = ti;
+                        }
+                    }
+                }
+            }
+        }
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        for (int r = 0; r < K; ++r) {
+            float bv = lv[0];
+            int bi = li[0];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+            }
+            if (li[0] == bi) {
+#pragma unroll
+                for (int j = 0; j + 1 < K; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
+                lv[K - 1] = NEG_INF;
+                li[K - 1] = 0x7fffffff;
+            }
+            if (lane == 0) { sv[warp * K + r] = bv; si[warp * K + r] = bi; }
+        }
+        __syncthreads();
+        rank_select(sv, si, (NT / 32) * K, cnt, out, out_offset);
+        return cnt;
+    }
+    float* rv = sv;
+    int* ri = si;
     float pv = POS_INF;
     int pi = -1;
     for (int r = 0; r < cnt; ++r) {
@@ -200,80 +277,87 @@ extern "C" __global__ void __launch_bounds__(D) hga_append(HgaParams P, const el
 }
 
 // ---------------------------------------------------------------------------------------------------
-// hga_summarize: builds the chunk summary and the GPC group summaries of chunk close_chunk[b] (skipped
-// when < 0) from the window buffer. grid (KVH, B), block D. Sums run over tokens in order, as the CPU.
-__device__ void summarize_span(const elem_t* keys, int n, int start, float* out) {
-    const int d = threadIdx.x;
-#if SCORE_MINMAX
-    float lo = POS_INF, hi = NEG_INF;
-    for (int t = 0; t < n; ++t) {
-        const float x = ld_elem(keys[(long long)win_row(start + t) * D + d]);
-        lo = fminf(lo, x);
-        hi = fmaxf(hi, x);
-    }
-    out[d] = lo;
-    out[D + d] = hi;
-#else
-    float s = 0.f;
-    for (int t = 0; t < n; ++t) s += ld_elem(keys[(long long)win_row(start + t) * D + d]);
-    out[d] = s;
-#if SCORE_MIXED
-    // Anchor: pre-RoPE keys (rotated back by their own positions) summed, rotated to the span's centre.
-    __syncthreads();
-    if (d < PAIRS && !HIGH_FREQ[d]) {
-        int a, bd;
-        pair_dims(d, &a, &bd);
-        const double f = INV_FREQ[d];
-        float ra = 0.f, rb = 0.f;
-        for (int t = 0; t < n; ++t) {
-            const long long row = (long long)win_row(start + t) * D;
-            const double xa = ld_elem(keys[row + a]), xb = ld_elem(keys[row + bd]);
-            double sn, cs;
-            sincos(-(double)(start + t) * f, &sn, &cs);
-            ra += (float)(xa * cs - xb * sn);
-            rb += (float)(xa * sn + xb * cs);
-        }
-        double sn, cs;
-        sincos(((double)start + ((double)n - 1.0) / 2.0) * f, &sn, &cs);
-        const double da = ra, db = rb;
-        out[a] = (float)(da * cs - db * sn);
-        out[bd] = (float)(da * sn + db * cs);
-    }
-    __syncthreads();
-#endif
-#endif
-}
-
+// hga_summarize: builds the summaries of chunk close_chunk[b] (skipped when < 0) from the window
+// buffer: block x = 0 the chunk's, block x = 1 + j its group j's. grid (1 + GPC, KVH, B), block D.
+// Tokens are staged SUMT at a time; each dimension sums over tokens in order, as the CPU does.
+#define SUMT 32
 extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const int* close_chunk) {
-    const int kvh = blockIdx.x, b = blockIdx.y;
+    __shared__ float rows[SUMT][D + 1];
+    __shared__ float fin[D];
+    const int span = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int c = close_chunk[b];
     if (c < 0) return;
-    const elem_t* keys = P.win_k + win_base(b, kvh);
+    const int d = threadIdx.x;
     const long long seq_head = (long long)b * KVH + kvh;
-    summarize_span(keys, C, c * C, P.chunk_sum + (seq_head * P.cap_chunks + c) * (SV * D));
-    for (int j = 0; j < GPC; ++j) {
-        const long long g = (long long)c * GPC + j;
-        summarize_span(keys, G, c * C + j * G, P.group_sum + (seq_head * P.cap_groups + g) * (SV * D));
+    const int start = span == 0 ? c * C : c * C + (span - 1) * G;
+    const int n = span == 0 ? C : G;
+    float* out = span == 0 ? P.chunk_sum + (seq_head * P.cap_chunks + c) * (SV * D)
+                           : P.group_sum + (seq_head * P.cap_groups + (long long)c * GPC + span - 1) * (SV * D);
+    const elem_t* keys = P.win_k + win_base(b, kvh);
+    float acc = 0.f, lo = POS_INF, hi = NEG_INF;
+    for (int t0 = 0; t0 < n; t0 += SUMT) {
+        const int m = min(SUMT, n - t0);
+        __syncthreads();
+        for (int x = d; x < m * D; x += D) rows[x / D][x % D] = ld_elem(keys[win_row(start + t0 + x / D) * D + x % D]);
+        __syncthreads();
+#if SCORE_MIXED
+        // Anchor pairs: the pre-RoPE key, rotated back by the token's own position, in place.
+        for (int x = d; x < m * PAIRS; x += D) {
+            const int t = x / PAIRS, i = x % PAIRS;
+            if (HIGH_FREQ[i]) continue;
+            int a, bd;
+            pair_dims(i, &a, &bd);
+            double sn, cs;
+            sincos(-(double)(start + t0 + t) * INV_FREQ[i], &sn, &cs);
+            const double xa = rows[t][a], xb = rows[t][bd];
+            rows[t][a] = (float)(xa * cs - xb * sn);
+            rows[t][bd] = (float)(xa * sn + xb * cs);
+        }
+        __syncthreads();
+#endif
+        for (int t = 0; t < m; ++t) {
+            const float x = rows[t][d];
+            acc += x;
+            lo = fminf(lo, x);
+            hi = fmaxf(hi, x);
+        }
     }
+#if SCORE_MINMAX
+    out[d] = lo;
+    out[D + d] = hi;
+#elif SCORE_MIXED
+    fin[d] = acc;
+    __syncthreads();
+    float v = acc;
+    if (d < RDIM) {
+#if ROPE_NEOX
+        const int i = d < RDIM / 2 ? d : d - RDIM / 2;
+#else
+        const int i = d / 2;
+#endif
+        if (!HIGH_FREQ[i]) {
+            // Raw sum rotated to the span's centre.
+            int a, bd;
+            pair_dims(i, &a, &bd);
+            double sn, cs;
+            sincos(((double)start + ((double)n - 1.0) / 2.0) * INV_FREQ[i], &sn, &cs);
+            const double da = fin[a], db = fin[bd];
+            v = d == a ? (float)(da * cs - db * sn) : (float)(da * sn + db * cs);
+        }
+    }
+    out[d] = v;
+#else
+    out[d] = acc;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Score of one summary against one query head, by a warp (lanes stride the dimensions); every lane gets
-// the unscaled sum.
-__device__ __forceinline__ float warp_score(const float* q, const float* s) {
-    float acc = 0.f;
-#if SCORE_MINMAX
-    for (int d = threadIdx.x & 31; d < D; d += 32) acc += fmaxf(q[d] * s[d], q[d] * s[D + d]);
-#else
-    for (int d = threadIdx.x & 31; d < D; d += 32) acc += q[d] * s[d];
-#endif
-    return warp_sum(acc);
-}
-
-// hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
+// ---------------------------------------------------------------------------------------------------
+// hga_chunk_score: scores of the candidate chunks against every query head of a KV head. Eight lanes
+// share a chunk (each holds D/8 of its summary as float4s, read coalesced), four chunks per warp.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block NT.
 extern "C" __global__ void __launch_bounds__(NT) hga_chunk_score(HgaParams P) {
-    __shared__ float q_s[GQA_TILE_Q][D];
+    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int kvh = blockIdx.y, b = blockIdx.z;
     const Windows w = windows_at(P.pos[b]);
     const int n_cand = w.local_start - w.sinks_end;
@@ -281,6 +365,9 @@ extern "C" __global__ void __launch_bounds__(NT) hga_chunk_score(HgaParams P) {
     if (i0 >= n_cand) return;
     const int i1 = min(n_cand, i0 + CHUNK_TILE);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane & 7, grp = lane >> 3;
+    constexpr int F4 = D / 32;  // float4s per lane per summary vector
+    const float* table = P.chunk_sum + ((long long)b * KVH + kvh) * P.cap_chunks * (long long)(SV * D);
     for (int h0 = 0; h0 < GQA; h0 += GQA_TILE_Q) {
         __syncthreads();
         for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += NT) {
@@ -288,12 +375,38 @@ extern "C" __global__ void __launch_bounds__(NT) hga_chunk_score(HgaParams P) {
             q_s[x / D][x % D] = h < GQA ? ld_elem(P.q[((long long)b * QH + kvh * GQA + h) * D + x % D]) : 0.f;
         }
         __syncthreads();
-        for (int i = i0 + warp; i < i1; i += NT / 32) {
-            const int c = w.sinks_end + i;
-            const float* s = P.chunk_sum + (((long long)b * KVH + kvh) * P.cap_chunks + c) * (SV * D);
+        for (int base = i0 + warp * 4; base < i1; base += (NT / 32) * 4) {
+            const int i = base + grp;
+            const bool valid = i < i1;
+            float4 sl[F4];
+#if SCORE_MINMAX
+            float4 sh[F4];
+#endif
+            const float* srow = table + (long long)(w.sinks_end + (valid ? i : i0)) * (SV * D);
+#pragma unroll
+            for (int j = 0; j < F4; ++j) {
+                sl[j] = *(const float4*)(srow + 32 * j + 4 * sub);
+#if SCORE_MINMAX
+                sh[j] = *(const float4*)(srow + D + 32 * j + 4 * sub);
+#endif
+            }
             for (int h = 0; h < GQA_TILE_Q && h0 + h < GQA; ++h) {
-                const float v = warp_score(q_s[h], s) * SCALE;
-                if (lane == 0) P.chunk_score[((long long)b * QH + kvh * GQA + h0 + h) * P.cap_chunks + i] = v;
+                float acc = 0.f;
+#pragma unroll
+                for (int j = 0; j < F4; ++j) {
+                    const float4 q4 = *(const float4*)&q_s[h][32 * j + 4 * sub];
+#if SCORE_MINMAX
+                    acc += fmaxf(q4.x * sl[j].x, q4.x * sh[j].x) + fmaxf(q4.y * sl[j].y, q4.y * sh[j].y)
+                         + fmaxf(q4.z * sl[j].z, q4.z * sh[j].z) + fmaxf(q4.w * sl[j].w, q4.w * sh[j].w);
+#else
+                    acc += q4.x * sl[j].x + q4.y * sl[j].y + q4.z * sl[j].z + q4.w * sl[j].w;
+#endif
+                }
+                acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+                acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+                acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+                if (sub == 0 && valid)
+                    P.chunk_score[((long long)b * QH + kvh * GQA + h0 + h) * P.cap_chunks + i] = acc * SCALE;
             }
         }
     }
@@ -305,9 +418,11 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
     for (int h = 0; h < GQA; ++h) {
         const float* s = scores + h * head_stride;
         float m = NEG_INF;
+#pragma unroll 8
         for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, s[i]);
         m = block_max(m, red);
         float z = 0.f;
+#pragma unroll 8
         for (int i = threadIdx.x; i < n; i += blockDim.x) z += expf(s[i] - m);
         z = block_sum(z, red);
         for (int i = threadIdx.x; i < n; i += blockDim.x) mass[i] += expf(s[i] - m) / z;
@@ -317,7 +432,7 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
 
 // hga_chunk_select: top TOP_CHUNKS candidate chunks per routing unit (query head, or KV head when
 // shared). grid (UNITS, B), block NT.
-extern "C" __global__ void __launch_bounds__(NT) hga_chunk_select(HgaParams P) {
+extern "C" __global__ void __launch_bounds__(NT, 1) hga_chunk_select(HgaParams P) {
     __shared__ float red[32];
     const int u = blockIdx.x, b = blockIdx.y;
     const Windows w = windows_at(P.pos[b]);
@@ -329,15 +444,15 @@ extern "C" __global__ void __launch_bounds__(NT) hga_chunk_select(HgaParams P) {
 #else
     const float* vals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
 #endif
-    const int cnt = block_topk(vals, n_cand, P.kce, P.sel_chunk + ou * P.kce, w.sinks_end);
+    const int cnt = block_topk<TOP_CHUNKS>(vals, n_cand, P.kce, P.sel_chunk + ou * P.kce, w.sinks_end);
     if (threadIdx.x == 0) P.n_sel_chunk[ou] = cnt;
 }
 
 // hga_group_select: the groups of the selected chunks (ascending), scored, top TOP_GROUPS per unit.
 // grid (UNITS, B), block NT.
-extern "C" __global__ void __launch_bounds__(NT) hga_group_select(HgaParams P) {
+extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P) {
     __shared__ float red[32];
-    __shared__ float q_s[GQA_TILE_Q][D];
+    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int u = blockIdx.x, b = blockIdx.y;
     const long long ou = (long long)b * UNITS + u;
     const int kvh = SHARED ? u : u / GQA;
@@ -363,12 +478,40 @@ extern "C" __global__ void __launch_bounds__(NT) hga_group_select(HgaParams P) {
             q_s[x / D][x % D] = h < UNIT_HEADS ? ld_elem(P.q[((long long)b * QH + qh) * D + x % D]) : 0.f;
         }
         __syncthreads();
-        for (int i = warp; i < n; i += NT / 32) {
-            const float* s = table + (long long)cand[i] * (SV * D);
+        const int sub = lane & 7, grp = lane >> 3;
+        constexpr int F4 = D / 32;
+        for (int base = warp * 4; base < n; base += (NT / 32) * 4) {
+            const int i = base + grp;
+            const bool valid = i < n;
+            const float* srow = table + (long long)cand[valid ? i : 0] * (SV * D);
+            float4 sl[F4];
+#if SCORE_MINMAX
+            float4 sh[F4];
+#endif
+#pragma unroll
+            for (int j = 0; j < F4; ++j) {
+                sl[j] = *(const float4*)(srow + 32 * j + 4 * sub);
+#if SCORE_MINMAX
+                sh[j] = *(const float4*)(srow + D + 32 * j + 4 * sub);
+#endif
+            }
             for (int h = 0; h < GQA_TILE_Q && h0 + h < UNIT_HEADS; ++h) {
-                const float v = warp_score(q_s[h], s) * SCALE;
+                float acc = 0.f;
+#pragma unroll
+                for (int j = 0; j < F4; ++j) {
+                    const float4 q4 = *(const float4*)&q_s[h][32 * j + 4 * sub];
+#if SCORE_MINMAX
+                    acc += fmaxf(q4.x * sl[j].x, q4.x * sh[j].x) + fmaxf(q4.y * sl[j].y, q4.y * sh[j].y)
+                         + fmaxf(q4.z * sl[j].z, q4.z * sh[j].z) + fmaxf(q4.w * sl[j].w, q4.w * sh[j].w);
+#else
+                    acc += q4.x * sl[j].x + q4.y * sl[j].y + q4.z * sl[j].z + q4.w * sl[j].w;
+#endif
+                }
+                acc += __shfl_xor_sync(0xffffffffu, acc, 4);
+                acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+                acc += __shfl_xor_sync(0xffffffffu, acc, 1);
                 const int qh = SHARED ? u * GQA + h0 + h : u;
-                if (lane == 0) P.group_score[((long long)b * QH + qh) * kg + i] = v;
+                if (sub == 0 && valid) P.group_score[((long long)b * QH + qh) * kg + i] = acc * SCALE;
             }
         }
     }
@@ -380,7 +523,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_group_select(HgaParams P) {
     const float* vals = P.group_score + ((long long)b * QH + u) * kg;
 #endif
     int* out = P.sel_group + ou * P.kge;
-    const int cnt = block_topk(vals, n, P.kge, out, 0);
+    const int cnt = block_topk<TOP_GROUPS>(vals, n, P.kge, out, 0);
     __syncthreads();
     // block_topk wrote candidate positions; turn them into global group indices.
     for (int r = threadIdx.x; r < cnt; r += NT) out[r] = cand[out[r]];
@@ -409,7 +552,25 @@ __device__ int block_prefix_count(bool ok, int* total) {
 // hga_fetch_resolve: the union of a KV head's opened groups (with the mask of query heads that opened
 // each), resolved against the slot cache: hit -> slot (stamped with this step), miss -> miss list.
 // grid (KVH, B), block NT.
+#define RESOLVE_SMEM 2048
+// Records union entry `idx` (group g, query-head mask) and resolves it against the slot cache.
+__device__ __forceinline__ void resolve_entry(const HgaParams& P, long long bk, int idx, int g, const unsigned* mask) {
+    const long long ue = bk * P.ucap + idx;
+    P.uni_group[ue] = g;
+#pragma unroll
+    for (int m = 0; m < MW; ++m) P.uni_mask[ue * MW + m] = mask[m];
+    const int s = P.slot_of[bk * P.cap_groups + g];
+    P.uni_slot[ue] = s;
+    if (s >= 0) {
+        P.slot_stamp[s] = P.step;
+    } else {
+        const int m = atomicAdd(&P.fetch_state[0], 1);
+        P.miss_list[m] = (int)ue;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NT) hga_fetch_resolve(HgaParams P) {
+    __shared__ unsigned long long keys[RESOLVE_SMEM];
     const int kvh = blockIdx.x, b = blockIdx.y;
     const long long bk = (long long)b * KVH + kvh;
     const int kge = P.kge;
@@ -418,39 +579,72 @@ extern "C" __global__ void __launch_bounds__(NT) hga_fetch_resolve(HgaParams P) 
     const int E = n_units * kge;
     const int* sel = P.sel_group + ((long long)b * UNITS + u0) * kge;
     const int* cnt = P.n_sel_group + (long long)b * UNITS + u0;
+    // Entry e = (unit e / kge, rank e % kge): its group, or -1 past the unit's count.
+    auto entry = [&](int e) -> int { return (e % kge) < cnt[e / kge] ? sel[e] : -1; };
     int base = 0;
-    // Rounds of NT entries; an entry is kept where its group first occurs (entry order).
-    for (int e0 = 0; e0 < E; e0 += NT) {
-        const int e = e0 + threadIdx.x;
-        const bool valid = e < E && (e % kge) < cnt[e / kge];
-        const int g = valid ? sel[e] : -1;
-        bool first = valid;
-        for (int e2 = 0; e2 < e && first; ++e2)
-            if ((e2 % kge) < cnt[e2 / kge] && sel[e2] == g) first = false;
-        int total;
-        const int idx = base + block_prefix_count(first, &total);
-        base += total;
-        if (!first) continue;
-        unsigned mask[MW];
-#pragma unroll
-        for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
-        if (!SHARED) {
-            for (int e2 = e; e2 < E; ++e2) {
-                const int h2 = e2 / kge;
-                if ((e2 % kge) < cnt[h2] && sel[e2] == g) mask[h2 >> 5] |= 1u << (h2 & 31);
+    if (E <= RESOLVE_SMEM) {
+        // Sort (group, entry) pairs; the union is then ascending by group, the first of each run kept.
+        int N = 1;
+        while (N < E) N <<= 1;
+        for (int i = threadIdx.x; i < N; i += NT) {
+            const int g = i < E ? entry(i) : -1;
+            keys[i] = g >= 0 ? ((unsigned long long)g << 32) | (unsigned)i : ~0ull;
+        }
+        __syncthreads();
+        for (int k = 2; k <= N; k <<= 1) {
+            for (int j = k >> 1; j > 0; j >>= 1) {
+                for (int i = threadIdx.x; i < N; i += NT) {
+                    const int ixj = i ^ j;
+                    if (ixj > i) {
+                        const unsigned long long x = keys[i], y = keys[ixj];
+                        if ((x > y) == ((i & k) == 0)) { keys[i] = y; keys[ixj] = x; }
+                    }
+                }
+                __syncthreads();
             }
         }
-        const long long ue = bk * P.ucap + idx;
-        P.uni_group[ue] = g;
+        for (int i0 = 0; i0 < N; i0 += NT) {
+            const int i = i0 + threadIdx.x;
+            const unsigned long long key = i < N ? keys[i] : ~0ull;
+            const int g = (int)(key >> 32);
+            const bool first = key != ~0ull && (i == 0 || (int)(keys[i - 1] >> 32) != g);
+            int total;
+            const int idx = base + block_prefix_count(first, &total);
+            base += total;
+            if (!first) continue;
+            unsigned mask[MW];
 #pragma unroll
-        for (int m = 0; m < MW; ++m) P.uni_mask[ue * MW + m] = mask[m];
-        const int s = P.slot_of[bk * P.cap_groups + g];
-        P.uni_slot[ue] = s;
-        if (s >= 0) {
-            P.slot_stamp[s] = P.step;
-        } else {
-            const int m = atomicAdd(&P.fetch_state[0], 1);
-            P.miss_list[m] = (int)ue;
+            for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
+            if (!SHARED) {
+                for (int j = i; j < N && keys[j] != ~0ull && (int)(keys[j] >> 32) == g; ++j) {
+                    const int h2 = (int)(keys[j] & 0xffffffffu) / kge;
+                    mask[h2 >> 5] |= 1u << (h2 & 31);
+                }
+            }
+            resolve_entry(P, bk, idx, g, mask);
+        }
+    } else {
+        // Large budgets: rounds of NT entries, each kept where its group first occurs (entry order).
+        for (int e0 = 0; e0 < E; e0 += NT) {
+            const int e = e0 + threadIdx.x;
+            const int g = e < E ? entry(e) : -1;
+            bool first = g >= 0;
+            for (int e2 = 0; e2 < e && first; ++e2)
+                if (entry(e2) == g) first = false;
+            int total;
+            const int idx = base + block_prefix_count(first, &total);
+            base += total;
+            if (!first) continue;
+            unsigned mask[MW];
+#pragma unroll
+            for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
+            if (!SHARED) {
+                for (int e2 = e; e2 < E; ++e2) {
+                    const int h2 = e2 / kge;
+                    if (entry(e2) == g) mask[h2 >> 5] |= 1u << (h2 & 31);
+                }
+            }
+            resolve_entry(P, bk, idx, g, mask);
         }
     }
     if (threadIdx.x == 0) P.n_uni[bk] = base;
@@ -579,37 +773,62 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     for (int i = 0; i < ITEMS_PT; ++i) { acc[i][0] = 0.f; acc[i][1] = 0.f; }
 
     constexpr int VPR = D / VW;  // vectors per row
-    for (int t0 = t_begin; t0 < t_end; t0 += TT) {
-        __syncthreads();
-        // Stage the tile's keys and values; rows past the end are zero (their weights are zero, and
-        // 0 * garbage could be NaN).
-        for (int x = threadIdx.x; x < TT * VPR; x += NT) {
-            const int r = x / VPR, c = x % VPR;
-            const int t = t0 + r;
-            vec_t kv, vv;
-            if (t < t_end) {
-                const TokenRef ref = token_ref(P, b, kvh, t, S, U, local0);
-                kv = ((const vec_t*)ref.k)[c];
-                vv = ((const vec_t*)ref.v)[c];
-            } else {
-                kv = vec_t{};
-                vv = vec_t{};
-            }
-            const unsigned* kw = (const unsigned*)&kv;
+    constexpr int LOADS = (TT * VPR + NT - 1) / NT;
+    // The next tile's keys and values, loaded into registers while the current tile is computed.
+    vec_t kr[LOADS], vr[LOADS];
+    constexpr int KEEP_PT = (HT * TT + NT - 1) / NT;
+    bool keep_r[KEEP_PT];
+    auto load_tile = [&](int t0) {
 #pragma unroll
-            for (int j = 0; j < WORDS_PER_VEC; ++j) k_s[r][c * WORDS_PER_VEC + j] = kw[j];
-            *(vec_t*)&v_s[r][c * WORDS_PER_VEC] = vv;
-        }
-        for (int x = threadIdx.x; x < HT * TT; x += NT) {
-            const int h = x / TT, r = x % TT, t = t0 + r;
-            bool keep = t < t_end;
+        for (int i = 0; i < KEEP_PT; ++i) {
+            const int x = threadIdx.x + i * NT;
+            const int h = x / TT, t = t0 + x % TT;
+            bool keep = x < HT * TT && t < t_end;
             if (keep && t >= S && t < S + U * G) {
                 const int hh = h0 + h;
                 keep = (P.uni_mask[(bk * P.ucap + (t - S) / G) * MW + (hh >> 5)] >> (hh & 31)) & 1u;
             }
-            keep_s[h][r] = keep;
+            keep_r[i] = keep;
+        }
+#pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int x = threadIdx.x + l * NT;
+            const int r = x / VPR, c = x % VPR;
+            const int t = t0 + r;
+            if ((TT * VPR) % NT == 0 || x < TT * VPR) {
+                if (t < t_end) {
+                    const TokenRef ref = token_ref(P, b, kvh, t, S, U, local0);
+                    kr[l] = ((const vec_t*)ref.k)[c];
+                    vr[l] = ((const vec_t*)ref.v)[c];
+                } else {
+                    // Rows past the end are zero: their weights are zero, and 0 * garbage could be NaN.
+                    kr[l] = vec_t{};
+                    vr[l] = vec_t{};
+                }
+            }
+        }
+    };
+    if (t_begin < t_end) load_tile(t_begin);
+    for (int t0 = t_begin; t0 < t_end; t0 += TT) {
+        __syncthreads();
+#pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int x = threadIdx.x + l * NT;
+            if ((TT * VPR) % NT == 0 || x < TT * VPR) {
+                const int r = x / VPR, c = x % VPR;
+                const unsigned* kw = (const unsigned*)&kr[l];
+#pragma unroll
+                for (int j = 0; j < WORDS_PER_VEC; ++j) k_s[r][c * WORDS_PER_VEC + j] = kw[j];
+                *(vec_t*)&v_s[r][c * WORDS_PER_VEC] = vr[l];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < KEEP_PT; ++i) {
+            const int x = threadIdx.x + i * NT;
+            if (x < HT * TT) keep_s[x / TT][x % TT] = keep_r[i];
         }
         __syncthreads();
+        if (t0 + TT < t_end) load_tile(t0 + TT);
         // Scores: item = (head, token), token fastest so a warp reads distinct K rows.
         for (int x = threadIdx.x; x < HT * TT; x += NT) {
             const int h = x / TT, r = x % TT;

@@ -12,7 +12,7 @@
 //! | kernel | grid | does |
 //! | --- | --- | --- |
 //! | `hga_append` | (KVH, B), block D | writes the step's K/V into the GPU window (sinks + local ring) |
-//! | `hga_summarize` | (KVH, B), block D | chunk + group summaries of a chunk that just closed |
+//! | `hga_summarize` | (1 + groups per chunk, KVH, B), block D | chunk + group summaries of a chunk that just closed |
 //! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
 //! | `hga_chunk_select` | (units, B) | top `top_chunks` per unit (summed softmax mass when shared) |
 //! | `hga_group_select` | (units, B) | groups of the selected chunks: score + top `top_groups` |

@@ -302,6 +302,11 @@ impl<'k> DecodeBatch<'k> {
     pub fn launch_append(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         upload(&self.gpu, "k", k, &mut self.b.k_new)?;
         upload(&self.gpu, "v", v, &mut self.b.v_new)?;
+        self.launch_append_kernel()
+    }
+
+    /// `hga_append` with the keys and values of the last [`DecodeBatch::launch_append`].
+    pub fn launch_append_kernel(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let (kp, vp) = (ptr(&self.b.k_new, &self.gpu), ptr(&self.b.v_new, &self.gpu));
         self.launch(Kernel::Append, (kvh, b, 1), d, &[kp, vp])
@@ -310,9 +315,15 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_summarize` for `close[b]` (chunk index, or -1 for none), which must be in the window.
     pub fn launch_summarize(&mut self, close: &[i32]) -> Result<(), CudaError> {
         upload(&self.gpu, "close", close, &mut self.b.close)?;
+        self.launch_summarize_kernel()
+    }
+
+    /// `hga_summarize` with the chunks of the last [`DecodeBatch::launch_summarize`].
+    pub fn launch_summarize_kernel(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let cp = ptr(&self.b.close, &self.gpu);
-        self.launch(Kernel::Summarize, (kvh, b, 1), d, &[cp])
+        let spans = 1 + self.kernels.spec().groups_per_chunk() as u32;
+        self.launch(Kernel::Summarize, (spans, kvh, b), d, &[cp])
     }
 
     /// Summarizes the chunks that the current positions just closed (`(pos + 1) % chunk == 0`).
@@ -329,10 +340,15 @@ impl<'k> DecodeBatch<'k> {
 
     /// Routing: `hga_chunk_score`, `hga_chunk_select`, `hga_group_select`.
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
-        let (b, _, kvh, _) = self.dims();
+        self.launch_chunk_score()?;
+        self.launch_chunk_select()?;
+        self.launch_group_select()
+    }
+
+    /// Candidate chunks of the sequence with the most (the `hga_chunk_score` grid).
+    pub fn max_candidates(&self) -> u32 {
         let r = self.kernels.spec().routing();
-        let cands = self
-            .pos_host
+        self.pos_host
             .iter()
             .map(|&p| {
                 let closed = (p as u32 + 1) / r.chunk;
@@ -340,15 +356,37 @@ impl<'k> DecodeBatch<'k> {
                 closed.saturating_sub(r.keep_last).max(sinks_end) - sinks_end
             })
             .max()
-            .unwrap_or(0);
-        let nt = self.lp.threads;
-        self.launch(Kernel::ChunkScore, (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b), nt, &[])?;
-        self.launch(Kernel::ChunkSelect, (self.lp.units, b, 1), nt, &[])?;
-        self.launch(Kernel::GroupSelect, (self.lp.units, b, 1), nt, &[])
+            .unwrap_or(0)
+    }
+
+    /// `hga_chunk_score` alone.
+    pub fn launch_chunk_score(&mut self) -> Result<(), CudaError> {
+        let (b, _, kvh, _) = self.dims();
+        let grid = (self.max_candidates().div_ceil(self.lp.chunk_tile).max(1), kvh, b);
+        self.launch(Kernel::ChunkScore, grid, self.lp.threads, &[])
+    }
+
+    /// `hga_chunk_select` alone.
+    pub fn launch_chunk_select(&mut self) -> Result<(), CudaError> {
+        let b = self.cap.batch as u32;
+        self.launch(Kernel::ChunkSelect, (self.lp.units, b, 1), self.lp.threads, &[])
+    }
+
+    /// `hga_group_select` alone.
+    pub fn launch_group_select(&mut self) -> Result<(), CudaError> {
+        let b = self.cap.batch as u32;
+        self.launch(Kernel::GroupSelect, (self.lp.units, b, 1), self.lp.threads, &[])
     }
 
     /// Fetch: `hga_fetch_resolve`, `hga_fetch_assign`, `hga_fetch_gather`. Needs a host store.
     pub fn launch_fetch(&mut self) -> Result<(), CudaError> {
+        self.launch_fetch_resolve()?;
+        self.launch_fetch_assign()?;
+        self.launch_fetch_gather()
+    }
+
+    /// `hga_fetch_resolve` alone; starts a new step id (slot stamps).
+    pub fn launch_fetch_resolve(&mut self) -> Result<(), CudaError> {
         if self.p.host_kv == 0 {
             return Err(CudaError::Invalid {
                 field: "host_store",
@@ -358,17 +396,36 @@ impl<'k> DecodeBatch<'k> {
         }
         self.p.step += 1;
         let (b, _, kvh, _) = self.dims();
-        let nt = self.lp.threads;
-        self.launch(Kernel::FetchResolve, (kvh, b, 1), nt, &[])?;
-        self.launch(Kernel::FetchAssign, (1, 1, 1), nt, &[])?;
-        let max_miss = (self.cap.batch * kvh as usize * self.p.ucap as usize).clamp(1, 2048) as u32;
-        self.launch(Kernel::FetchGather, (max_miss, 1, 1), nt, &[])
+        self.launch(Kernel::FetchResolve, (kvh, b, 1), self.lp.threads, &[])
+    }
+
+    /// `hga_fetch_assign` alone.
+    pub fn launch_fetch_assign(&mut self) -> Result<(), CudaError> {
+        self.launch(Kernel::FetchAssign, (1, 1, 1), self.lp.threads, &[])
+    }
+
+    /// `hga_fetch_gather` alone.
+    pub fn launch_fetch_gather(&mut self) -> Result<(), CudaError> {
+        let kvh = self.kernels.spec().model().kv_heads as usize;
+        let max_miss = (self.cap.batch * kvh * self.p.ucap as usize).clamp(1, 2048) as u32;
+        self.launch(Kernel::FetchGather, (max_miss, 1, 1), self.lp.threads, &[])
     }
 
     /// Attention: `hga_attend` (split-K) and `hga_merge`.
     pub fn launch_attend(&mut self) -> Result<(), CudaError> {
-        let (b, qh, kvh, d) = self.dims();
-        self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])?;
+        self.launch_attend_splits()?;
+        self.launch_merge()
+    }
+
+    /// `hga_attend` alone.
+    pub fn launch_attend_splits(&mut self) -> Result<(), CudaError> {
+        let (b, _, kvh, _) = self.dims();
+        self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
+    }
+
+    /// `hga_merge` alone.
+    pub fn launch_merge(&mut self) -> Result<(), CudaError> {
+        let (b, qh, _, d) = self.dims();
         self.launch(Kernel::Merge, (qh, b, 1), d, &[])
     }
 
@@ -380,6 +437,13 @@ impl<'k> DecodeBatch<'k> {
         self.launch_route()?;
         self.launch_fetch()?;
         self.launch_attend()
+    }
+
+    /// Fills the output with NaN bits (0xFFFF), so that tests can check that a step wrote every element.
+    pub fn poison_output(&mut self) -> Result<(), CudaError> {
+        let n = self.b.out.len();
+        self.gpu.stream().memcpy_htod(&vec![0xFFFFu16; n], &mut self.b.out)?;
+        Ok(())
     }
 
     /// The output (`[B][q_heads][d]` element bits); synchronizes.

@@ -158,6 +158,11 @@ impl Timer {
     pub fn start(&self) -> Result<(), CudaError> {
         Ok(self.start.record(&self.stream)?)
     }
+    /// Device time in microseconds from this timer's start event to `later`'s start event (both
+    /// recorded and complete).
+    pub fn elapsed_to(&self, later: &Timer) -> Result<f64, CudaError> {
+        Ok(self.start.elapsed_ms(&later.start)? as f64 * 1e3)
+    }
     /// Records the end event, waits for it and returns the elapsed device time in microseconds.
     pub fn stop_us(&self) -> Result<f64, CudaError> {
         self.end.record(&self.stream)?;

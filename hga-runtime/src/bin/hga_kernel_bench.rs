@@ -1,0 +1,278 @@
+//! Device time of each decode-step kernel and of the whole step (CUDA events, medians), for the
+//! Qwen3-30B-A3B shape (32 q heads, 4 KV heads, d 128) at 64K and 1M context, batch 1, next to two
+//! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
+//!
+//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N]` (kernel parameters default
+//! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
+//! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
+//! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
+//! every step: groups gathered from mapped pinned host memory).
+
+use hga_dsl::{presets, Spec};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
+use hga_runtime::jit::Jit;
+use std::fmt::Write as _;
+
+const KERNELS: [&str; 10] = [
+    "append",
+    "summarize",
+    "chunk_score",
+    "chunk_select",
+    "group_select",
+    "fetch_resolve",
+    "fetch_assign",
+    "fetch_gather",
+    "attend",
+    "merge",
+];
+
+/// Fast non-zero random bf16 bits in ±[2^-8, 2).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bf16(&mut self) -> u16 {
+        let r = self.next();
+        let sign = ((r >> 63) as u16) << 15;
+        let exp = 119 + (r >> 40) as u16 % 8;
+        sign | (exp << 7) | (r as u16 & 0x7f)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let json_path = arg("--json");
+    let iters: usize = arg("--iters").map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let gpu = Gpu::open(0)?;
+    let jit = Jit::from_env()?;
+    let mut kp = hga_dsl::KernelParams::default();
+    if let Some(t) = arg("--threads") {
+        kp.threads = t.parse()?;
+    }
+    if let Some(t) = arg("--split-k") {
+        kp.split_k = t.parse()?;
+    }
+    let spec = Spec::new(presets::find("qwen3-30b")?.shape).with_kernel(kp).validate()?;
+    let t = std::time::Instant::now();
+    let kernels = DecodeKernels::load(&gpu, &jit, &spec)?;
+    println!(
+        "{} ({}), variant {}\nJIT: {} in {:.0} ms",
+        gpu.name(),
+        gpu.arch(),
+        spec.variant_key(),
+        if kernels.compiled().cache_hit { "cache hit" } else { "compiled" },
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for a in kernels.attributes() {
+        println!("  {a}");
+    }
+    let (m, r) = (spec.model(), spec.routing());
+    let (qh, kvh, d) = (m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
+    let (c, g, gpc) = (r.chunk as usize, r.group as usize, spec.groups_per_chunk());
+    let st = gpu.stream().clone();
+
+    // Ceilings measured here: HBM copy bandwidth (read + write) and the cost of one launch.
+    let bytes = 1usize << 30;
+    let src = st.clone_htod(&vec![0x3f80u16; bytes / 2])?;
+    let mut dst = st.alloc_zeros::<u16>(bytes / 2)?;
+    let mut bw = Vec::new();
+    for _ in 0..10 {
+        let tm = gpu.timer()?;
+        tm.start()?;
+        st.memcpy_dtod(&src, &mut dst)?;
+        bw.push(2.0 * bytes as f64 / (tm.stop_us()? * 1e-6));
+    }
+    let hbm = median(&mut bw);
+    drop((src, dst));
+    println!("HBM copy bandwidth (read+write): {:.2} TB/s", hbm / 1e12);
+
+    let mut json = String::from("{\n");
+    let _ = writeln!(
+        json,
+        "  \"device\": \"{}\", \"variant\": \"{}\", \"hbm_bytes_per_s\": {hbm:.4e},",
+        gpu.name(),
+        spec.variant_key()
+    );
+    let mut rows = Vec::new();
+    for (ci, context) in [65536usize, 1 << 20].into_iter().enumerate() {
+        let copies = if context <= 65536 { 8 } else { 3 };
+        let cap = Capacity { batch: 1, max_context: context, n_slots: 4 * kvh * spec.gqa() * r.top_groups as usize };
+        let mut rng = Rng(0x9e3779b97f4a7c15 ^ context as u64);
+        // One pinned, device-mapped host store shared by all copies.
+        let probe = DecodeBatch::new(&gpu, &kernels, cap)?;
+        let store_len = probe.host_store_len();
+        let cap_chunks = probe.cap_chunks();
+        drop(probe);
+        // SAFETY: filled below before any kernel reads it.
+        let mut store = unsafe {
+            gpu.context().alloc_pinned_with_flags::<u16>(store_len, cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP)?
+        };
+        for x in store.as_mut_slice()?.iter_mut() {
+            *x = rng.bf16();
+        }
+        let store_ptr = store.as_ptr()? as u64;
+        let lp = kernels.generated().launch.clone();
+        let mut batches = Vec::new();
+        let mut queries = Vec::new();
+        for _ in 0..copies {
+            let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
+            let wlen = kvh * lp.window_chunks as usize * c * d;
+            let (wk, wv): (Vec<u16>, Vec<u16>) = (0..wlen).map(|_| (rng.bf16(), rng.bf16())).unzip();
+            b.upload_window(&wk, &wv)?;
+            let sw = lp.summary_vectors as usize * d;
+            let cs: Vec<f32> = (0..kvh * cap_chunks * sw).map(|_| rng.f32() * 8.0).collect();
+            let gs: Vec<f32> = (0..kvh * cap_chunks * gpc * sw).map(|_| rng.f32() * 2.0).collect();
+            b.upload_summaries(&cs, &gs)?;
+            // SAFETY: the pinned store outlives every batch (dropped after them below).
+            unsafe { b.set_host_store(store_ptr) };
+            b.set_positions(&[context as u32 - 1])?;
+            let q: Vec<u16> = (0..qh * d).map(|_| rng.bf16()).collect();
+            b.upload_q(&q)?;
+            queries.push(q);
+            batches.push(b);
+        }
+        let kv_new: Vec<u16> = (0..kvh * d).map(|_| rng.bf16()).collect();
+        // Warm up: every copy fetches its groups once.
+        for b in batches.iter_mut() {
+            for _ in 0..3 {
+                b.step(&kv_new, &kv_new)?;
+            }
+        }
+        gpu.sync()?;
+        let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
+        let n_cand = batches[0].max_candidates() as usize;
+        for regime in ["hit", "miss"] {
+            let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
+            let mut whole = Vec::new();
+            let mut misses = Vec::new();
+            let events: Vec<_> = (0..=KERNELS.len()).map(|_| gpu.timer()).collect::<Result<_, _>>()?;
+            for it in 0..iters {
+                let b = &mut batches[it % copies];
+                if regime == "miss" {
+                    let q: Vec<u16> = (0..qh * d).map(|_| rng.bf16()).collect();
+                    b.upload_q(&q)?;
+                } else {
+                    b.upload_q(&queries[it % copies])?;
+                }
+                if it % 2 == 0 {
+                    // Whole step, events only around it.
+                    let tm = gpu.timer()?;
+                    tm.start()?;
+                    b.step(&kv_new, &kv_new)?;
+                    whole.push(tm.stop_us()?);
+                } else {
+                    // Per kernel: an event before each launch.
+                    b.launch_append(&kv_new, &kv_new)?;
+                    let stamp = |i: usize| events[i].start();
+                    stamp(0)?;
+                    b.launch_summarize_kernel()?;
+                    stamp(1)?;
+                    b.launch_chunk_score()?;
+                    stamp(2)?;
+                    b.launch_chunk_select()?;
+                    stamp(3)?;
+                    b.launch_group_select()?;
+                    stamp(4)?;
+                    b.launch_fetch_resolve()?;
+                    stamp(5)?;
+                    b.launch_fetch_assign()?;
+                    stamp(6)?;
+                    b.launch_fetch_gather()?;
+                    stamp(7)?;
+                    b.launch_attend_splits()?;
+                    stamp(8)?;
+                    b.launch_merge()?;
+                    stamp(9)?;
+                    gpu.sync()?;
+                    for k in 1..KERNELS.len() {
+                        per_kernel[k].push(events[k - 1].elapsed_to(&events[k])?);
+                    }
+                    misses.push(b.last_misses()? as f64);
+                }
+            }
+            // The append kernel alone (it uploads its inputs first, so time it separately).
+            for b in batches.iter_mut().take(1) {
+                for _ in 0..50 {
+                    let tm = gpu.timer()?;
+                    b.launch_append(&kv_new, &kv_new)?;
+                    tm.start()?;
+                    b.launch_append_kernel()?;
+                    per_kernel[0].push(tm.stop_us()?);
+                }
+            }
+            let med: Vec<f64> = per_kernel.iter_mut().map(|v| median(v)).collect();
+            let step_us = median(&mut whole);
+            let miss = median(&mut misses);
+            // Bytes each kernel must move at least (each input read once, each output written once).
+            let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
+            let model_bytes = [
+                4 * kvh * d * 2,
+                2 * kvh * c * d * 2 + (1 + gpc) * kvh * d * 4,
+                n_cand * kvh * d * 4 + n_cand * qh * 4,
+                n_cand * qh * 4,
+                qh * r.top_chunks as usize * gpc * d * 4,
+                kvh * spec.gqa() * r.top_groups as usize * 4,
+                miss as usize * 16,
+                miss as usize * 2 * g * d * 2 * 2,
+                (union * g + kvh * tok) * d * 2 * 2 + qh * lp.split_k as usize * (d + 2) * 4,
+                qh * lp.split_k as usize * (d + 2) * 4 + qh * d * 2,
+            ];
+            let total_bytes: usize = model_bytes.iter().sum();
+            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+                KERNELS.iter().zip(&med).zip(&model_bytes).map(|((k, t), b)| format!("\"{k}\": {{\"us\": {t:.2}, \"bytes\": {b}}}")).collect::<Vec<_>>().join(", "));
+            rows.push((context, regime, med, model_bytes, step_us, miss, union, n_cand));
+        }
+        drop(batches);
+        drop(store);
+        let _ = ci;
+    }
+    // Launch overhead: back-to-back launches of the cheapest kernel (assign with no misses).
+    let mut b = DecodeBatch::new(&gpu, &kernels, Capacity { batch: 1, max_context: 4096, n_slots: 4096 })?;
+    let mut per_launch = Vec::new();
+    for _ in 0..20 {
+        let tm = gpu.timer()?;
+        tm.start()?;
+        for _ in 0..100 {
+            b.launch_fetch_assign()?;
+        }
+        per_launch.push(tm.stop_us()? / 100.0);
+    }
+    let launch_us = median(&mut per_launch);
+    let _ = writeln!(json, "  \"launch_us\": {launch_us:.3}\n}}");
+    println!("\nlaunch overhead (back-to-back, per kernel): {launch_us:.2} us; HBM {:.2} TB/s", hbm / 1e12);
+    for (context, regime, med, bytes, step_us, miss, union, n_cand) in rows {
+        println!(
+            "\ncontext {}K, batch 1, {regime}: {n_cand} candidate chunks, {union} opened groups (union over KV heads), {miss} misses",
+            context / 1024
+        );
+        println!("  {:<14} {:>9} {:>12} {:>10}", "kernel", "us (med)", "bytes", "HBM floor");
+        for (k, (t, by)) in KERNELS.iter().zip(med.iter().zip(&bytes)) {
+            println!("  {k:<14} {t:>9.2} {by:>12} {:>8.2}us", *by as f64 / hbm * 1e6);
+        }
+        let total: usize = bytes.iter().sum();
+        println!(
+            "  {:<14} {step_us:>9.2} {total:>12} {:>8.2}us   launch floor {:.1} us (10 launches)",
+            "whole step",
+            total as f64 / hbm * 1e6,
+            10.0 * launch_us
+        );
+    }
+    if let Some(p) = json_path {
+        std::fs::write(&p, json)?;
+        println!("\nwrote {p}");
+    }
+    Ok(())
+}
