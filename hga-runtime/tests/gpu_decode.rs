@@ -422,4 +422,8 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
     let full = Routing { top_chunks: 64, top_groups: 256, ..Routing::default() };
     let case = Case { spec: preset("tiny-code", full), batch: 1, start: vec![3000], steps: 3, n_slots: None };
     check("tiny-code full budget", &run_case(&gpu, &jit, &case, &mut rng));
+    // Budgets above the register-list top-k (16): the iterative selection path, > 256 candidates.
+    let wide = Routing { top_chunks: 80, top_groups: 40, ..Routing::default() };
+    let case = Case { spec: preset("qwen3-8b", wide), batch: 1, start: vec![24000], steps: 3, n_slots: None };
+    check("qwen3-8b wide budgets", &run_case(&gpu, &jit, &case, &mut rng));
 }

@@ -129,7 +129,7 @@ __device__ void rank_select(const float* sv, const int* si, int n, int cnt, int*
 
 #define RANK_DIRECT 256
 #define RANK_MAX 512
-#define LIST_MAX 32
+#define LIST_MAX 16
 
 // The best `k` of `vals[0..n)` (higher first, then lower index) into out[0..k'), k' = min(k, n), as
 // indices + out_offset; KMAX >= k is the compile-time budget. Small n: rank counting in shared memory.
@@ -148,21 +148,22 @@ __device__ int block_topk(const float* vals, int n, int k, int* out, int out_off
         rank_select(sv, si, n, cnt, out, out_offset);
         return cnt;
     }
-    if (KMAX <= LIST_MAX && (NT / 32) * KMAX <= RANK_MAX) {
+    if (KMAX <= LIST_MAX && (SNT / 32) * KMAX <= RANK_MAX) {
         constexpr int K = KMAX <= LIST_MAX ? KMAX : 1;
         float lv[K];
         int li[K];
 #pragma unroll
         for (int j = 0; j < K; ++j) { lv[j] = NEG_INF; li[j] = 0x7fffffff; }
-        // Loads in batches of 8 so that they are in flight together.
-        for (int i0 = threadIdx.x; i0 < n; i0 += 8 * NT) {
-            float vb[8];
+        // Loads in batches so that they are in flight together (fewer for long lists: registers).
+        constexpr int BATCH = K <= 16 ? 16 : 4;
+        for (int i0 = threadIdx.x; i0 < n; i0 += BATCH * SNT) {
+            float vb[BATCH];
 #pragma unroll
-            for (int b = 0; b < 8; ++b) vb[b] = i0 + b * NT < n ? vals[i0 + b * NT] : NEG_INF;
+            for (int b = 0; b < BATCH; ++b) vb[b] = i0 + b * SNT < n ? vals[i0 + b * SNT] : NEG_INF;
 #pragma unroll
-            for (int b = 0; b < 8; ++b) {
+            for (int b = 0; b < BATCH; ++b) {
                 float cv = vb[b];
-                int ci = i0 + b * NT;
+                int ci = i0 + b * SNT;
                 if (ci < n && better(cv, ci, lv[K - 1], li[K - 1])) {
 #pragma unroll
                     for (int j = 0; j < K; ++j) {
@@ -193,7 +194,7 @@ __device__ int block_topk(const float* vals, int n, int k, int* out, int out_off
             if (lane == 0) { sv[warp * K + r] = bv; si[warp * K + r] = bi; }
         }
         __syncthreads();
-        rank_select(sv, si, (NT / 32) * K, cnt, out, out_offset);
+        rank_select(sv, si, (SNT / 32) * K, cnt, out, out_offset);
         return cnt;
     }
     float* rv = sv;
@@ -253,6 +254,16 @@ __device__ __forceinline__ long long win_base(int b, int kvh) {
     return ((long long)b * KVH + kvh) * (long long)(WIN_CHUNKS * C) * D;
 }
 
+// sin and cos of the angle p * f (p a token position, f an inverse frequency), both in double as the
+// CPU computes them. The angle is reduced modulo 2*pi with a two-part constant first, so that sincos
+// stays on its fast path for the large angles of long contexts.
+__device__ __forceinline__ void rope_sincos(double p, double f, double* sn, double* cs) {
+    const double x = p * f;
+    const double k = rint(x * 0.15915494309189535);  // 1 / (2 pi)
+    const double r = fma(-k, 2.44929359829470641e-16, fma(-k, 6.28318530717958623e+00, x));
+    sincos(r, sn, cs);
+}
+
 // Rotary pair i: the two dimensions it rotates.
 __device__ __forceinline__ void pair_dims(int i, int* a, int* bdim) {
 #if ROPE_NEOX
@@ -298,7 +309,26 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
     for (int t0 = 0; t0 < n; t0 += SUMT) {
         const int m = min(SUMT, n - t0);
         __syncthreads();
-        for (int x = d; x < m * D; x += D) rows[x / D][x % D] = ld_elem(keys[win_row(start + t0 + x / D) * D + x % D]);
+        // All loads of the pass in flight together: 8 elements (16 bytes) per load.
+        constexpr int SVEC = SUMT * D / 8;
+        uint4 buf[(SVEC + D - 1) / D];
+#pragma unroll
+        for (int l = 0; l < (SVEC + D - 1) / D; ++l) {
+            const int x = d + l * D, t = x / (D / 8);
+            if (x < SVEC && t < m) buf[l] = *(const uint4*)(keys + win_row(start + t0 + t) * D + (x % (D / 8)) * 8);
+        }
+#pragma unroll
+        for (int l = 0; l < (SVEC + D - 1) / D; ++l) {
+            const int x = d + l * D, t = x / (D / 8), c8 = (x % (D / 8)) * 8;
+            if (x < SVEC && t < m) {
+                const unsigned* wv = (const unsigned*)&buf[l];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    rows[t][c8 + 2 * j] = lo_elem(wv[j]);
+                    rows[t][c8 + 2 * j + 1] = hi_elem(wv[j]);
+                }
+            }
+        }
         __syncthreads();
 #if SCORE_MIXED
         // Anchor pairs: the pre-RoPE key, rotated back by the token's own position, in place.
@@ -308,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
             int a, bd;
             pair_dims(i, &a, &bd);
             double sn, cs;
-            sincos(-(double)(start + t0 + t) * INV_FREQ[i], &sn, &cs);
+            rope_sincos(-(double)(start + t0 + t), INV_FREQ[i], &sn, &cs);
             const double xa = rows[t][a], xb = rows[t][bd];
             rows[t][a] = (float)(xa * cs - xb * sn);
             rows[t][bd] = (float)(xa * sn + xb * cs);
@@ -340,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
             int a, bd;
             pair_dims(i, &a, &bd);
             double sn, cs;
-            sincos(((double)start + ((double)n - 1.0) / 2.0) * INV_FREQ[i], &sn, &cs);
+            rope_sincos((double)start + ((double)n - 1.0) / 2.0, INV_FREQ[i], &sn, &cs);
             const double da = fin[a], db = fin[bd];
             v = d == a ? (float)(da * cs - db * sn) : (float)(da * sn + db * cs);
         }
@@ -370,6 +400,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_chunk_score(HgaParams P) {
     const float* table = P.chunk_sum + ((long long)b * KVH + kvh) * P.cap_chunks * (long long)(SV * D);
     for (int h0 = 0; h0 < GQA; h0 += GQA_TILE_Q) {
         __syncthreads();
+#pragma unroll
         for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += NT) {
             const int h = h0 + x / D;
             q_s[x / D][x % D] = h < GQA ? ld_elem(P.q[((long long)b * QH + kvh * GQA + h) * D + x % D]) : 0.f;
@@ -431,8 +462,8 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
 }
 
 // hga_chunk_select: top TOP_CHUNKS candidate chunks per routing unit (query head, or KV head when
-// shared). grid (UNITS, B), block NT.
-extern "C" __global__ void __launch_bounds__(NT, 1) hga_chunk_select(HgaParams P) {
+// shared). grid (UNITS, B), block SNT.
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_chunk_select(HgaParams P) {
     __shared__ float red[32];
     const int u = blockIdx.x, b = blockIdx.y;
     const Windows w = windows_at(P.pos[b]);
@@ -449,8 +480,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_chunk_select(HgaParams P
 }
 
 // hga_group_select: the groups of the selected chunks (ascending), scored, top TOP_GROUPS per unit.
-// grid (UNITS, B), block NT.
-extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P) {
+// grid (UNITS, B), block SNT.
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_group_select(HgaParams P) {
     __shared__ float red[32];
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int u = blockIdx.x, b = blockIdx.y;
@@ -460,7 +491,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P
     const int* sel = P.sel_chunk + ou * P.kce;
     int* cand = P.group_cand + ou * (long long)(P.kce * GPC);
     // Candidate position of a selected chunk = its rank among the selected chunks (ascending order).
-    for (int r = threadIdx.x; r < nsel; r += NT) {
+    for (int r = threadIdx.x; r < nsel; r += SNT) {
         const int c = sel[r];
         int rank = 0;
         for (int j = 0; j < nsel; ++j) rank += sel[j] < c;
@@ -472,7 +503,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P
     const float* table = P.group_sum + ((long long)b * KVH + kvh) * P.cap_groups * (long long)(SV * D);
     for (int h0 = 0; h0 < UNIT_HEADS; h0 += GQA_TILE_Q) {
         __syncthreads();
-        for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += NT) {
+#pragma unroll
+        for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += SNT) {
             const int h = h0 + x / D;
             const int qh = SHARED ? u * GQA + h : u;
             q_s[x / D][x % D] = h < UNIT_HEADS ? ld_elem(P.q[((long long)b * QH + qh) * D + x % D]) : 0.f;
@@ -480,7 +512,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P
         __syncthreads();
         const int sub = lane & 7, grp = lane >> 3;
         constexpr int F4 = D / 32;
-        for (int base = warp * 4; base < n; base += (NT / 32) * 4) {
+        for (int base = warp * 4; base < n; base += (SNT / 32) * 4) {
             const int i = base + grp;
             const bool valid = i < n;
             const float* srow = table + (long long)cand[valid ? i : 0] * (SV * D);
@@ -526,7 +558,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_group_select(HgaParams P
     const int cnt = block_topk<TOP_GROUPS>(vals, n, P.kge, out, 0);
     __syncthreads();
     // block_topk wrote candidate positions; turn them into global group indices.
-    for (int r = threadIdx.x; r < cnt; r += NT) out[r] = cand[out[r]];
+    for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[out[r]];
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
 }
 
@@ -761,6 +793,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     const int per = (tiles + SK - 1) / SK;
     const int t_begin = split * per * TT, t_end = min(n_total, (split + 1) * per * TT);
 
+#pragma unroll
     for (int x = threadIdx.x; x < HT * D; x += NT)
         q_s[x / D][x % D] = ld_elem(P.q[((long long)b * QH + kvh * GQA + h0 + x / D) * D + x % D]);
     if (threadIdx.x < HT) { m_s[threadIdx.x] = NEG_INF; l_s[threadIdx.x] = 0.f; }
@@ -905,8 +938,10 @@ extern "C" __global__ void __launch_bounds__(D) hga_merge(HgaParams P) {
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     const long long row = ((long long)b * QH + h) * SK;
     float m = NEG_INF;
+#pragma unroll
     for (int s = 0; s < SK; ++s) m = fmaxf(m, P.part_ml[(row + s) * 2]);
     float l = 0.f, o = 0.f;
+#pragma unroll 8
     for (int s = 0; s < SK; ++s) {
         const float ms = P.part_ml[(row + s) * 2];
         const float wgt = ms == NEG_INF ? 0.f : expf(ms - m);

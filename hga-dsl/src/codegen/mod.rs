@@ -14,8 +14,8 @@
 //! | `hga_append` | (KVH, B), block D | writes the step's K/V into the GPU window (sinks + local ring) |
 //! | `hga_summarize` | (1 + groups per chunk, KVH, B), block D | chunk + group summaries of a chunk that just closed |
 //! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
-//! | `hga_chunk_select` | (units, B) | top `top_chunks` per unit (summed softmax mass when shared) |
-//! | `hga_group_select` | (units, B) | groups of the selected chunks: score + top `top_groups` |
+//! | `hga_chunk_select` | (units, B), block 512 | top `top_chunks` per unit (summed softmax mass when shared) |
+//! | `hga_group_select` | (units, B), block 512 | groups of the selected chunks: score + top `top_groups` |
 //! | `hga_fetch_resolve` | (KVH, B) | union per KV head, slot-cache lookup, miss list |
 //! | `hga_fetch_assign` | (1) | slots for the misses (clock order, never a slot used this step) |
 //! | `hga_fetch_gather` | (any) | copies missed groups from mapped host memory into their slots |
@@ -60,6 +60,8 @@ pub const ENTRY_POINTS: [&str; 10] = [
 pub struct LaunchParams {
     /// Threads per block of the scoring, selection, fetch and attention kernels.
     pub threads: u32,
+    /// Threads per block of `hga_chunk_select` and `hga_group_select` ([`SELECT_THREADS`]).
+    pub select_threads: u32,
     /// Threads per block of `hga_append`, `hga_summarize` and `hga_merge` (= head dim).
     pub head_threads: u32,
     /// Splits of the attended tokens per (sequence, KV head, head tile).
@@ -84,6 +86,9 @@ pub struct LaunchParams {
     /// Static shared memory of `hga_attend` in bytes.
     pub attend_smem_bytes: u32,
 }
+
+/// Threads per block of the selection kernels: one block per routing unit, so they take many threads.
+pub const SELECT_THREADS: u32 = 512;
 
 /// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
 pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
@@ -118,6 +123,7 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     }
     LaunchParams {
         threads: k.threads,
+        select_threads: SELECT_THREADS,
         head_threads: d,
         split_k: k.split_k,
         tile_tokens,
@@ -175,6 +181,7 @@ pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     define(w, "GQA_TILE_Q", gqa.min(8).to_string(), "query heads staged per scoring pass");
     define(w, "MW", lp.mask_words.to_string(), "words of a query-head mask");
     define(w, "NT", k.threads.to_string(), "threads per block");
+    define(w, "SNT", lp.select_threads.to_string(), "threads per block of the selection kernels");
     define(w, "SK", k.split_k.to_string(), "attention splits");
     define(w, "TT", lp.tile_tokens.to_string(), "tokens per attention tile");
     define(w, "VW", k.vec_width.to_string(), "elements per vector load");

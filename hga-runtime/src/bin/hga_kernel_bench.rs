@@ -157,6 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for regime in ["hit", "miss"] {
             let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
             let mut whole = Vec::new();
+            let mut closing = Vec::new();
             let mut misses = Vec::new();
             let events: Vec<_> = (0..=KERNELS.len()).map(|_| gpu.timer()).collect::<Result<_, _>>()?;
             for it in 0..iters {
@@ -167,12 +168,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     b.upload_q(&queries[it % copies])?;
                 }
-                if it % 2 == 0 {
-                    // Whole step, events only around it.
+                if it % 3 != 2 {
+                    // Whole step, events only around it: a steady step (no chunk closes), or one whose
+                    // token closes a chunk (+ summaries).
+                    b.upload_new_kv(&kv_new, &kv_new)?;
                     let tm = gpu.timer()?;
                     tm.start()?;
-                    b.step(&kv_new, &kv_new)?;
-                    whole.push(tm.stop_us()?);
+                    b.launch_append_kernel()?;
+                    if it % 3 == 1 {
+                        b.launch_summarize_kernel()?;
+                    }
+                    b.launch_route()?;
+                    b.launch_fetch()?;
+                    b.launch_attend()?;
+                    let us = tm.stop_us()?;
+                    if it % 3 == 1 {
+                        closing.push(us)
+                    } else {
+                        whole.push(us)
+                    }
                 } else {
                     // Per kernel: an event before each launch.
                     b.launch_append(&kv_new, &kv_new)?;
@@ -215,6 +229,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let med: Vec<f64> = per_kernel.iter_mut().map(|v| median(v)).collect();
             let step_us = median(&mut whole);
+            let closing_us = median(&mut closing);
             let miss = median(&mut misses);
             // Bytes each kernel must move at least (each input read once, each output written once).
             let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
@@ -231,9 +246,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 qh * lp.split_k as usize * (d + 2) * 4 + qh * d * 2,
             ];
             let total_bytes: usize = model_bytes.iter().sum();
-            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
                 KERNELS.iter().zip(&med).zip(&model_bytes).map(|((k, t), b)| format!("\"{k}\": {{\"us\": {t:.2}, \"bytes\": {b}}}")).collect::<Vec<_>>().join(", "));
-            rows.push((context, regime, med, model_bytes, step_us, miss, union, n_cand));
+            rows.push((context, regime, med, model_bytes, step_us, closing_us, miss, union, n_cand));
         }
         drop(batches);
         drop(store);
@@ -253,7 +268,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let launch_us = median(&mut per_launch);
     let _ = writeln!(json, "  \"launch_us\": {launch_us:.3}\n}}");
     println!("\nlaunch overhead (back-to-back, per kernel): {launch_us:.2} us; HBM {:.2} TB/s", hbm / 1e12);
-    for (context, regime, med, bytes, step_us, miss, union, n_cand) in rows {
+    for (context, regime, med, bytes, step_us, closing_us, miss, union, n_cand) in rows {
         println!(
             "\ncontext {}K, batch 1, {regime}: {n_cand} candidate chunks, {union} opened groups (union over KV heads), {miss} misses",
             context / 1024
@@ -263,12 +278,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  {k:<14} {t:>9.2} {by:>12} {:>8.2}us", *by as f64 / hbm * 1e6);
         }
         let total: usize = bytes.iter().sum();
+        let steady: usize = total - bytes[1];
         println!(
-            "  {:<14} {step_us:>9.2} {total:>12} {:>8.2}us   launch floor {:.1} us (10 launches)",
-            "whole step",
+            "  {:<14} {step_us:>9.2} {steady:>12} {:>8.2}us   launch floor {:.1} us (9 launches)",
+            "step (steady)",
+            steady as f64 / hbm * 1e6,
+            9.0 * launch_us
+        );
+        println!(
+            "  {:<14} {closing_us:>9.2} {total:>12} {:>8.2}us   launch floor {:.1} us (10 launches)",
+            "step (closing)",
             total as f64 / hbm * 1e6,
             10.0 * launch_us
         );
+        println!("  gather floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", bytes[7] as f64 / 2.0 / 50e9 * 1e6);
     }
     if let Some(p) = json_path {
         std::fs::write(&p, json)?;

@@ -300,9 +300,14 @@ impl<'k> DecodeBatch<'k> {
 
     /// `hga_append`: writes the new token's keys and values (`[B][kv_heads][d]`) into the window.
     pub fn launch_append(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
-        upload(&self.gpu, "k", k, &mut self.b.k_new)?;
-        upload(&self.gpu, "v", v, &mut self.b.v_new)?;
+        self.upload_new_kv(k, v)?;
         self.launch_append_kernel()
+    }
+
+    /// Uploads the new token's keys and values (`[B][kv_heads][d]`) for [`DecodeBatch::launch_append_kernel`].
+    pub fn upload_new_kv(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
+        upload(&self.gpu, "k", k, &mut self.b.k_new)?;
+        upload(&self.gpu, "v", v, &mut self.b.v_new)
     }
 
     /// `hga_append` with the keys and values of the last [`DecodeBatch::launch_append`].
@@ -369,13 +374,13 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_chunk_select` alone.
     pub fn launch_chunk_select(&mut self) -> Result<(), CudaError> {
         let b = self.cap.batch as u32;
-        self.launch(Kernel::ChunkSelect, (self.lp.units, b, 1), self.lp.threads, &[])
+        self.launch(Kernel::ChunkSelect, (self.lp.units, b, 1), self.lp.select_threads, &[])
     }
 
     /// `hga_group_select` alone.
     pub fn launch_group_select(&mut self) -> Result<(), CudaError> {
         let b = self.cap.batch as u32;
-        self.launch(Kernel::GroupSelect, (self.lp.units, b, 1), self.lp.threads, &[])
+        self.launch(Kernel::GroupSelect, (self.lp.units, b, 1), self.lp.select_threads, &[])
     }
 
     /// Fetch: `hga_fetch_resolve`, `hga_fetch_assign`, `hga_fetch_gather`. Needs a host store.
