@@ -63,6 +63,10 @@ struct Case {
     start: Vec<usize>,
     steps: usize,
     n_slots: Option<usize>,
+    /// Replay each step as a captured CUDA graph instead of separate launches.
+    graph: bool,
+    /// Fetch from mapped pinned host memory instead of a device buffer.
+    pinned: bool,
 }
 
 #[derive(Default)]
@@ -165,7 +169,12 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
     }
     batch.upload_window(&win_k, &win_v).unwrap();
     batch.upload_summaries(&chunk_sum, &group_sum).unwrap();
-    batch.use_device_store(&store).unwrap();
+    if case.pinned {
+        batch.use_pinned_host_store(&store).unwrap();
+    } else {
+        batch.use_device_store(&store).unwrap();
+    }
+    let graph = case.graph.then(|| batch.capture_step(cap_chunks as u32).unwrap());
     drop((win_k, win_v, chunk_sum, group_sum, store));
 
     let mut rep = Report::default();
@@ -186,7 +195,13 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
         batch.set_positions(&pos.iter().map(|&p| p as u32).collect::<Vec<_>>()).unwrap();
         batch.upload_q(&q_bits).unwrap();
         batch.poison_output().unwrap();
-        batch.step(&k_new, &v_new).unwrap();
+        match &graph {
+            Some(g) => {
+                batch.upload_new_kv(&k_new, &v_new).unwrap();
+                batch.launch_graph(g).unwrap();
+            }
+            None => batch.step(&k_new, &v_new).unwrap(),
+        }
         let out = batch.output().unwrap();
         rep.misses += batch.last_misses().unwrap();
         let sel_c = batch.selected_chunks().unwrap();
@@ -368,7 +383,15 @@ fn gpu_decode_step_matches_cpu_batch1_contexts_one_chunk_to_128k() {
     let mut rng = rng();
     let spec = preset("qwen3-30b", Routing::default());
     for start in [0usize, 63, 1000, 8191, 131071 - 70] {
-        let case = Case { spec: spec.clone(), batch: 1, start: vec![start], steps: 70, n_slots: None };
+        let case = Case {
+            spec: spec.clone(),
+            batch: 1,
+            start: vec![start],
+            steps: 70,
+            n_slots: None,
+            graph: false,
+            pinned: false,
+        };
         check(&format!("qwen3-30b B=1 context {}..{}", start + 1, start + 70), &run_case(&gpu, &jit, &case, &mut rng));
     }
 }
@@ -379,8 +402,8 @@ fn gpu_decode_step_matches_cpu_batch8_mixed_contexts() {
     let mut rng = rng();
     let spec = preset("qwen3-30b", Routing::default());
     let start = vec![10, 64, 700, 2047, 5000, 20000, 40000, 65536];
-    let case = Case { spec, batch: 8, start, steps: 66, n_slots: None };
-    check("qwen3-30b B=8 contexts 10..65K", &run_case(&gpu, &jit, &case, &mut rng));
+    let case = Case { spec, batch: 8, start, steps: 66, n_slots: None, graph: true, pinned: true };
+    check("qwen3-30b B=8 contexts 10..65K (graph replay, pinned host store)", &run_case(&gpu, &jit, &case, &mut rng));
 }
 
 #[test]
@@ -389,7 +412,8 @@ fn gpu_decode_step_matches_cpu_every_preset_shape() {
     let mut rng = rng();
     for p in presets::all() {
         let spec = preset(p.name, Routing::default());
-        let case = Case { spec, batch: 2, start: vec![3000, 9000], steps: 66, n_slots: None };
+        let case =
+            Case { spec, batch: 2, start: vec![3000, 9000], steps: 66, n_slots: None, graph: false, pinned: false };
         check(&format!("{} B=2", p.name), &run_case(&gpu, &jit, &case, &mut rng));
     }
 }
@@ -401,7 +425,8 @@ fn gpu_decode_step_matches_cpu_every_score_kind_and_sharing() {
     for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
         for sharing in [Sharing::PerQueryHead, Sharing::PerKvHead] {
             let spec = preset("llama3.1-8b", Routing { score, sharing, ..Routing::default() });
-            let case = Case { spec, batch: 2, start: vec![2500, 6000], steps: 66, n_slots: None };
+            let case =
+                Case { spec, batch: 2, start: vec![2500, 6000], steps: 66, n_slots: None, graph: false, pinned: false };
             check(&format!("llama3.1-8b {score:?} {sharing:?}"), &run_case(&gpu, &jit, &case, &mut rng));
         }
     }
@@ -414,16 +439,32 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
     // Smallest allowed cache: every step evicts; results must not change.
     let spec = preset("tiny-code", Routing::default());
     let need = 2 * spec.gqa() * spec.routing().top_groups as usize;
-    let case = Case { spec, batch: 1, start: vec![4000], steps: 40, n_slots: Some(need) };
+    let case = Case { spec, batch: 1, start: vec![4000], steps: 40, n_slots: Some(need), graph: false, pinned: false };
     let rep = run_case(&gpu, &jit, &case, &mut rng);
     assert!(rep.misses > need, "expected evictions and refetches, saw {} misses", rep.misses);
     check("tiny-code minimal slot cache", &rep);
     // Budgets above every candidate: HGA is dense attention.
     let full = Routing { top_chunks: 64, top_groups: 256, ..Routing::default() };
-    let case = Case { spec: preset("tiny-code", full), batch: 1, start: vec![3000], steps: 3, n_slots: None };
+    let case = Case {
+        spec: preset("tiny-code", full),
+        batch: 1,
+        start: vec![3000],
+        steps: 3,
+        n_slots: None,
+        graph: false,
+        pinned: false,
+    };
     check("tiny-code full budget", &run_case(&gpu, &jit, &case, &mut rng));
     // Budgets above the register-list top-k (16): the iterative selection path, > 256 candidates.
     let wide = Routing { top_chunks: 80, top_groups: 40, ..Routing::default() };
-    let case = Case { spec: preset("qwen3-8b", wide), batch: 1, start: vec![24000], steps: 3, n_slots: None };
+    let case = Case {
+        spec: preset("qwen3-8b", wide),
+        batch: 1,
+        start: vec![24000],
+        steps: 3,
+        n_slots: None,
+        graph: false,
+        pinned: false,
+    };
     check("qwen3-8b wide budgets", &run_case(&gpu, &jit, &case, &mut rng));
 }

@@ -34,6 +34,7 @@ struct HgaParams {
     long long* slot_owner;    // [n_slots] flat (b, kvh, group) index or -1
     int* slot_stamp;          // [n_slots] last step that used the slot
     int* fetch_state;         // [0] miss counter [1] misses of this step [2] clock hand [3] error flag
+                              // [4] id of the last step (this step's: [4] + 1, stamps the slots it uses)
     int* miss_list;           // [B*KVH*ucap] flat union entries that missed
     const elem_t* host_kv;    // mapped pinned host memory (or any device-readable buffer)
     elem_t* slots;
@@ -44,7 +45,7 @@ struct HgaParams {
     int cap_chunks;           // chunk capacity per sequence
     int cap_groups;           // = cap_chunks * GPC
     int n_slots;
-    int step;                 // step id, stamps slots used by this step
+    int step;                 // unused: the step id lives in fetch_state[4] (so a captured graph replays)
     int kce;                  // min(TOP_CHUNKS, cap_chunks)
     int kge;                  // min(TOP_GROUPS, kce * GPC)
     int ucap;                 // union capacity per KV head: kge (shared) or GQA * kge
@@ -594,7 +595,7 @@ __device__ __forceinline__ void resolve_entry(const HgaParams& P, long long bk, 
     const int s = P.slot_of[bk * P.cap_groups + g];
     P.uni_slot[ue] = s;
     if (s >= 0) {
-        P.slot_stamp[s] = P.step;
+        P.slot_stamp[s] = P.fetch_state[4] + 1;
     } else {
         const int m = atomicAdd(&P.fetch_state[0], 1);
         P.miss_list[m] = (int)ue;
@@ -686,6 +687,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_fetch_resolve(HgaParams P) 
 // slot's previous owner loses it. grid (1), block NT.
 extern "C" __global__ void __launch_bounds__(NT) hga_fetch_assign(HgaParams P) {
     __shared__ int new_hand;
+    const int step = P.fetch_state[4] + 1;
     const int n = P.fetch_state[0];
     const int hand = P.fetch_state[2];
     if (threadIdx.x == 0) new_hand = hand;
@@ -693,7 +695,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_fetch_assign(HgaParams P) {
     for (int scanned = 0; assigned < n && scanned < P.n_slots; scanned += NT) {
         const int off = scanned + threadIdx.x;
         const int s = (hand + off) % P.n_slots;
-        const bool ok = off < P.n_slots && P.slot_stamp[s] != P.step;
+        const bool ok = off < P.n_slots && P.slot_stamp[s] != step;
         int total;
         const int m = assigned + block_prefix_count(ok, &total);
         if (ok && m < n) {
@@ -704,7 +706,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_fetch_assign(HgaParams P) {
             if (old >= 0) P.slot_of[old] = -1;
             P.slot_owner[s] = flat;
             P.slot_of[flat] = s;
-            P.slot_stamp[s] = P.step;
+            P.slot_stamp[s] = step;
             P.uni_slot[ue] = s;
             if (m == n - 1) new_hand = (s + 1) % P.n_slots;
         }
@@ -716,6 +718,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_fetch_assign(HgaParams P) {
         P.fetch_state[1] = assigned;
         P.fetch_state[0] = 0;
         P.fetch_state[2] = new_hand;
+        P.fetch_state[4] = step;
     }
 }
 

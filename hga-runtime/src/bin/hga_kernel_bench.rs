@@ -6,7 +6,8 @@
 //! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
-//! every step: groups gathered from mapped pinned host memory).
+//! every step: groups gathered from mapped pinned host memory). Whole steps are timed as separate
+//! launches and as one CUDA graph replay.
 
 use hga_dsl::{presets, Spec};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
@@ -152,12 +153,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         gpu.sync()?;
+        let graphs: Vec<_> =
+            batches.iter_mut().map(|b| b.capture_step(b.max_candidates() + 4)).collect::<Result<_, _>>()?;
         let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
         let n_cand = batches[0].max_candidates() as usize;
         for regime in ["hit", "miss"] {
             let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
             let mut whole = Vec::new();
             let mut closing = Vec::new();
+            let mut graph_steady = Vec::new();
+            let mut graph_closing = Vec::new();
             let mut misses = Vec::new();
             let events: Vec<_> = (0..=KERNELS.len()).map(|_| gpu.timer()).collect::<Result<_, _>>()?;
             for it in 0..iters {
@@ -168,21 +173,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     b.upload_q(&queries[it % copies])?;
                 }
-                if it % 3 != 2 {
+                let close_chunk = (context / c) as i32 - 1;
+                let mode = it % 5;
+                if mode == 3 || mode == 4 {
+                    // The whole step as one CUDA graph replay: steady, or closing a chunk.
+                    b.upload_close(&[if mode == 4 { close_chunk } else { -1 }])?;
+                    b.upload_new_kv(&kv_new, &kv_new)?;
+                    let g = &graphs[it % copies];
+                    let tm = gpu.timer()?;
+                    tm.start()?;
+                    b.launch_graph(g)?;
+                    let us = tm.stop_us()?;
+                    if mode == 4 {
+                        graph_closing.push(us)
+                    } else {
+                        graph_steady.push(us)
+                    }
+                } else if mode != 2 {
                     // Whole step, events only around it: a steady step (no chunk closes), or one whose
                     // token closes a chunk (+ summaries).
+                    b.upload_close(&[close_chunk])?;
                     b.upload_new_kv(&kv_new, &kv_new)?;
                     let tm = gpu.timer()?;
                     tm.start()?;
                     b.launch_append_kernel()?;
-                    if it % 3 == 1 {
+                    if mode == 1 {
                         b.launch_summarize_kernel()?;
                     }
                     b.launch_route()?;
                     b.launch_fetch()?;
                     b.launch_attend()?;
                     let us = tm.stop_us()?;
-                    if it % 3 == 1 {
+                    if mode == 1 {
                         closing.push(us)
                     } else {
                         whole.push(us)
@@ -230,6 +252,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let med: Vec<f64> = per_kernel.iter_mut().map(|v| median(v)).collect();
             let step_us = median(&mut whole);
             let closing_us = median(&mut closing);
+            let graph_us = (median(&mut graph_steady), median(&mut graph_closing));
             let miss = median(&mut misses);
             // Bytes each kernel must move at least (each input read once, each output written once).
             let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
@@ -246,9 +269,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 qh * lp.split_k as usize * (d + 2) * 4 + qh * d * 2,
             ];
             let total_bytes: usize = model_bytes.iter().sum();
-            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+                graph_us.0, graph_us.1,
                 KERNELS.iter().zip(&med).zip(&model_bytes).map(|((k, t), b)| format!("\"{k}\": {{\"us\": {t:.2}, \"bytes\": {b}}}")).collect::<Vec<_>>().join(", "));
-            rows.push((context, regime, med, model_bytes, step_us, closing_us, miss, union, n_cand));
+            rows.push((context, regime, med, model_bytes, step_us, closing_us, graph_us, miss, union, n_cand));
         }
         drop(batches);
         drop(store);
@@ -268,7 +292,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let launch_us = median(&mut per_launch);
     let _ = writeln!(json, "  \"launch_us\": {launch_us:.3}\n}}");
     println!("\nlaunch overhead (back-to-back, per kernel): {launch_us:.2} us; HBM {:.2} TB/s", hbm / 1e12);
-    for (context, regime, med, bytes, step_us, closing_us, miss, union, n_cand) in rows {
+    for (context, regime, med, bytes, step_us, closing_us, graph_us, miss, union, n_cand) in rows {
         println!(
             "\ncontext {}K, batch 1, {regime}: {n_cand} candidate chunks, {union} opened groups (union over KV heads), {miss} misses",
             context / 1024
@@ -290,6 +314,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "step (closing)",
             total as f64 / hbm * 1e6,
             10.0 * launch_us
+        );
+        println!(
+            "  {:<14} {:>9.2} (steady), {:.2} (closing): one CUDA graph launch per step",
+            "step as graph", graph_us.0, graph_us.1
         );
         println!("  gather floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", bytes[7] as f64 / 2.0 / 50e9 * 1e6);
     }

@@ -2,7 +2,10 @@
 
 use super::kernels::{HgaParams, Kernel};
 use super::{CudaError, DecodeKernels, Gpu};
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CU_MEMHOSTALLOC_DEVICEMAP};
+use cudarc::driver::{
+    CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+};
 use hga_dsl::codegen::LaunchParams;
 use hga_dsl::Sharing;
 
@@ -29,6 +32,17 @@ pub struct DecodeBatch<'k> {
     p: HgaParams,
     b: Buffers,
     _own_store: Option<CudaSlice<u16>>,
+    _pinned_store: Option<PinnedHostSlice<u16>>,
+    /// While capturing a graph: the candidate capacity the chunk-score grid is sized for.
+    capture_cands: Option<u32>,
+}
+
+/// A whole decode step captured as a CUDA graph: append, summarize (sequences whose `close` entry is
+/// a chunk), route, fetch, attend and merge in one launch. Replays read the batch's buffers, so update
+/// positions, queries and the new K/V before each [`DecodeBatch::launch_graph`].
+pub struct StepGraph {
+    graph: CudaGraph,
+    candidate_capacity: u32,
 }
 
 struct Buffers {
@@ -130,7 +144,7 @@ impl<'k> DecodeBatch<'k> {
             uni_group: zi(bsz * kvh * ucap)?,
             uni_slot: zi(bsz * kvh * ucap)?,
             n_uni: zi(bsz * kvh)?,
-            fetch_state: zi(4)?,
+            fetch_state: zi(8)?,
             out: zh(bsz * qh * d)?,
             _rest: Vec::new(),
         };
@@ -188,7 +202,18 @@ impl<'k> DecodeBatch<'k> {
             Box::new(part_ml),
             Box::new(part_acc),
         ];
-        Ok(DecodeBatch { gpu: gpu.clone(), kernels, lp, cap, pos_host: vec![0; bsz], p, b, _own_store: None })
+        Ok(DecodeBatch {
+            gpu: gpu.clone(),
+            kernels,
+            lp,
+            cap,
+            pos_host: vec![0; bsz],
+            p,
+            b,
+            _own_store: None,
+            _pinned_store: None,
+            capture_cands: None,
+        })
     }
 
     /// The capacity.
@@ -226,7 +251,20 @@ impl<'k> DecodeBatch<'k> {
         }
         self.pos_host = pos.iter().map(|&p| p as i32).collect();
         self.gpu.stream().memcpy_htod(&self.pos_host, &mut self.b.pos)?;
-        Ok(())
+        let close = self.closing_chunks();
+        self.upload_close(&close)
+    }
+
+    /// Per sequence, the chunk its current token closes (`(pos + 1) % chunk == 0`), else -1.
+    pub fn closing_chunks(&self) -> Vec<i32> {
+        let c = self.kernels.spec().routing().chunk as i32;
+        self.pos_host.iter().map(|&p| if (p + 1) % c == 0 { (p + 1) / c - 1 } else { -1 }).collect()
+    }
+
+    /// Sets the chunks `hga_summarize` builds (per sequence, -1 for none); [`DecodeBatch::set_positions`]
+    /// sets the chunks the new tokens close.
+    pub fn upload_close(&mut self, close: &[i32]) -> Result<(), CudaError> {
+        upload(&self.gpu, "close", close, &mut self.b.close)
     }
 
     /// Uploads this step's queries (`[B][q_heads][d]`, element bits, after RoPE).
@@ -319,7 +357,7 @@ impl<'k> DecodeBatch<'k> {
 
     /// `hga_summarize` for `close[b]` (chunk index, or -1 for none), which must be in the window.
     pub fn launch_summarize(&mut self, close: &[i32]) -> Result<(), CudaError> {
-        upload(&self.gpu, "close", close, &mut self.b.close)?;
+        self.upload_close(close)?;
         self.launch_summarize_kernel()
     }
 
@@ -367,7 +405,8 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_chunk_score` alone.
     pub fn launch_chunk_score(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
-        let grid = (self.max_candidates().div_ceil(self.lp.chunk_tile).max(1), kvh, b);
+        let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
+        let grid = (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b);
         self.launch(Kernel::ChunkScore, grid, self.lp.threads, &[])
     }
 
@@ -399,7 +438,6 @@ impl<'k> DecodeBatch<'k> {
                 rule: "set_host_store or use_device_store first".into(),
             });
         }
-        self.p.step += 1;
         let (b, _, kvh, _) = self.dims();
         self.launch(Kernel::FetchResolve, (kvh, b, 1), self.lp.threads, &[])
     }
@@ -442,6 +480,68 @@ impl<'k> DecodeBatch<'k> {
         self.launch_route()?;
         self.launch_fetch()?;
         self.launch_attend()
+    }
+
+    /// Captures one whole step as a CUDA graph. Its chunk-score grid covers `candidate_capacity`
+    /// candidate chunks per sequence (blocks past a sequence's candidates exit at once), so one graph
+    /// serves until some sequence has more ([`DecodeBatch::launch_graph`] checks).
+    pub fn capture_step(&mut self, candidate_capacity: u32) -> Result<StepGraph, CudaError> {
+        if self.p.host_kv == 0 {
+            return Err(CudaError::Invalid {
+                field: "host_store",
+                value: "unset".into(),
+                rule: "set_host_store or use_device_store first".into(),
+            });
+        }
+        let stream = self.gpu.stream().clone();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        self.capture_cands = Some(candidate_capacity);
+        let launched = (|| {
+            self.launch_append_kernel()?;
+            self.launch_summarize_kernel()?;
+            self.launch_route()?;
+            self.launch_fetch()?;
+            self.launch_attend()
+        })();
+        self.capture_cands = None;
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        let graph = graph?.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
+        Ok(StepGraph { graph, candidate_capacity })
+    }
+
+    /// Replays a captured step for the current positions, queries and new K/V (see
+    /// [`DecodeBatch::capture_step`]; the graph must have been captured by this batch).
+    pub fn launch_graph(&self, g: &StepGraph) -> Result<(), CudaError> {
+        let need = self.max_candidates();
+        if need > g.candidate_capacity {
+            return Err(CudaError::Invalid {
+                field: "candidate_capacity",
+                value: g.candidate_capacity.to_string(),
+                rule: format!("the step has {need} candidate chunks: capture a new graph"),
+            });
+        }
+        Ok(g.graph.launch()?)
+    }
+
+    /// Copies `store` (host store layout) into mapped pinned host memory owned by this batch and
+    /// fetches from it (as the production store does).
+    pub fn use_pinned_host_store(&mut self, store: &[u16]) -> Result<(), CudaError> {
+        if store.len() != self.host_store_len() {
+            return Err(CudaError::Invalid {
+                field: "store",
+                value: store.len().to_string(),
+                rule: format!("must hold {} elements", self.host_store_len()),
+            });
+        }
+        // SAFETY: filled right below, before any kernel reads it.
+        let mut pinned =
+            unsafe { self.gpu.context().alloc_pinned_with_flags::<u16>(store.len(), CU_MEMHOSTALLOC_DEVICEMAP)? };
+        pinned.as_mut_slice()?.copy_from_slice(store);
+        // Unified addressing: the host pointer of mapped pinned memory is valid on the device.
+        self.p.host_kv = pinned.as_ptr()? as u64;
+        self._pinned_store = Some(pinned);
+        Ok(())
     }
 
     /// Fills the output with NaN bits (0xFFFF), so that tests can check that a step wrote every element.

@@ -24,13 +24,15 @@
 //! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, chunk select, group
 //! select), [`DecodeBatch::launch_fetch`] (resolve, assign, gather), [`DecodeBatch::launch_attend`]
 //! (split-K attention and merge)); time them with [`Gpu::timer`] (CUDA events on the batch's stream).
+//! [`DecodeBatch::capture_step`] records a whole step as a CUDA graph ([`StepGraph`]), replayed with
+//! [`DecodeBatch::launch_graph`]: one launch per step instead of ten.
 //! Host memory for the K/V store is any device-readable pointer ([`DecodeBatch::set_host_store`]):
 //! mapped pinned memory in production, a device buffer in tests.
 
 mod batch;
 mod kernels;
 
-pub use batch::{Capacity, DecodeBatch};
+pub use batch::{Capacity, DecodeBatch, StepGraph};
 pub use kernels::{DecodeKernels, FuncAttributes};
 
 use crate::jit::{Arch, JitError};
@@ -112,7 +114,8 @@ impl Gpu {
             unsafe { ctx.disable_event_tracking() };
             let (major, minor) = ctx.compute_capability()?;
             let name = ctx.name()?;
-            let stream = ctx.default_stream();
+            // A stream of its own: the legacy default stream cannot be captured into graphs.
+            let stream = ctx.new_stream()?;
             Ok(Gpu { ctx, stream, arch: Arch::from_capability(major, minor), name })
         }));
         opened.unwrap_or_else(|_| Err(CudaError::DriverMissing))
