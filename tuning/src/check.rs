@@ -8,10 +8,12 @@
 //! - modeled: another cost model version, or re-running the model gives a different file.
 
 use crate::cost::Assumptions;
+use crate::cost::Resources;
 use crate::error::TuneError;
 use crate::gpu;
-use crate::{buckets, ModeArg, ModelChoice, Request};
+use crate::{buckets, Compiler, ModeArg, ModelChoice, Request};
 use hga_dsl::tuned::{short_name, Mode, TunedConfig};
+use std::collections::HashMap;
 
 /// What a successful check found.
 #[derive(Debug, Clone)]
@@ -123,10 +125,22 @@ fn regenerate(cfg: &TunedConfig, text: &str) -> Option<Vec<String>> {
         .unwrap_or(&cfg.provenance.model)
         .to_string();
     let mode = if cfg.provenance.command.contains("--mode modeled") { ModeArg::Modeled } else { ModeArg::Auto };
-    let req =
-        Request { gpu: g.name.clone(), model: model_arg, contexts, batches, time_budget: None, mode, progress: false };
-    let nvrtc = (cfg.provenance.nvrtc != "none").then(|| cfg.provenance.nvrtc.clone());
-    let mut out = match crate::modeled(&g, &model, &req, nvrtc) {
+    let req = Request {
+        gpu: g.name.clone(),
+        model: model_arg,
+        contexts,
+        batches,
+        time_budget: None,
+        mode,
+        progress: false,
+        nvrtc: false,
+    };
+    let compiler = if cfg.provenance.nvrtc == "none" {
+        Compiler::None
+    } else {
+        Compiler::Recorded { version: cfg.provenance.nvrtc.clone(), figures: recorded_figures(cfg) }
+    };
+    let mut out = match crate::modeled(&g, &model, &req, compiler) {
         Ok(o) => o,
         Err(e) => return Some(vec![format!("re-running the cost model failed: {e}")]),
     };
@@ -181,4 +195,34 @@ pub fn check_file(path: &std::path::Path) -> Result<CheckReport, TuneError> {
         source: hga_dsl::tuned::TunedError::Io { path: path.display().to_string(), source },
     })?;
     check_text(&path.display().to_string(), &text)
+}
+
+/// The NVRTC figures behind a modeled config's pruned entries, read back from their reasons.
+fn recorded_figures(cfg: &TunedConfig) -> HashMap<String, Result<Resources, String>> {
+    let num_before = |s: &str, tail: &str| -> Option<u32> {
+        let head = &s[..s.find(tail)?];
+        head.rsplit(' ').next()?.parse().ok()
+    };
+    let mut out = HashMap::new();
+    for p in &cfg.space.pruned {
+        let r = &p.reason;
+        let fig = if let Some(e) = r.strip_prefix("does not compile: ").filter(|e| e.starts_with("(NVRTC)")) {
+            Some(Err(e.to_string()))
+        } else if r.starts_with("spills ") && r.contains("(NVRTC;") {
+            let spill = num_before(r, " B to local memory");
+            let regs = num_before(r, " registers per thread");
+            spill
+                .zip(regs)
+                .map(|(spill_bytes, regs_per_thread)| Ok(Resources { regs_per_thread, smem_bytes: 0, spill_bytes }))
+        } else if r.contains("B of shared memory per block (NVRTC)") {
+            num_before(r, " B of shared memory per block")
+                .map(|smem_bytes| Ok(Resources { regs_per_thread: 0, smem_bytes, spill_bytes: 0 }))
+        } else {
+            None
+        };
+        if let Some(f) = fig {
+            out.insert(p.variant.clone(), f);
+        }
+    }
+    out
 }

@@ -28,8 +28,10 @@ pub mod space;
 use cost::{Assumptions, Workload};
 use error::TuneError;
 use gpu::GpuSpec;
+use hga_dsl::tuned::short_name;
 use hga_dsl::tuned::{Mode, Provenance, TunedConfig};
 use hga_dsl::{presets, HfModel, ModelShape, Spec, ValidSpec};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,6 +114,8 @@ pub struct Request {
     pub mode: ModeArg,
     /// Progress bars on stderr.
     pub progress: bool,
+    /// Modeled mode: prune spilling winners with NVRTC's figures when NVRTC is present.
+    pub nvrtc: bool,
 }
 
 /// What a run produced.
@@ -149,39 +153,125 @@ pub fn base_spec(model: &ModelChoice) -> Result<ValidSpec, TuneError> {
     Spec::new(model.shape.clone()).validate().map_err(|source| TuneError::Model { arg: model.name.clone(), source })
 }
 
-/// Runs the cost model over the space: the modeled search, fully deterministic.
-pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, nvrtc: Option<String>) -> Result<Outcome, TuneError> {
+/// Where the modeled search gets compiled resource figures from.
+#[derive(Debug, Clone)]
+pub enum Compiler {
+    /// Nowhere: resources are modeled (the generator's static shared memory, estimated registers).
+    None,
+    /// NVRTC of this version: the leading candidates are compiled for the GPU's arch, those that spill
+    /// are pruned and the search repeated until the winners compile clean.
+    Nvrtc(String),
+    /// The NVRTC figures recorded in a config's pruned list (to re-derive it without compiling).
+    Recorded {
+        /// NVRTC version recorded.
+        version: String,
+        /// Figures by short name.
+        figures: HashMap<String, Result<cost::Resources, String>>,
+    },
+}
+
+/// Candidates per bucket compiled in each round of NVRTC pruning.
+const NVRTC_TOP: usize = 3;
+
+/// Runs the cost model over the space: the modeled search, deterministic for a given compiler.
+pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Compiler) -> Result<Outcome, TuneError> {
     let base = base_spec(model)?;
-    let space = space::build(&base, gpu, &space::ResourceSource::Modeled);
     let a = Assumptions::default();
     let workloads = workloads(req);
-    let mut timer = search::ModelTimer { gpu, assumptions: a };
-    let order = |_w: Workload| (0..space.candidates.len()).collect::<Vec<_>>();
-    let results = search::run(&space, &workloads, &mut timer, req.time_budget, &order, "not modeled", req.progress);
+    let (nvrtc, mut known, compile) = match compiler {
+        Compiler::None => (None, HashMap::new(), false),
+        Compiler::Nvrtc(v) => (Some(v), HashMap::new(), true),
+        Compiler::Recorded { version, figures } => (Some(version), figures, false),
+    };
+    let (space, results) = loop {
+        let figures = |spec: &ValidSpec| {
+            known.get(&short_name(spec.kernel())).cloned().unwrap_or_else(|| Ok(cost::modeled_resources(spec)))
+        };
+        let source =
+            if nvrtc.is_some() { space::ResourceSource::Compiler(&figures) } else { space::ResourceSource::Modeled };
+        let space = space::build(&base, gpu, &source);
+        let mut timer = search::ModelTimer { gpu, assumptions: a };
+        let order = |_w: Workload| (0..space.candidates.len()).collect::<Vec<_>>();
+        let results = search::run(&space, &workloads, &mut timer, req.time_budget, &order, "not modeled", req.progress);
+        if !compile {
+            break (space, results);
+        }
+        let mut lead: Vec<usize> =
+            results.iter().flat_map(|r| r.ranking().into_iter().take(NVRTC_TOP)).collect::<Vec<_>>();
+        lead.extend(search::overall_default(&results));
+        lead.sort_unstable();
+        lead.dedup();
+        // Only the winners must be compiled clean; the runners-up are compiled alongside to save rounds.
+        let winners_known = results
+            .iter()
+            .filter_map(|r| r.ranking().first().copied())
+            .chain(search::overall_default(&results))
+            .all(|i| known.contains_key(&space.candidates[i].name));
+        if winners_known {
+            break (space, results);
+        }
+        let fresh: Vec<&space::Candidate> =
+            lead.iter().map(|&i| &space.candidates[i]).filter(|c| !known.contains_key(&c.name)).collect();
+        for (name, r) in nvrtc_resources_parallel(&fresh, &gpu.arch) {
+            known.insert(name, r);
+        }
+    };
     let provenance = Provenance {
         mode: Mode::Modeled,
         gpu: gpu.name.clone(),
         gpu_name: gpu.full_name.clone(),
         arch: gpu.arch.clone(),
         driver: "none".into(),
-        nvrtc: nvrtc.unwrap_or_else(|| "none".into()),
+        nvrtc: nvrtc.clone().unwrap_or_else(|| "none".into()),
         hga_version: env!("CARGO_PKG_VERSION").into(),
         generator: hga_dsl::codegen::GENERATOR_VERSION.into(),
         model: model.name.clone(),
         cost_model: a.describe(),
         command: command_line(req, &gpu.name),
     };
-    let config = output::assemble(&base, &space, &results, provenance).map_err(TuneError::Measure)?;
+    let (config, mut notes) = output::assemble(&base, &space, &results, provenance).map_err(TuneError::Measure)?;
     let text = output::render(&config);
-    let notes = vec![
+    notes.extend([
         format!(
-            "MODELED: no {} is present, so variants were ranked by the cost model ({}), not measured.",
+            "MODELED: variants were ranked by the cost model of the {} ({}), not measured.",
             gpu.full_name,
             cost::COST_MODEL_VERSION
         ),
         format!("To measure for real, run `{}` on a machine with a {}.", command_line(req, &gpu.name), gpu.full_name),
-    ];
+    ]);
     Ok(Outcome { file_name: output::file_name(&gpu.name, &model.name), config, text, notes })
+}
+
+/// [`nvrtc_resources`] of several variants on all cores.
+fn nvrtc_resources_parallel(cands: &[&space::Candidate], arch: &str) -> Vec<(String, Result<cost::Resources, String>)> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(cands.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(c) = cands.get(i) else { break };
+                let r = nvrtc_resources(&c.spec, arch);
+                out.lock().unwrap_or_else(|e| e.into_inner()).push((c.name.clone(), r));
+            });
+        }
+    });
+    let mut v = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Registers, shared memory and spills of a variant's kernels as NVRTC/ptxas report them (the attention
+/// kernel's registers and shared memory; the largest spill of any kernel).
+fn nvrtc_resources(spec: &ValidSpec, arch: &str) -> Result<cost::Resources, String> {
+    let cc: u32 = arch.trim_start_matches("sm_").parse().map_err(|_| format!("unknown arch {arch}"))?;
+    let jit = hga_runtime::jit::Jit::from_env().map_err(|e| e.to_string())?;
+    let c =
+        jit.compile(&hga_dsl::codegen::generate(spec), hga_runtime::jit::Arch::new(cc)).map_err(|e| e.to_string())?;
+    let attend = c.resources.iter().find(|r| r.name == "hga_attend").ok_or("ptxas reported no hga_attend")?;
+    let spill = c.resources.iter().map(|r| r.spill_stores.max(r.spill_loads)).max().unwrap_or(0);
+    Ok(cost::Resources { regs_per_thread: attend.registers, smem_bytes: attend.smem_bytes, spill_bytes: spill })
 }
 
 /// The buckets of a request, sorted by context then batch.
@@ -193,6 +283,14 @@ pub fn workloads(req: &Request) -> Vec<Workload> {
         .collect();
     w.sort();
     w
+}
+
+/// NVRTC for the modeled search when it is present and not switched off.
+fn compiler(req: &Request) -> Compiler {
+    match device::nvrtc_version() {
+        Some(v) if req.nvrtc => Compiler::Nvrtc(v),
+        _ => Compiler::None,
+    }
 }
 
 /// Runs a request: decides measured or modeled, searches, and returns the config.
@@ -228,10 +326,10 @@ pub fn tune(req: &Request) -> Result<Outcome, TuneError> {
             };
             measure::measured(&p, &model, req)
         }
-        (GpuChoice::Preset(g), ModeArg::Modeled) => modeled(&g, &model, req, device::nvrtc_version()),
+        (GpuChoice::Preset(g), ModeArg::Modeled) => modeled(&g, &model, req, compiler(req)),
         (GpuChoice::Preset(g), ModeArg::Auto) => match present {
             Some(p) if p.spec.name == g.name => measure::measured(&p, &model, req),
-            _ => modeled(&g, &model, req, device::nvrtc_version()),
+            _ => modeled(&g, &model, req, compiler(req)),
         },
         (GpuChoice::Preset(g), ModeArg::Measured) => match present {
             Some(p) if p.spec.name == g.name => measure::measured(&p, &model, req),

@@ -47,6 +47,10 @@ struct Cli {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Modeled mode: do not compile the leading variants with NVRTC to prune spilling ones (faster, and
+    /// the same file on every machine).
+    #[arg(long)]
+    no_nvrtc: bool,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> Result<(), TuneError> {
         time_budget,
         mode: cli.mode,
         progress: !cli.quiet,
+        nvrtc: !cli.no_nvrtc,
     };
     let start = Instant::now();
     let out = tuning::tune(&req)?;

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// Candidates measured per bucket: the cost model's best this many, plus the built-in default.
 pub const MEASURE_TOP: usize = 24;
+/// The best this many of every bucket are measured in all buckets.
+pub const COMMON_TOP: usize = 4;
 /// Timed samples per (candidate, bucket); the median is kept.
 pub const SAMPLES: usize = 11;
 /// Warm-up samples, discarded.
@@ -431,6 +433,25 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
             (w, idx.into_iter().take(MEASURE_TOP).map(|(_, i)| i).collect())
         })
         .collect();
+    // Every bucket also measures the other buckets' best few, so that some candidates are timed in all
+    // buckets (the overall default is chosen among those).
+    let common: Vec<usize> = {
+        let mut v: Vec<usize> = workloads.iter().flat_map(|w| ranked[w].iter().take(COMMON_TOP).copied()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let ranked: HashMap<Workload, Vec<usize>> = ranked
+        .into_iter()
+        .map(|(w, mut v)| {
+            for &c in &common {
+                if !v.contains(&c) {
+                    v.push(c);
+                }
+            }
+            (w, v)
+        })
+        .collect();
     let mut wanted: Vec<usize> = ranked.values().flatten().copied().collect();
     wanted.extend(search::default_index(&space));
     wanted.sort_unstable();
@@ -496,9 +517,9 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
         cost_model: format!("orders candidates only (best {MEASURE_TOP} per bucket measured): {}", a.describe()),
         command: command_line(req, &g.name),
     };
-    let config = output::assemble(&base, &space, &results, provenance).map_err(TuneError::Measure)?;
+    let (config, mut notes) = output::assemble(&base, &space, &results, provenance).map_err(TuneError::Measure)?;
     let text = output::render(&config);
-    let notes = vec![
+    notes.extend([
         format!(
             "MEASURED on {} ({}): {} variants checked against the CPU backend (worst relative L2 error {:.2e}), \
              CUDA events, median of {SAMPLES} samples after {WARMUP} warm-up, in {:.1} s.",
@@ -509,6 +530,6 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
             start.elapsed().as_secs_f64()
         ),
         "Timed per layer: route + fetch (all hits after warm-up) + attend + merge.".to_string(),
-    ];
+    ]);
     Ok(Outcome { file_name: output::file_name(&g.name, &model.name), config, text, notes })
 }

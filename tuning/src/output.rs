@@ -10,14 +10,30 @@ fn pick_of(spec: &ValidSpec) -> Pick {
     Pick { kernel: spec.kernel().clone(), variant_key: spec.variant_key(), content_hash: spec.content_hash() }
 }
 
-/// Assembles the config. `None` when some bucket has no timed candidate (nothing to choose).
+/// Assembles the config. A bucket without any timed candidate is left out (its reason is returned in
+/// the notes); an error when no bucket has one.
 pub fn assemble(
     base: &ValidSpec,
     space: &Space,
     results: &[BucketResult],
     provenance: Provenance,
-) -> Result<TunedConfig, String> {
+) -> Result<(TunedConfig, Vec<String>), String> {
     let def = default_index(space);
+    let mut notes = Vec::new();
+    let all = results;
+    let kept: Vec<BucketResult> = all.iter().filter(|r| !r.ranking().is_empty()).cloned().collect();
+    for r in all.iter().filter(|r| r.ranking().is_empty()) {
+        notes.push(format!(
+            "left out context {} batch {}: no candidate has a time ({})",
+            fmt_context(r.workload.context),
+            r.workload.batch,
+            r.untimed.first().map(String::as_str).unwrap_or("nothing to time")
+        ));
+    }
+    if kept.is_empty() {
+        return Err(notes.join("; "));
+    }
+    let results = &kept[..];
     let mut choices = Vec::new();
     let mut figures = Vec::new();
     for r in results {
@@ -55,7 +71,7 @@ pub fn assemble(
         });
     }
     let overall = overall_default(results).ok_or("no candidate was timed in every bucket")?;
-    Ok(TunedConfig {
+    let config = TunedConfig {
         format: FORMAT_VERSION,
         provenance,
         model: base.model().clone(),
@@ -67,7 +83,8 @@ pub fn assemble(
             pruned: space.pruned.clone(),
         },
         figures,
-    })
+    };
+    Ok((config, notes))
 }
 
 trait RoundTo {

@@ -70,7 +70,8 @@ pub fn grid() -> Vec<KernelParams> {
 pub fn build(base: &ValidSpec, gpu: &GpuSpec, resources: &ResourceSource<'_>) -> Space {
     let limits = gpu.limits();
     let mut candidates: Vec<Candidate> = Vec::new();
-    let mut sources: Vec<String> = Vec::new();
+    // Generated bodies seen so far: (body, short name, index among the candidates if it is one).
+    let mut seen: Vec<(String, String, Option<usize>)> = Vec::new();
     let mut pruned = Vec::new();
     let mut duplicates = Vec::new();
     for k in grid() {
@@ -84,19 +85,26 @@ pub fn build(base: &ValidSpec, gpu: &GpuSpec, resources: &ResourceSource<'_>) ->
         };
         let lp = launch_params(&spec);
         let body = kernel_body(&spec);
-        if let Some(i) = sources.iter().position(|s| *s == body) {
-            let reason = if lp.tile_tokens != k.tile_tokens {
+        if let Some((_, first, idx)) = seen.iter().find(|(b, _, _)| *b == body) {
+            let why = if lp.tile_tokens != k.tile_tokens {
                 format!(
-                    "same kernels as {}: the generator clamps tile_tokens {} to {} ({} B of static shared memory)",
-                    candidates[i].name, k.tile_tokens, lp.tile_tokens, lp.attend_smem_bytes
+                    ": the generator clamps tile_tokens {} to {} ({} B of static shared memory)",
+                    k.tile_tokens, lp.tile_tokens, lp.attend_smem_bytes
                 )
             } else {
-                format!("same kernels as {}", candidates[i].name)
+                String::new()
+            };
+            let reason = match idx {
+                Some(_) => format!("same kernels as {first}{why}"),
+                None => format!("same kernels as {first} (pruned){why}"),
             };
             pruned.push(Pruned { variant: name.clone(), reason });
-            duplicates.push((name, i));
+            if let Some(i) = idx {
+                duplicates.push((name, *i));
+            }
             continue;
         }
+        seen.push((body, name.clone(), None));
         let (res, how) = match resources {
             ResourceSource::Modeled => (Ok(modeled_resources(&spec)), "modeled"),
             ResourceSource::Compiler(f) => (f(&spec), "NVRTC"),
@@ -122,13 +130,15 @@ pub fn build(base: &ValidSpec, gpu: &GpuSpec, resources: &ResourceSource<'_>) ->
             pruned.push(Pruned {
                 variant: name,
                 reason: format!(
-                    "hga_attend spills {} B to local memory ({how}; {} registers per thread)",
+                    "spills {} B to local memory ({how}; hga_attend uses {} registers per thread)",
                     res.spill_bytes, res.regs_per_thread
                 ),
             });
             continue;
         }
-        sources.push(body);
+        if let Some(last) = seen.last_mut() {
+            last.2 = Some(candidates.len());
+        }
         candidates.push(Candidate { name, spec });
     }
     Space { candidates, pruned, duplicates }

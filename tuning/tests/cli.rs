@@ -82,7 +82,18 @@ fn modeled_runs_are_deterministic_and_say_how_to_measure() {
         let (a, b) = (temp_dir("a"), temp_dir("b"));
         let mut texts = Vec::new();
         for d in [&a, &b] {
-            let o = tuning(&["--gpu", &g, "--model", m, "--mode", "modeled", "--out", d.to_str().unwrap(), "--quiet"]);
+            let o = tuning(&[
+                "--gpu",
+                &g,
+                "--model",
+                m,
+                "--mode",
+                "modeled",
+                "--out",
+                d.to_str().unwrap(),
+                "--quiet",
+                "--no-nvrtc",
+            ]);
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
             let out = String::from_utf8_lossy(&o.stdout).into_owned();
             assert!(out.contains("MODELED") && out.contains("To measure for real, run"), "{out}");
@@ -103,7 +114,7 @@ fn modeled_runs_are_deterministic_and_say_how_to_measure() {
 #[test]
 fn check_accepts_fresh_and_names_stale() {
     let d = temp_dir("check");
-    let o = tuning(&["--gpu", "l40s", "--model", "qwen3-8b", "--out", d.to_str().unwrap(), "--quiet"]);
+    let o = tuning(&["--gpu", "l40s", "--model", "qwen3-8b", "--out", d.to_str().unwrap(), "--quiet", "--no-nvrtc"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let path = d.join("l40s-qwen3-8b.toml");
     let o = tuning(&["--check", path.to_str().unwrap()]);
@@ -172,8 +183,42 @@ fn a_config_json_model_is_accepted() {
         return;
     }
     let d = temp_dir("hf");
-    let o = tuning(&["--gpu", "rtx3090", "--model", cfg.to_str().unwrap(), "--out", d.to_str().unwrap(), "--quiet"]);
+    let o = tuning(&[
+        "--gpu",
+        "rtx3090",
+        "--model",
+        cfg.to_str().unwrap(),
+        "--out",
+        d.to_str().unwrap(),
+        "--quiet",
+        "--no-nvrtc",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(Path::new(&d.join("rtx3090-tiny-code.toml")).exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn nvrtc_prunes_spilling_winners_when_present() {
+    if tuning::device::nvrtc_version().is_none() {
+        eprintln!("SKIPPED: NVRTC not found by name (LD_LIBRARY_PATH); modeled runs use modeled resources");
+        return;
+    }
+    let d = temp_dir("nvrtc");
+    let args = ["--gpu", "rtx5090", "--model", "qwen3-30b", "--contexts", "1M", "--batch", "1", "--quiet"];
+    let o = tuning(&[&args[..], &["--out", d.to_str().unwrap()]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let path = d.join("rtx5090-qwen3-30b.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("nvrtc = \"none\""), "NVRTC was present but not used");
+    let cfg = hga_dsl::tuned::TunedConfig::from_toml(&text).unwrap();
+    // The winners compiled clean: none of them is among the pruned.
+    for c in &cfg.choices {
+        let name = hga_dsl::tuned::short_name(&c.pick.kernel);
+        assert!(!cfg.space.pruned.iter().any(|p| p.variant == name), "{name} was pruned and chosen");
+    }
+    // --check re-derives it from the recorded NVRTC figures, without compiling.
+    let o = tuning(&["--check", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&d);
 }

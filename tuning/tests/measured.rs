@@ -22,6 +22,7 @@ fn measures_the_present_gpu() {
         time_budget: Some(Duration::from_secs(40)),
         mode: ModeArg::Auto,
         progress: false,
+        nvrtc: false,
     };
     let out = tuning::tune(&req).unwrap_or_else(|e| panic!("{e}"));
     for n in &out.notes {

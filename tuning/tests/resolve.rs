@@ -16,10 +16,11 @@ fn config(gpu: &str, model: &str) -> TunedConfig {
         time_budget: None,
         mode: ModeArg::Modeled,
         progress: false,
+        nvrtc: false,
     };
     let g = tuning::gpu::find(gpu).unwrap();
     let m = tuning::resolve_model(model).unwrap();
-    let out = tuning::modeled(&g, &m, &req, None).unwrap();
+    let out = tuning::modeled(&g, &m, &req, tuning::Compiler::None).unwrap();
     // What is written is what is read.
     let back = TunedConfig::from_toml(&out.text).unwrap();
     assert_eq!(back.to_toml(), out.config.to_toml());
