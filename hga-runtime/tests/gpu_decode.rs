@@ -455,6 +455,11 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
         pinned: false,
     };
     check("tiny-code full budget", &run_case(&gpu, &jit, &case, &mut rng));
+    // GPT-J pairing with partial rotary (mixed-RoPE summaries on a subset of dimensions).
+    let shape = hga_dsl::ModelShape::new(16, 4, 128, 1e4).rope_style(hga_dsl::RopeStyle::Gptj).rotary_dim(64);
+    let spec = Spec::new(shape).validate().unwrap();
+    let case = Case { spec, batch: 2, start: vec![3000, 7000], steps: 66, n_slots: None, graph: false, pinned: false };
+    check("gptj rotary 64", &run_case(&gpu, &jit, &case, &mut rng));
     // Budgets above the register-list top-k (16): the iterative selection path, > 256 candidates.
     let wide = Routing { top_chunks: 80, top_groups: 40, ..Routing::default() };
     let case = Case {

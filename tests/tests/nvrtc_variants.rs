@@ -5,7 +5,7 @@
 //! prints "SKIPPED", except under CI (env `CI` set) or HGA_REQUIRE_GPU=1, where it fails.
 
 use hga_dsl::codegen;
-use hga_dsl::{presets, KernelParams, Routing, ScoreKind, Sharing, Spec, ValidSpec};
+use hga_dsl::{presets, DType, KernelParams, ModelShape, RopeStyle, Routing, ScoreKind, Sharing, Spec, ValidSpec};
 use hga_runtime::jit::{Arch, Jit};
 use std::sync::Mutex;
 
@@ -96,7 +96,7 @@ fn every_shipped_variant_compiles_for_every_arch_without_spills() {
 }
 
 #[test]
-fn every_score_kind_and_sharing_compiles() {
+fn every_score_kind_sharing_and_element_type_compiles() {
     if !nvrtc_or_skip() {
         return;
     }
@@ -108,6 +108,9 @@ fn every_score_kind_and_sharing_compiles() {
             jobs.push((format!("{score:?}/{sharing:?}"), spec.validate().unwrap(), Arch::new(90), false));
         }
     }
+    // The other element type and RoPE layouts: f16, GPT-J pairing, partial rotary.
+    let other = ModelShape::new(32, 8, 128, 1e4).dtype(DType::F16).rope_style(RopeStyle::Gptj).rotary_dim(64);
+    jobs.push(("f16/gptj/rotary64".into(), Spec::new(other).validate().unwrap(), Arch::new(90), false));
     let failures = compile_all(jobs);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
