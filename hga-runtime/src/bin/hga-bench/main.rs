@@ -4,7 +4,8 @@
 //! ```text
 //! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
 //!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--slots-factor 4]
-//!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json]
+//!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
+//!           [--mode hga|dense] [--dense-json dense.json]
 //! ```
 //!
 //! Per (batch, context): a [`DecodeBatch`] of the generated kernels with the whole context already in
@@ -20,6 +21,9 @@
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
+//! - Kernel parameters per (context, batch): resolved from a tuned config (`--config
+//!   kernels-generated/configs/h200-qwen3-30b.toml`, `--gpu h200`) by `hga_dsl::tuned::resolve`, as the
+//!   runtime picks them; the built-in defaults without one. The JSON names each variant and its source.
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
@@ -35,12 +39,14 @@ mod dense;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
+use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
 use rayon::prelude::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Instant;
 
 struct Args {
@@ -56,6 +62,8 @@ struct Args {
     json: Option<String>,
     mode: String,
     dense_json: Option<String>,
+    config: Option<String>,
+    gpu_preset: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +80,8 @@ fn parse_args() -> Result<Args, String> {
         json: None,
         mode: "hga".into(),
         dense_json: None,
+        config: None,
+        gpu_preset: "h200".into(),
     };
     let list = |s: &str| -> Result<Vec<usize>, String> {
         s.split(',').map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"))).collect()
@@ -92,6 +102,8 @@ fn parse_args() -> Result<Args, String> {
             "--json" => a.json = Some(val()?),
             "--mode" => a.mode = val()?,
             "--dense-json" => a.dense_json = Some(val()?),
+            "--config" => a.config = Some(val()?),
+            "--gpu" => a.gpu_preset = val()?,
             "-h" | "--help" => return Err("see the module docs in hga-runtime/src/bin/hga-bench.rs".into()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -426,9 +438,20 @@ fn run(a: Args) -> Res<()> {
     let dense_json: Option<Value> =
         a.dense_json.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| serde_json::from_str(&t).ok());
     let gpu = Gpu::open(0)?;
-    let t0 = Instant::now();
-    let kernels = DecodeKernels::load(&gpu, &Jit::from_env()?, &spec)?;
-    eprintln!("{}: kernels {} in {:.0} ms", gpu.name(), spec.variant_key(), t0.elapsed().as_secs_f64() * 1e3);
+    let jit = Jit::from_env()?;
+    // Kernel parameters per (context, batch) from the tuned config, as the runtime resolves them.
+    let tuned: Vec<TunedConfig> = match &a.config {
+        Some(path) => match TunedConfig::load(path) {
+            Ok(c) => vec![c],
+            Err(e) => {
+                eprintln!("hga-bench: tuned config {path}: {e}; using the built-in kernel parameters");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    let arch = gpu.arch().to_string();
+    let mut loaded: HashMap<String, &'static DecodeKernels> = HashMap::new();
 
     let extra = a.warmup + a.steps.max(a.cold_steps) + c;
     let cap_groups = |n: usize| (n + extra).div_ceil(c) * gpc;
@@ -452,7 +475,8 @@ fn run(a: Args) -> Res<()> {
     let mut report = json!({
         "device": gpu.name(),
         "model": a.model,
-        "variant": spec.variant_key(),
+        "routing": spec.variant_key(),
+        "tuned_config": a.config,
         "spec": spec.to_toml(),
         "method": {
             "queries": format!("per head q_t = normalize({}·q_(t-1) + {}·n_t)·sqrt(D), n_t ~ N(0, I); cold: independent q each step", a.rho, 1.0 - a.rho),
@@ -467,16 +491,31 @@ fn run(a: Args) -> Res<()> {
     for &bsz in &a.batches {
         for &n in &a.contexts {
             let max_context = n + extra;
+            let q = Query { gpu: &a.gpu_preset, arch: &arch, spec: &spec, context: n as u64, batch: bsz as u32 };
+            let resolved = resolve(&tuned, &q);
+            let key = resolved.spec.variant_key();
+            let kernels: &DecodeKernels = match loaded.get(&key) {
+                Some(k) => k,
+                None => {
+                    let t0 = Instant::now();
+                    let k: &'static DecodeKernels =
+                        Box::leak(Box::new(DecodeKernels::load(&gpu, &jit, &resolved.spec)?));
+                    eprintln!("kernels {key} in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+                    loaded.insert(key.clone(), k);
+                    k
+                }
+            };
             let cap_chunks = max_context.div_ceil(c);
             let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
             let need = bsz * kvh * units * kge;
-            let mut result = json!({ "batch": bsz, "context": n });
+            let mut result =
+                json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": resolved.source.to_string() });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
                 for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
                     let (free0, _) = gpu.context().mem_get_info()?;
                     let cap = Capacity { batch: bsz, max_context, n_slots: slots };
-                    let mut b = DecodeBatch::new(&gpu, &kernels, cap)?;
+                    let mut b = DecodeBatch::new(&gpu, kernels, cap)?;
                     let addr = store.ensure(b.host_store_len())?;
                     // SAFETY: `store` outlives `b` and holds at least `b.host_store_len()` elements.
                     unsafe { b.set_host_store(addr) };
@@ -588,7 +627,7 @@ fn print_table(report: &Value) {
     println!(
         "\n{} · {} · one layer, decode step (µs, medians)",
         report["device"].as_str().unwrap_or("?"),
-        report["variant"].as_str().unwrap_or("?")
+        report["routing"].as_str().unwrap_or("?")
     );
     println!(
         "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense |"
