@@ -1,7 +1,7 @@
 //! A small CPU engine for Qwen3-architecture checkpoints that takes attention from `hga-runtime`:
 //! [`Model`] (load and forward pass), [`SequenceAttention`] backends ([`DenseAttention`],
 //! [`HgaAttention`]), [`eval`] (teacher-forced NLL per position bucket), [`generate`] (greedy) and
-//! [`reference`] (reproducing a checkpoint's reference logits).
+//! [`mod@reference`] (reproducing a checkpoint's reference logits).
 //!
 //! ```no_run
 //! use hga_engine::{AttentionKind, Model, PositionStats};
