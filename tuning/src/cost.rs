@@ -18,12 +18,13 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-2";
+pub const COST_MODEL_VERSION: &str = "hga-cost-3";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Assumptions {
-    /// Launch overhead and ramp of one kernel in a captured step, µs.
+    /// Launch overhead and ramp of one kernel, µs (BENCHMARKS.md, H200: 4.3 µs back to back, ~1 µs less
+    /// inside a CUDA graph).
     pub launch_us: f64,
     /// Device-memory load latency under load, cycles.
     pub dram_latency_cycles: f64,
@@ -50,7 +51,7 @@ pub struct Assumptions {
 impl Default for Assumptions {
     fn default() -> Self {
         Assumptions {
-            launch_us: 1.5,
+            launch_us: 3.0,
             dram_latency_cycles: 800.0,
             l2_latency_cycles: 300.0,
             dram_efficiency: 0.87,
@@ -188,9 +189,11 @@ fn blocks_per_sm(gpu: &GpuSpec, threads: u32, regs: u32, smem: u32) -> f64 {
 }
 
 /// Cycles a warp-level issue of `instr` instructions per thread takes when `warps` warps share the SM's
-/// four schedulers (a lone warp issues about every other cycle: dependent-instruction latency).
+/// four schedulers. A lone warp issues about one instruction every 4 cycles (dependent chains through
+/// shared memory): calibrated on the H200 attention figures of BENCHMARKS.md (split_k 4: 129 µs,
+/// split_k 32: 25 µs for ~4.6K tokens per KV head).
 fn issue_cycles(instr: f64, warps_per_sm: f64) -> f64 {
-    instr * (warps_per_sm / 4.0).max(2.0)
+    instr * (warps_per_sm / 4.0).max(4.0)
 }
 
 /// Cycles of a block-wide reduction (two barriers, five shuffles, a serial pass over the warps).
@@ -268,29 +271,50 @@ pub fn step_cost(gpu: &GpuSpec, spec: &ValidSpec, w: Workload, a: &Assumptions) 
     dram += cs_bytes;
     flops += b * qh * rt.candidates * sv * d * 2.0;
 
-    // hga_chunk_select: per unit, top_chunks rounds of a strided scan over the scores + a reduction.
+    // hga_chunk_select and hga_group_select: one block of `select_threads` per routing unit. Top-k as the
+    // generator does it: rank counting in shared memory for short lists; per-thread sorted lists of k
+    // with batched loads, a warp merge and a rank count for k <= 16; otherwise k rounds of a block scan.
     let units = lp.units as f64;
-    let res = blocks_per_sm(gpu, lp.threads, 32, 256);
+    let snt = lp.select_threads as f64;
+    let swarps = snt / 32.0;
+    let res = blocks_per_sm(gpu, lp.select_threads, 64, 4096);
+    let scan = |n: f64| (n / snt).ceil() / a.scan_unroll * l2_lat + (n / snt).ceil() * 6.0;
+    let reduce = reduce_cycles(lp.select_threads);
     let mass_passes = if r.sharing == Sharing::PerKvHead { gqa * 3.0 } else { 0.0 };
-    let scan = |n: f64| (n / nt).ceil() / a.scan_unroll * l2_lat + (n / nt).ceil() * 6.0;
-    let select_cycles = |n: f64, k: f64| {
-        mass_passes * (scan(n) + reduce_cycles(lp.threads)) + k.min(n) * (scan(n) + reduce_cycles(lp.threads))
+    let topk_cycles = |n: f64, k: f64| {
+        let k = k.min(n);
+        let select = if n <= 256.0 {
+            l2_lat + n * 3.0 + 2.0 * 40.0
+        } else if k <= 16.0 && swarps * k <= 512.0 {
+            // Per thread: batches of 16 loads, each element compared into a sorted list of k; then k
+            // rounds of a warp arg-max and a rank count over the warps' lists (every thread one item).
+            let batches = (n / (16.0 * snt)).ceil();
+            let per_thread = (n / snt).ceil();
+            batches * dram_lat
+                + issue_cycles(per_thread * 60.0, swarps)
+                + k * 400.0
+                + issue_cycles(swarps * k * 4.0, swarps)
+                + 2.0 * 40.0
+        } else {
+            k * (scan(n) + reduce)
+        };
+        mass_passes * (scan(n) + reduce) + select
     };
-    let csel_cycles = l2_lat + select_cycles(rt.candidates, rt.selected);
+    let csel_cycles = l2_lat + topk_cycles(rt.candidates, rt.selected);
     kernels.push(KernelCost {
         name: "hga_chunk_select",
         us: x.kernel(units * b, res, csel_cycles, b * units * rt.candidates * 4.0),
     });
 
-    // hga_group_select: score the selected chunks' groups (a warp per group), then top_groups rounds.
+    // hga_group_select: score the selected chunks' groups (a warp per group), then the top-k.
     let n_groups = rt.selected * spec.groups_per_chunk() as f64;
     let unit_heads = if r.sharing == Sharing::PerKvHead { gqa } else { 1.0 };
-    let gs_instr = (n_groups / warps).ceil() * unit_heads * (d / 32.0 * sv * 4.0 + 12.0);
+    let gs_instr = (n_groups / swarps).ceil() * unit_heads * (d / 32.0 * sv * 4.0 + 12.0);
     let gs_bytes = b * units * n_groups * sv * d * 4.0;
     let gsel_cycles = 2.0 * l2_lat
-        + (n_groups / warps).ceil().min(1.0) * dram_lat
-        + issue_cycles(gs_instr, warps)
-        + select_cycles(n_groups, rt.opened);
+        + (n_groups / swarps).ceil().min(1.0) * dram_lat
+        + issue_cycles(gs_instr, swarps)
+        + topk_cycles(n_groups, rt.opened);
     kernels.push(KernelCost { name: "hga_group_select", us: x.kernel(units * b, res, gsel_cycles, gs_bytes) });
     dram += gs_bytes;
     flops += b * qh * n_groups * sv * d * 2.0;
@@ -298,7 +322,10 @@ pub fn step_cost(gpu: &GpuSpec, spec: &ValidSpec, w: Workload, a: &Assumptions) 
     // hga_fetch_resolve: union of GQA × opened entries per KV head in rounds of `threads`, slot lookups.
     let entries = if r.sharing == Sharing::PerKvHead { rt.opened } else { gqa * rt.opened };
     let rounds = (entries / nt).ceil().max(1.0);
-    let resolve_cycles = rounds * (l2_lat + reduce_cycles(lp.threads) + rt.union / nt * 20.0) + dram_lat;
+    // Each entry is kept where its group first occurs: every thread compares its entry with those before.
+    let dedupe_instr = (entries / nt).ceil() * entries * 6.0;
+    let resolve_cycles =
+        rounds * (2.0 * l2_lat + 2.0 * reduce_cycles(lp.threads)) + issue_cycles(dedupe_instr, warps) + dram_lat;
     kernels.push(KernelCost {
         name: "hga_fetch_resolve",
         us: x.kernel(kvh * b, res, resolve_cycles, b * kvh * entries * 16.0),
