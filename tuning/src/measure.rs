@@ -533,3 +533,39 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
     ]);
     Ok(Outcome { file_name: output::file_name(&g.name, &model.name), config, text, notes })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_is_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_f32(bf16_bits(-2.5)), -2.5);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        let mut r = XorShift(seed());
+        for _ in 0..10000 {
+            let x = r.unit();
+            assert!(x != 0.0 && (-1.0..1.0).contains(&x));
+            let y = bf16_f32(bf16_bits(x));
+            assert!(((y - x) / x).abs() <= 1.0 / 256.0, "{x} → {y}");
+        }
+    }
+
+    #[test]
+    fn oracle_cases_have_the_batch_layout() {
+        let spec = hga_dsl::Spec::new(hga_dsl::presets::find("tiny-code").unwrap().shape).validate().unwrap();
+        let mut r = XorShift(seed());
+        let c = oracle_case(&spec, 1100, 2, &mut r).unwrap();
+        let (kvh, qh, d) = (2, 8, 128);
+        let cap_chunks = (1100usize + 2).div_ceil(64);
+        assert_eq!(c.store.len(), 2 * kvh * cap_chunks * 4 * 2 * 16 * d);
+        assert_eq!(c.state.chunk_sum.len(), 2 * kvh * cap_chunks * d);
+        assert_eq!(c.state.q.len(), 2 * qh * d);
+        assert_eq!(c.want.len(), 2 * qh * d);
+        assert!(c.want.iter().all(|x| x.is_finite()) && c.want.iter().any(|&x| x != 0.0));
+        assert!(c.store.iter().filter(|&&x| x != 0).count() > c.store.len() / 2);
+    }
+}
