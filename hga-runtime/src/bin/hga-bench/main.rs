@@ -29,7 +29,8 @@
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
 //!   append + summarize, reported apart (an engine's new token is already on the GPU).
 //! - Memory: the GPU bytes of the attention state per layer (window, summary tables, slot pool, index
-//!   tables) by the buffers' sizes and by `cuMemGetInfo` before/after, against the dense K/V size.
+//!   tables) by the buffers' sizes, against the dense K/V size. The `cuMemGetInfo` delta is recorded
+//!   too, but cudarc allocates from a stream-ordered pool that reuses freed blocks, so it undercounts.
 //! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes), and this bench's
 //!   own split-K flash-decoding kernel (`dense.cu`; the codegen has none yet), run beforehand as
 //!   `hga-bench --mode dense --json dense.json` (its own process, checked against the CPU oracle before
@@ -625,7 +626,7 @@ fn print_table(report: &Value) {
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| if x.is_nan() { "-".into() } else { format!("{x:.1}") });
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     println!(
-        "\n{} · {} · one layer, decode step (µs, medians)",
+        "\n{} · routing {} (kernel parameters per row: see the JSON) · one layer, decode step (µs, medians)",
         report["device"].as_str().unwrap_or("?"),
         report["routing"].as_str().unwrap_or("?")
     );
