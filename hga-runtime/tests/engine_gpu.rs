@@ -197,3 +197,36 @@ fn device_buffers_match_host_slices() {
     assert!(matches!(cache.append_device(a, 0, &short, &short), Err(RuntimeError::ShapeMismatch { field: "k", .. })));
     assert_eq!(cache.seq_len(a, 0).unwrap(), 1001);
 }
+
+/// The GPU backend resolves its kernel parameters from the checked-in tuned configs and says which rule
+/// it used: on an H200 the measured qwen3-30b config's exact (1M, batch 1) bucket; elsewhere the rule that
+/// applies, never an invalid spec.
+#[test]
+fn kernel_parameters_come_from_the_tuned_configs() {
+    let spec = Spec::new(hga_dsl::presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+    let configs = kernels_generated::tuned::all().unwrap();
+    let mut config = CacheConfig::new(spec.clone(), 1, 1 << 20).with_tuned(configs.clone());
+    config.max_sequences = 1;
+    config.gpu_budget_bytes = Some(64 << 20);
+    let Some(cache) = gpu_cache(config) else { return };
+    let used = cache.kernels().expect("the GPU backend reports its kernels");
+    eprintln!("kernel parameters {:?} from {}", used.spec.kernel(), used.source);
+    assert_eq!(used.spec.model(), spec.model());
+    assert_eq!(used.spec.routing(), spec.routing());
+    let h200 = configs.iter().find(|c| c.provenance.gpu == "h200" && c.provenance.model == "qwen3-30b").unwrap();
+    if h200.provenance.gpu_name == cache_device_name(&cache) {
+        let want = h200.choices.iter().find(|c| c.context == 1 << 20 && c.batch == 1).unwrap();
+        assert_eq!(used.spec.kernel(), &want.pick.kernel);
+        assert!(matches!(used.source, hga_dsl::tuned::Source::Exact { .. }), "{}", used.source);
+    }
+    // Without configs: the built-in default, reported as such.
+    let mut plain = CacheConfig::new(spec, 1, 1 << 20);
+    plain.max_sequences = 1;
+    plain.gpu_budget_bytes = Some(64 << 20);
+    let cache = gpu_cache(plain).unwrap();
+    assert_eq!(cache.kernels().unwrap().source, hga_dsl::tuned::Source::BuiltIn);
+}
+
+fn cache_device_name(cache: &HgaCache) -> String {
+    cache.device_name().unwrap_or_default().to_string()
+}

@@ -14,6 +14,7 @@
 use hga_dsl::macro_support::DeclaredVariant;
 use hga_dsl::ValidSpec;
 
+pub mod tuned;
 pub mod variants;
 
 pub use variants::*;

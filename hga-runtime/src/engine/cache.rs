@@ -72,6 +72,7 @@ impl HgaCache {
                 config.max_seq_len,
                 config.max_sequences,
                 config.gpu_budget_bytes,
+                &config.tuned,
             )
             .map(Backend::Gpu)
         };
@@ -118,6 +119,25 @@ impl HgaCache {
             Backend::Cpu(_) => BackendKind::Cpu,
             #[cfg(feature = "cuda")]
             Backend::Gpu(_) => BackendKind::Gpu,
+        }
+    }
+
+    /// The kernel parameters the GPU backend runs and where they came from (which tuned config and
+    /// rule, or the built-in default); `None` on the CPU backend, which has no kernels.
+    pub fn kernels(&self) -> Option<&hga_dsl::tuned::Resolved> {
+        match &self.backend {
+            Backend::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(g) => Some(g.resolved()),
+        }
+    }
+
+    /// The GPU's name (`NVIDIA H200`); `None` on the CPU backend.
+    pub fn device_name(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(g) => Some(g.device_name()),
         }
     }
 

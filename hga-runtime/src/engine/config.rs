@@ -2,6 +2,7 @@
 
 use crate::cpu::HeadLayout;
 use crate::RuntimeError;
+use hga_dsl::tuned::TunedConfig;
 use hga_dsl::ValidSpec;
 
 /// Configuration of one [`super::HgaCache`]: the model, the limits appends are checked against, and
@@ -21,6 +22,10 @@ pub struct CacheConfig {
     /// GPU memory the working set (slot pool) may use, in bytes; `None` derives it from free GPU memory
     /// (a quarter of it). The CPU backend uses it to size its modelled slot pool.
     pub gpu_budget_bytes: Option<u64>,
+    /// Tuned configs (`kernels-generated/configs/*.toml`, or the tuner's `--out`) the GPU backend
+    /// resolves its kernel parameters from (exact bucket → nearest bucket → same-arch default →
+    /// built-in default, `hga_dsl::tuned::resolve`); empty: the spec's own kernel parameters.
+    pub tuned: Vec<TunedConfig>,
 }
 
 impl CacheConfig {
@@ -34,7 +39,14 @@ impl CacheConfig {
             max_sequences: 16,
             host_budget_bytes: 64 << 30,
             gpu_budget_bytes: None,
+            tuned: Vec::new(),
         }
+    }
+
+    /// Adds tuned configs for the GPU backend to resolve kernel parameters from.
+    pub fn with_tuned(mut self, configs: impl IntoIterator<Item = TunedConfig>) -> Self {
+        self.tuned.extend(configs);
+        self
     }
 
     /// Head counts of the spec.

@@ -13,6 +13,7 @@ use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, PinnedBuffer};
 use crate::RuntimeError;
 use cudarc::driver::sys::CUevent_flags;
+use hga_dsl::tuned::{resolve, Query, Resolved, TunedConfig};
 use hga_dsl::ValidSpec;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -62,6 +63,7 @@ pub(crate) struct GpuBackend {
     max_seq_len: usize,
     slots: usize,
     seqs: HashMap<SeqId, Vec<LayerState>>,
+    resolved: Resolved,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -80,8 +82,22 @@ impl GpuBackend {
         max_seq_len: usize,
         max_sequences: usize,
         gpu_budget: Option<u64>,
+        tuned: &[TunedConfig],
     ) -> Result<Self, RuntimeError> {
         let gpu = Gpu::open(ordinal).map_err(cuda_err("open device"))?;
+        // Configs name their GPU by preset (`h200`) and by the device's own name (`NVIDIA H200`).
+        let preset = tuned.iter().find(|c| c.provenance.gpu_name == gpu.name()).map(|c| c.provenance.gpu.clone());
+        let arch = gpu.arch().to_string();
+        // Each (sequence, layer) state is a batch of one, sized for the longest sequence.
+        let query = Query {
+            gpu: preset.as_deref().unwrap_or(""),
+            arch: &arch,
+            spec: &spec,
+            context: max_seq_len as u64,
+            batch: 1,
+        };
+        let resolved = resolve(tuned, &query);
+        let spec = resolved.spec.clone();
         let kernels = kernels(&gpu, ordinal, &spec)?;
         let (free, _) = gpu
             .context()
@@ -116,7 +132,18 @@ impl GpuBackend {
             max_seq_len,
             slots: per_state.min(i32::MAX as usize),
             seqs: HashMap::new(),
+            resolved,
         })
+    }
+
+    /// The device's name.
+    pub(crate) fn device_name(&self) -> &str {
+        self.gpu.name()
+    }
+
+    /// The kernel parameters in use and where they came from.
+    pub(crate) fn resolved(&self) -> &Resolved {
+        &self.resolved
     }
 
     /// Host bytes one sequence reserves (its pinned stores, all layers, sized for `max_seq_len`).
