@@ -199,7 +199,7 @@ fn planted_needle_group_is_routed() {
         let needle = 123;
         for t in needle * 16..(needle + 1) * 16 {
             for j in 0..128 {
-                k[(t * 2 + 1) * 128 + j] = q[5 * 128 + j] * 2.0;
+                k[(t * 2 + 1) * 128 + j] = q[5 * 128 + j] * 3.0;
                 v[(t * 2 + 1) * 128 + j] = 7.0;
             }
         }
