@@ -146,13 +146,16 @@ impl LayerCache {
         }
         let w = Windows::new(self.spec.routing(), (pos + 1) / self.spec.routing().chunk as usize);
         let mut heads = self.route(q, w);
-        let mut scores = Vec::new();
         let d = l.head_dim;
-        for (h, route) in heads.iter_mut().enumerate() {
-            let ranges = self.ranges(w, &route.groups, pos);
-            route.attended_tokens = ranges.iter().map(|(a, b)| b - a).sum();
-            self.attend_head(&q[h * d..(h + 1) * d], h, &ranges, &mut scores, &mut out[h * d..(h + 1) * d]);
-        }
+        // Heads in parallel: an engine's decode step has one query per sequence, too few to fill the cores.
+        heads.par_iter_mut().zip(out.par_chunks_mut(d)).enumerate().for_each_init(
+            Vec::new,
+            |scores, (h, (route, o))| {
+                let ranges = self.ranges(w, &route.groups, pos);
+                route.attended_tokens = ranges.iter().map(|(a, b)| b - a).sum();
+                self.attend_head(&q[h * d..(h + 1) * d], h, &ranges, scores, o);
+            },
+        );
         Ok(RouteTrace { heads })
     }
 
