@@ -1,28 +1,16 @@
 //! The CPU backend against its oracles: dense attention (itself checked against an f64 reference), full
 //! budget HGA equals dense, hand-computed summaries, a planted needle, typed errors.
 
+mod common;
+use common::{rel_err, rng};
+
 use hga_dsl::{KernelParams, ModelShape, RopeStyle, Routing, ScoreKind, Sharing, Spec, ValidSpec};
 use hga_runtime::cpu::{dense_causal, HeadLayout, LayerCache};
 use hga_runtime::RuntimeError;
-use rand::{Rng, SeedableRng};
-
-fn rng() -> rand::rngs::StdRng {
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
+use rand::Rng;
 
 fn randn(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()
-}
-
-/// ‖a − b‖ / ‖b‖, failing on NaN or length mismatch.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().chain(b).all(|x| x.is_finite()), "non-finite output");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn spec(q: u32, kv: u32, d: u32, style: RopeStyle, routing: Routing) -> ValidSpec {

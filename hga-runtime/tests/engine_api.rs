@@ -1,29 +1,17 @@
 //! The engine API on the CPU backend: per-sequence results equal `LayerCache`, full budget equals dense,
 //! telemetry is consistent, bad input is a typed error that changes nothing.
 
+mod common;
+use common::{rel_err, rng};
+
 use hga_dsl::{KernelParams, ModelShape, Routing, Spec, ValidSpec};
 use hga_runtime::cpu::{dense_causal, HeadLayout, LayerCache};
 use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, SeqId};
 use hga_runtime::RuntimeError;
-use rand::{Rng, SeedableRng};
-
-fn rng() -> rand::rngs::StdRng {
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
+use rand::Rng;
 
 fn randv(rng: &mut impl Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-/// ‖a − b‖ / ‖b‖, failing on NaN.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().chain(b).all(|x| x.is_finite()), "non-finite output");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn spec(routing: Routing) -> ValidSpec {

@@ -5,13 +5,16 @@
 //! near-ties (printed), every output element written (poisoned with NaN first), summaries built by the
 //! GPU equal to the CPU's. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
+mod common;
+use common::rng;
+
 use half::bf16;
 use hga_dsl::{presets, Routing, ScoreKind, Sharing, Spec, ValidSpec};
 use hga_runtime::cpu::{HeadLayout, LayerCache, RouteTrace};
 use hga_runtime::cuda::{driver_present, Capacity, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 fn gpu_or_skip() -> Option<(Gpu, Jit)> {
     let required = std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1");
@@ -29,14 +32,6 @@ fn gpu_or_skip() -> Option<(Gpu, Jit)> {
             None
         }
     }
-}
-
-fn rng() -> StdRng {
-    let seed = std::env::var("HGA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("seed {seed} (set HGA_TEST_SEED={seed} to replay)");
-    StdRng::seed_from_u64(seed)
 }
 
 /// Random bf16 values: (bits, the same values as f32).

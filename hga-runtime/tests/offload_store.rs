@@ -1,16 +1,13 @@
 //! The host store: group-contiguous records, arena growth without moving old records, the RAM budget
 //! as a typed error that changes nothing, reuse after removal; bf16 conversion.
 
+mod common;
+use common::rng;
+
 use hga_runtime::offload::{bf16_to_f32, f32_to_bf16, HeapSource, HostStore, RecordLayout};
 use hga_runtime::RuntimeError;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::HashMap;
-
-fn rng() -> rand::rngs::StdRng {
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
 
 const G: usize = 4;
 const D: usize = 8;
