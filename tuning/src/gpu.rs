@@ -25,6 +25,17 @@ pub struct ArchLimits {
 
 const KIB: u32 = 1024;
 
+/// Ampere consumer parts: the most restrictive limits of the table, also the fallback for unknown arches.
+const SM86: ArchLimits = ArchLimits {
+    arch: "sm_86",
+    threads_per_sm: 1536,
+    blocks_per_sm: 16,
+    regs_per_sm: 65536,
+    regs_per_thread: 255,
+    smem_per_sm: 100 * KIB,
+    smem_per_block: 99 * KIB,
+};
+
 /// The compute capabilities of the presets.
 pub const ARCHS: &[ArchLimits] = &[
     ArchLimits {
@@ -36,15 +47,7 @@ pub const ARCHS: &[ArchLimits] = &[
         smem_per_sm: 164 * KIB,
         smem_per_block: 163 * KIB,
     },
-    ArchLimits {
-        arch: "sm_86",
-        threads_per_sm: 1536,
-        blocks_per_sm: 16,
-        regs_per_sm: 65536,
-        regs_per_thread: 255,
-        smem_per_sm: 100 * KIB,
-        smem_per_block: 99 * KIB,
-    },
+    SM86,
     ArchLimits {
         arch: "sm_89",
         threads_per_sm: 1536,
@@ -114,15 +117,7 @@ impl GpuSpec {
     /// The per-architecture limits. Presets only use known architectures; a device read by `auto` with an
     /// unknown one falls back to the most restrictive limits among them.
     pub fn limits(&self) -> ArchLimits {
-        arch_limits(&self.arch).copied().unwrap_or(ArchLimits {
-            arch: "unknown",
-            threads_per_sm: 1536,
-            blocks_per_sm: 16,
-            regs_per_sm: 65536,
-            regs_per_thread: 255,
-            smem_per_sm: 100 * KIB,
-            smem_per_block: 99 * KIB,
-        })
+        arch_limits(&self.arch).copied().unwrap_or(ArchLimits { arch: "unknown", ..SM86 })
     }
 }
 
