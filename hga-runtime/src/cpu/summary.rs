@@ -25,8 +25,18 @@ impl Summarizer {
     }
 
     /// Appends to `out` the summary of the span of `n` tokens starting at position `start`, whose
-    /// post-RoPE keys are `keys` (`[n][d]`).
+    /// post-RoPE keys are `keys` (`[n][d]`). Computed in f32, stored rounded to bf16 (to nearest even),
+    /// the precision of the GPU's summary tables: half the HBM of f32 tables, bf16's range for sums of
+    /// many keys, and the same routing on both backends.
     pub(crate) fn summarize(&self, keys: &[f32], start: usize, out: &mut Vec<f32>) {
+        let first = out.len();
+        self.summarize_f32(keys, start, out);
+        for x in &mut out[first..] {
+            *x = half::bf16::from_f32(*x).to_f32();
+        }
+    }
+
+    fn summarize_f32(&self, keys: &[f32], start: usize, out: &mut Vec<f32>) {
         let d = self.head_dim;
         let n = keys.len() / d;
         match self.kind {

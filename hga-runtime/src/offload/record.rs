@@ -24,15 +24,10 @@ impl RecordLayout {
 
 /// Rounds an f32 to bf16 bits (round to nearest even; NaN stays NaN).
 pub fn f32_to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    let round = 0x7fff + ((b >> 16) & 1);
-    (b.wrapping_add(round) >> 16) as u16
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// The f32 value of bf16 bits (exact).
 pub fn bf16_to_f32(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
+    half::bf16::from_bits(x).to_f32()
 }
