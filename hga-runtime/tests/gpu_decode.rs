@@ -204,7 +204,8 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
         let union = batch.union().unwrap();
         for (bk, u) in union.iter().enumerate() {
             let mut slots: Vec<i32> = u.iter().map(|x| x.1).collect();
-            assert!(slots.iter().all(|&s| s >= 0 && (s as usize) < n_slots), "unresolved slot in {u:?}");
+            let part = batch.partition_slots();
+            assert!(slots.iter().all(|&s| s >= 0 && (s as usize) < part), "unresolved slot in {u:?}");
             slots.sort_unstable();
             slots.dedup();
             assert_eq!(slots.len(), u.len(), "two groups of (seq, kv head) {bk} share a slot");
@@ -217,7 +218,13 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
             for (h, mismatch) in mismatched.iter_mut().enumerate() {
                 let unit = b * units + if r.sharing == Sharing::PerKvHead { h / gqa } else { h };
                 let (gc, gg) = (&sel_c[unit], &sel_g[unit]);
-                let (wc_, wg) = (&trace.heads[h].chunks, &trace.heads[h].groups);
+                // The GPU lists come out ascending; the CPU's best first.
+                let sorted = |v: &Vec<usize>| {
+                    let mut v = v.clone();
+                    v.sort_unstable();
+                    v
+                };
+                let (wc_, wg) = (&sorted(&trace.heads[h].chunks), &sorted(&trace.heads[h].groups));
                 if gc == wc_ && gg == wg {
                     continue;
                 }
@@ -287,7 +294,9 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
                     let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                     let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
                     let rel = (num / den.max(1e-30)).sqrt();
-                    assert!(rel <= 1e-4, "summary seq {b} chunk {ch} head {h}: rel err {rel:e}");
+                    // Both sides round the same f32 sums to bf16; a sum computed in another order can
+                    // land one bf16 unit apart (2^-8 relative) in a few elements.
+                    assert!(rel <= 4e-3, "summary seq {b} chunk {ch} head {h}: rel err {rel:e}");
                     rep.summary_max_rel = rep.summary_max_rel.max(rel);
                     rep.summary_checked += 1;
                 }
@@ -343,18 +352,23 @@ fn oracle_values(
     mass
 }
 
-/// Whether two ranked picks from `items` differ only where values tie within 1e-4 of the largest.
+/// Whether two picks from `items` (as sets) differ only where values tie within 1e-4 of the largest:
+/// what one picked and the other did not, best first, pairs up value for value.
 fn near_tie(gpu: &[usize], cpu: &[usize], items: &[usize], vals: &[f64]) -> bool {
     let val = |x: usize| items.iter().position(|&i| i == x).map(|p| vals[p]);
     let tol = 1e-4 * vals.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-30);
     if gpu.len() != cpu.len() {
         return false;
     }
-    // Position by position, the values agree within tolerance (covers swaps and boundary exchanges).
-    gpu.iter().zip(cpu).all(|(&a, &b)| match (val(a), val(b)) {
-        (Some(x), Some(y)) => (x - y).abs() <= tol,
+    let only = |a: &[usize], b: &[usize]| -> Option<Vec<f64>> {
+        let mut v: Vec<f64> = a.iter().filter(|x| !b.contains(x)).map(|&x| val(x)).collect::<Option<_>>()?;
+        v.sort_by(|x, y| y.total_cmp(x));
+        Some(v)
+    };
+    match (only(gpu, cpu), only(cpu, gpu)) {
+        (Some(g), Some(c)) => g.iter().zip(&c).all(|(x, y)| (x - y).abs() <= tol),
         _ => false,
-    })
+    }
 }
 
 fn check(name: &str, rep: &Report) {

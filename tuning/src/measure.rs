@@ -358,7 +358,7 @@ impl<'a> DeviceTimer<'a> {
             b.upload_window(&s.win_k, &s.win_v).map_err(cuda)?;
             b.upload_summaries(&s.chunk_sum, &s.group_sum).map_err(cuda)?;
             // SAFETY: the store holds host_store_len elements (same capacity and spec) and outlives `b`.
-            unsafe { b.set_host_store(store_ptr) };
+            unsafe { b.set_host_store(store_ptr) }.map_err(cuda)?;
             b.set_positions(&s.pos).map_err(cuda)?;
             b.upload_q(&s.q).map_err(cuda)?;
             b.launch_append(&s.k_new, &s.v_new).map_err(cuda)?;

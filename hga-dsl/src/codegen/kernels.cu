@@ -1,55 +1,64 @@
 // ---------------------------------------------------------------------------------------------------
 // Kernels of one decode step (DESIGN.md §2). Everything above this line is the generated prelude: the
-// compile-time constants of the variant. Layouts (row-major, B = sequences in the batch):
+// compile-time constants of the variant. Layouts (row-major, B = sequences (rows) of the batch):
 //   q          [B][QH][D] elem            out        [B][QH][D] elem
 //   win_k/v    [B][KVH][WIN_CHUNKS*C][D]  window: chunk c < KF in slot c, else slot KF + c % (KL+1)
-//   chunk_sum  [B][KVH][cap_chunks][SV*D] f32     group_sum [B][KVH][cap_groups][SV*D] f32
-//   host_kv    [B][KVH][cap_groups][2][G][D] elem (group-contiguous: G keys then G values)
-//   slots      [n_slots][2][G][D] elem    slot_of [B][KVH][cap_groups] (-1: not cached)
+//   chunk_sum  [B][KVH][cap_chunks][SV*D] bf16      group_sum [B][KVH][cap_groups][SV*D] bf16
+//   group_addr [B][KVH][cap_groups] device address of the group's host record (G keys then G values,
+//              2*G*D elem; group-contiguous, DESIGN.md §3), 0 where the group has no record
+//   slots      [B*KVH][part_slots][2][G][D] elem: each (row, KV head) owns a partition of the slot cache
+//   slot_of    [B][KVH][cap_groups] slot in the partition, -1 if not cached
+// A row whose pos is < 0 sits the step out: every kernel leaves its state and output untouched.
 // ---------------------------------------------------------------------------------------------------
 
 typedef unsigned short elem_t;
+typedef unsigned short bf16_t;
 
 struct HgaParams {
-    const int* pos;           // [B] position of this step's query (tokens 0..=pos exist)
+    const int* pos;           // [B] position of this step's query (tokens 0..=pos exist); < 0: inactive
     elem_t* win_k;
     elem_t* win_v;
-    float* chunk_sum;
-    float* group_sum;
+    bf16_t* chunk_sum;
+    bf16_t* group_sum;
     const elem_t* q;
-    float* chunk_score;       // [B][QH][cap_chunks]
-    float* chunk_mass;        // [B][KVH][cap_chunks]
-    int* sel_chunk;           // [B][UNITS][kce] global chunk indices, best first
+    float* chunk_score;       // [B][QH][cap_chunks] candidate order
+    float* chunk_mass;        // [B][KVH][cap_chunks] (shared routing)
+    int* sel_chunk;           // [B][UNITS][kce] selected global chunk indices, ascending
     int* n_sel_chunk;         // [B][UNITS]
     int* group_cand;          // [B][UNITS][kce*GPC] candidate groups, ascending
     float* group_score;       // [B][QH][kce*GPC]
     float* group_mass;        // [B][KVH][kce*GPC]
-    int* sel_group;           // [B][UNITS][kge] global group indices, best first
+    int* sel_group;           // [B][UNITS][kge] opened global group indices, ascending
     int* n_sel_group;         // [B][UNITS]
     int* uni_group;           // [B][KVH][ucap] union of the KV head's opened groups
-    int* uni_slot;            // [B][KVH][ucap]
+    int* uni_slot;            // [B][KVH][ucap] hit: slot; miss: -(slot + 1), filled by hga_attend;
+                              //   miss without a free slot: NO_SLOT (attended straight from host memory)
     unsigned* uni_mask;       // [B][KVH][ucap][MW] query heads (of the KV head) that opened it
     int* n_uni;               // [B][KVH]
+    int* n_att;               // [B][KVH] tokens attended by the last step (telemetry)
     int* slot_of;             // [B][KVH][cap_groups]
-    long long* slot_owner;    // [n_slots] flat (b, kvh, group) index or -1
-    int* slot_stamp;          // [n_slots] last step that used the slot
-    int* fetch_state;         // [0] miss counter [1] misses of this step [2] clock hand [3] error flag
-                              // [4] id of the last step (this step's: [4] + 1, stamps the slots it uses)
-    int* miss_list;           // [B*KVH*ucap] flat union entries that missed
-    const elem_t* host_kv;    // mapped pinned host memory (or any device-readable buffer)
+    int* slot_owner;          // [B*KVH][part_slots] group cached in the slot, or -1
+    int* slot_stamp;          // [B*KVH][part_slots] step that last used the slot
+    int* part_state;          // [B*KVH][4]: step id, clock hand, misses of the last step, misses
+                              //   left without a slot (read from host, not cached)
+    int* miss_list;           // [B][KVH][ucap] scratch: union entries that missed
+    const unsigned long long* group_addr;
     elem_t* slots;
     float* part_ml;           // [B][QH][SK][2] running max and sum of each split
     float* part_acc;          // [B][QH][SK][D] unnormalized output of each split
+    int* done;                // [B][KVH*HTILES] finished splits (the last one merges; reset to 0)
+    int* error;               // [0] routed groups that had no host record (read as absent)
     elem_t* out;
     int batch;
     int cap_chunks;           // chunk capacity per sequence
     int cap_groups;           // = cap_chunks * GPC
-    int n_slots;
-    int step;                 // unused: the step id lives in fetch_state[4] (so a captured graph replays)
+    int part_slots;           // slots per (row, KV head)
     int kce;                  // min(TOP_CHUNKS, cap_chunks)
     int kge;                  // min(TOP_GROUPS, kce * GPC)
     int ucap;                 // union capacity per KV head: kge (shared) or GQA * kge
 };
+
+#define NO_SLOT (-2147483647 - 1)
 
 #define NEG_INF (__int_as_float(0xff800000))
 #define POS_INF (__int_as_float(0x7f800000))
@@ -116,119 +125,6 @@ __device__ float block_max(float v, float* red) {
     return t;
 }
 
-// Places the `cnt` best of the (value, index) pairs sv/si[0..n) into out[rank] by counting, for each
-// pair, the pairs ranked before it. Indices are unique, so ranks are too. Every thread must call it.
-__device__ void rank_select(const float* sv, const int* si, int n, int cnt, int* out, int out_offset) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = sv[i];
-        const int x = si[i];
-        int rank = 0;
-        for (int j = 0; j < n; ++j) rank += better(sv[j], si[j], v, x);
-        if (rank < cnt) out[rank] = x + out_offset;
-    }
-}
-
-#define RANK_DIRECT 256
-#define RANK_MAX 512
-#define LIST_MAX 16
-
-// The best `k` of `vals[0..n)` (higher first, then lower index) into out[0..k'), k' = min(k, n), as
-// indices + out_offset; KMAX >= k is the compile-time budget. Small n: rank counting in shared memory.
-// Larger n with KMAX <= LIST_MAX: each thread keeps its sorted top KMAX in registers, each warp merges
-// its lanes' lists, and the warps' lists are ranked. Otherwise KMAX rounds, each picking the best
-// element ranked after the previous pick. Every thread of the block must call it.
-template <int KMAX>
-__device__ int block_topk(const float* vals, int n, int k, int* out, int out_offset) {
-    __shared__ float sv[RANK_MAX];
-    __shared__ int si[RANK_MAX];
-    const int cnt = min(k, n);
-    __syncthreads();
-    if (n <= RANK_DIRECT) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) { sv[i] = vals[i]; si[i] = i; }
-        __syncthreads();
-        rank_select(sv, si, n, cnt, out, out_offset);
-        return cnt;
-    }
-    if (KMAX <= LIST_MAX && (SNT / 32) * KMAX <= RANK_MAX) {
-        constexpr int K = KMAX <= LIST_MAX ? KMAX : 1;
-        float lv[K];
-        int li[K];
-#pragma unroll
-        for (int j = 0; j < K; ++j) { lv[j] = NEG_INF; li[j] = 0x7fffffff; }
-        // Loads in batches so that they are in flight together (fewer for long lists: registers).
-        constexpr int BATCH = K <= 16 ? 16 : 4;
-        for (int i0 = threadIdx.x; i0 < n; i0 += BATCH * SNT) {
-            float vb[BATCH];
-#pragma unroll
-            for (int b = 0; b < BATCH; ++b) vb[b] = i0 + b * SNT < n ? vals[i0 + b * SNT] : NEG_INF;
-#pragma unroll
-            for (int b = 0; b < BATCH; ++b) {
-                float cv = vb[b];
-                int ci = i0 + b * SNT;
-                if (ci < n && better(cv, ci, lv[K - 1], li[K - 1])) {
-#pragma unroll
-                    for (int j = 0; j < K; ++j) {
-                        if (better(cv, ci, lv[j], li[j])) {
-                            const float tv = lv[j]; const int ti = li[j];
-                            lv[j] = cv; li[j] = ci; cv = tv; ci = ti;
-                        }
-                    }
-                }
-            }
-        }
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        for (int r = 0; r < K; ++r) {
-            float bv = lv[0];
-            int bi = li[0];
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
-            }
-            if (li[0] == bi) {
-#pragma unroll
-                for (int j = 0; j + 1 < K; ++j) { lv[j] = lv[j + 1]; li[j] = li[j + 1]; }
-                lv[K - 1] = NEG_INF;
-                li[K - 1] = 0x7fffffff;
-            }
-            if (lane == 0) { sv[warp * K + r] = bv; si[warp * K + r] = bi; }
-        }
-        __syncthreads();
-        rank_select(sv, si, (SNT / 32) * K, cnt, out, out_offset);
-        return cnt;
-    }
-    float* rv = sv;
-    int* ri = si;
-    float pv = POS_INF;
-    int pi = -1;
-    for (int r = 0; r < cnt; ++r) {
-        float bv = NEG_INF;
-        int bi = 0x7fffffff;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const float v = vals[i];
-            const bool after = v < pv || (v == pv && i > pi);
-            if (after && better(v, i, bv, bi)) { bv = v; bi = i; }
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
-        }
-        __syncthreads();
-        if ((threadIdx.x & 31) == 0) { rv[threadIdx.x >> 5] = bv; ri[threadIdx.x >> 5] = bi; }
-        __syncthreads();
-        bv = rv[0];
-        bi = ri[0];
-        for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-            if (better(rv[w], ri[w], bv, bi)) { bv = rv[w]; bi = ri[w]; }
-        if (threadIdx.x == 0) out[r] = bi + out_offset;
-        pv = bv;
-        pi = bi;
-    }
-    return cnt;
-}
 
 // Chunk windows of a query at `pos` (DESIGN.md §1): sinks 0..sinks_end, candidates
 // sinks_end..local_start, local window and current chunk local_start*C..=pos.
@@ -276,36 +172,269 @@ __device__ __forceinline__ void pair_dims(int i, int* a, int* bdim) {
 #endif
 }
 
-// ---------------------------------------------------------------------------------------------------
-// hga_append: writes this step's keys and values ([B][KVH][D], keys after RoPE) at pos[b] into the
-// window buffer. grid (KVH, B), block D.
-extern "C" __global__ void __launch_bounds__(D) hga_append(HgaParams P, const elem_t* k_new, const elem_t* v_new) {
-    const int kvh = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
-    const int pos = P.pos[b];
-    const long long src = ((long long)b * KVH + kvh) * D + d;
-    const long long dst = win_base(b, kvh) + win_row(pos) * D + d;
-    P.win_k[dst] = k_new[src];
-    P.win_v[dst] = v_new[src];
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// bf16 bits of summary tables (f32 range for sums of many keys, whatever the model's element type).
+__device__ __forceinline__ float bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ bf16_t st_bf16(float f) {
+    bf16_t h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Block-wide exclusive prefix sum of v over the threads below this one; `*total` gets the block's sum.
+// Every thread of the block must call it.
+__device__ int block_excl_scan(int v, int* total) {
+    __shared__ int warp_tot[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) warp_tot[warp] = x;
+    __syncthreads();
+    int before = 0, all = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+        if (w < warp) before += warp_tot[w];
+        all += warp_tot[w];
+    }
+    *total = all;
+    return before + x - v;
+}
+
+__device__ __forceinline__ int block_prefix_count(bool ok, int* total) { return block_excl_scan(ok ? 1 : 0, total); }
+
+__device__ int block_sum_int(int v) {
+    __shared__ int red[32];
+    v = warp_sum_int(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += red[w];
+    return t;
+}
+
+// Unsigned key with the order of the float (for finite values and infinities).
+__device__ __forceinline__ unsigned order_key(float v) {
+    const unsigned u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+#define SEL_VPT 32
+#define SEL_CAND 2048
+// block_select's general path: each thread holds a contiguous run of the values (the first SEL_VPT in
+// registers); the k-th best key is found one bit at a time by 32 block-wide counts (a radix select),
+// then ties at that key are taken lowest index first.
+__device__ int block_select_radix(const float* vals, int n, int k, int* out, int out_offset) {
+    const int cnt = min(k, n);
+    if (cnt <= 0) return 0;
+    const int per = (n + (int)blockDim.x - 1) / (int)blockDim.x;
+    const int i0 = threadIdx.x * per;
+    const int m = max(0, min(per, n - i0));
+    if (cnt == n) {
+        for (int j = 0; j < m; ++j) out[i0 + j] = i0 + j + out_offset;
+        return cnt;
+    }
+    unsigned key[SEL_VPT];
+#pragma unroll
+    for (int j = 0; j < SEL_VPT; ++j) key[j] = j < m ? order_key(vals[i0 + j]) : 0u;
+    unsigned prefix = 0u;
+    int need = cnt;  // keys still to take among those that match `prefix` on the bits decided so far
+    for (int bit = 31; bit >= 0; --bit) {
+        const unsigned mask = 0xffffffffu << bit;
+        const unsigned want = prefix | (1u << bit);
+        int c = 0;
+#pragma unroll
+        for (int j = 0; j < SEL_VPT; ++j) c += (j < m) && ((key[j] & mask) == want);
+        for (int j = SEL_VPT; j < m; ++j) c += (order_key(vals[i0 + j]) & mask) == want;
+        c = block_sum_int(c);
+        if (c >= need) prefix = want;
+        else need -= c;
+    }
+    // prefix is the k-th best key: every key above it is taken, and the first `need` equal to it.
+    int ties = 0;
+#pragma unroll
+    for (int j = 0; j < SEL_VPT; ++j) ties += (j < m) && key[j] == prefix;
+    for (int j = SEL_VPT; j < m; ++j) ties += order_key(vals[i0 + j]) == prefix;
+    int total;
+    int tie_rank = block_excl_scan(ties, &total);
+    int taken = 0;
+    {
+        int tr = tie_rank;
+#pragma unroll
+        for (int j = 0; j < SEL_VPT; ++j) {
+            if (j < m) {
+                const bool eq = key[j] == prefix;
+                taken += key[j] > prefix || (eq && tr < need);
+                tr += eq;
+            }
+        }
+        for (int j = SEL_VPT; j < m; ++j) {
+            const unsigned kj = order_key(vals[i0 + j]);
+            const bool eq = kj == prefix;
+            taken += kj > prefix || (eq && tr < need);
+            tr += eq;
+        }
+    }
+    int at = block_excl_scan(taken, &total);
+    {
+        int tr = tie_rank;
+#pragma unroll
+        for (int j = 0; j < SEL_VPT; ++j) {
+            if (j < m) {
+                const bool eq = key[j] == prefix;
+                if (key[j] > prefix || (eq && tr < need)) out[at++] = i0 + j + out_offset;
+                tr += eq;
+            }
+        }
+        for (int j = SEL_VPT; j < m; ++j) {
+            const unsigned kj = order_key(vals[i0 + j]);
+            const bool eq = kj == prefix;
+            if (kj > prefix || (eq && tr < need)) out[at++] = i0 + j + out_offset;
+            tr += eq;
+        }
+    }
+    return cnt;
+}
+
+// Writes the positions (+ out_offset) of the best k of vals[0..n) (higher value first, then lower
+// index: the CPU's ranking) to out in ascending order; returns min(k, n). Fast path (k <= half the
+// block): thread t takes values t, t + SNT, ... (coalesced; re-reads hit L1). The k-th best of the
+// maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
+// them at least, usually few more) are ranked exactly; the radix select above when they are too many.
+// Every thread of the block must call it; the block must have SNT threads.
+__device__ int block_select(const float* vals, int n, int k, int* out, int out_offset) {
+    __shared__ float tmax_v[SNT];
+    __shared__ int tmax_i[SNT];
+    __shared__ float cand_v[SEL_CAND];
+    __shared__ int cand_i[SEL_CAND];
+    __shared__ unsigned char cand_take[SEL_CAND];
+    __shared__ float thr_s;
+    const int cnt = min(k, n);
+    if (cnt <= 0) return 0;
+    if (cnt == n) {
+        for (int i = threadIdx.x; i < n; i += SNT) out[i] = i + out_offset;
+        return cnt;
+    }
+    if (cnt > SNT / 2) return block_select_radix(vals, n, k, out, out_offset);
+    float lm = NEG_INF;
+    int li = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += SNT) {
+        const float x = vals[i];
+        if (x > lm) { lm = x; li = i; }  // ascending i: the first of equal values is kept
+    }
+    // A lower bound of the answer: the cnt-th best of the maxima of lane groups of gs threads, gs as
+    // large as leaves cnt groups holding values (fewer maxima to rank, fewer candidates above them).
+    const int busy = min(n, SNT);  // threads holding values: >= cnt
+    int gs = 32;
+    while (gs > 1 && busy / gs < cnt) gs >>= 1;
+    for (int o = gs >> 1; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, lm, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, li, o);
+        if (better(ov, oi, lm, li)) { lm = ov; li = oi; }
+    }
+    const int n_groups = (busy + gs - 1) / gs;
+    const int slot = threadIdx.x / gs;
+    const bool ranks = (threadIdx.x % gs) == 0 && slot < n_groups;
+    __syncthreads();
+    if (ranks) {
+        tmax_v[slot] = lm;
+        tmax_i[slot] = li;
+    }
+    __syncthreads();
+    if (ranks) {
+        int r = 0;
+        for (int t = 0; t < n_groups; ++t) r += better(tmax_v[t], tmax_i[t], lm, li);
+        if (r == cnt - 1) thr_s = lm;
+    }
+    __syncthreads();
+    const float thr = thr_s;
+    int c = 0;
+    for (int i = threadIdx.x; i < n; i += SNT) c += vals[i] >= thr;
+    int total;
+    int at = block_excl_scan(c, &total);
+    if (total > SEL_CAND) return block_select_radix(vals, n, k, out, out_offset);
+    for (int i = threadIdx.x; i < n; i += SNT) {
+        const float x = vals[i];
+        if (x >= thr) { cand_v[at] = x; cand_i[at] = i; ++at; }
+    }
+    __syncthreads();
+    // Exact ranks among the candidates; the best cnt are taken.
+    for (int x = threadIdx.x; x < total; x += SNT) {
+        const float cv = cand_v[x];
+        const int ci = cand_i[x];
+        int r = 0;
+        for (int y = 0; y < total; ++y) r += better(cand_v[y], cand_i[y], cv, ci);
+        cand_take[x] = r < cnt;
+    }
+    __syncthreads();
+    // Output position: taken candidates with a lower index.
+    for (int x = threadIdx.x; x < total; x += SNT) {
+        if (!cand_take[x]) continue;
+        const int ci = cand_i[x];
+        int o = 0;
+        for (int y = 0; y < total; ++y) o += cand_take[y] && cand_i[y] < ci;
+        out[o] = ci + out_offset;
+    }
+    return cnt;
+}
+
+__device__ __forceinline__ long long bk_of(int b, int kvh) { return (long long)b * KVH + kvh; }
+
+// The host record of group g of (row b, KV head kvh), or null.
+__device__ __forceinline__ elem_t* host_record(const HgaParams& P, long long bk, int g) {
+    return (elem_t*)P.group_addr[bk * P.cap_groups + g];
 }
 
 // ---------------------------------------------------------------------------------------------------
-// hga_summarize: builds the summaries of chunk close_chunk[b] (skipped when < 0) from the window
-// buffer: block x = 0 the chunk's, block x = 1 + j its group j's. grid (1 + GPC, KVH, B), block D.
-// Tokens are staged SUMT at a time; each dimension sums over tokens in order, as the CPU does.
+// hga_append: writes this step's keys and values ([B][KVH][D], keys after RoPE) at pos[b] into the
+// window buffer and into the group's host record (mapped host memory: the host copy is written by the
+// same kernel, bit for bit). grid (KVH, B), block D.
+extern "C" __global__ void __launch_bounds__(D) hga_append(HgaParams P, const elem_t* k_new, const elem_t* v_new) {
+    const int kvh = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
+    const int pos = P.pos[b];
+    if (pos < 0) return;
+    const long long src = bk_of(b, kvh) * D + d;
+    const elem_t k = k_new[src], v = v_new[src];
+    const long long dst = win_base(b, kvh) + win_row(pos) * D + d;
+    P.win_k[dst] = k;
+    P.win_v[dst] = v;
+    elem_t* rec = host_record(P, bk_of(b, kvh), pos / G);
+    if (rec != nullptr) {
+        rec[(pos % G) * D + d] = k;
+        rec[(G + pos % G) * D + d] = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Summaries of span `span` (0: chunk c; 1 + j: its group j) of (row b, KV head kvh), written as bf16.
+// Keys at positions >= p0 come from `staged` ([n][KVH][D], position p0 first) when it is not null,
+// the others from the window. Tokens are staged SUMT at a time; each dimension sums over tokens in
+// order, as the CPU does. Block D.
 #define SUMT 32
-extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const int* close_chunk) {
+__device__ void summarize_span(const HgaParams& P, int b, int kvh, int span, int c, const elem_t* staged, int p0) {
     __shared__ float rows[SUMT][D + 1];
     __shared__ float fin[D];
-    const int span = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-    const int c = close_chunk[b];
-    if (c < 0) return;
     const int d = threadIdx.x;
-    const long long seq_head = (long long)b * KVH + kvh;
+    const long long seq_head = bk_of(b, kvh);
     const int start = span == 0 ? c * C : c * C + (span - 1) * G;
     const int n = span == 0 ? C : G;
-    float* out = span == 0 ? P.chunk_sum + (seq_head * P.cap_chunks + c) * (SV * D)
-                           : P.group_sum + (seq_head * P.cap_groups + (long long)c * GPC + span - 1) * (SV * D);
-    const elem_t* keys = P.win_k + win_base(b, kvh);
+    bf16_t* out = span == 0 ? P.chunk_sum + (seq_head * P.cap_chunks + c) * (SV * D)
+                            : P.group_sum + (seq_head * P.cap_groups + (long long)c * GPC + span - 1) * (SV * D);
+    const elem_t* win = P.win_k + win_base(b, kvh);
+    auto key_row = [&](int p) -> const elem_t* {
+        return staged != nullptr && p >= p0 ? staged + ((long long)(p - p0) * KVH + kvh) * D : win + win_row(p) * D;
+    };
     float acc = 0.f, lo = POS_INF, hi = NEG_INF;
     for (int t0 = 0; t0 < n; t0 += SUMT) {
         const int m = min(SUMT, n - t0);
@@ -316,7 +445,7 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
 #pragma unroll
         for (int l = 0; l < (SVEC + D - 1) / D; ++l) {
             const int x = d + l * D, t = x / (D / 8);
-            if (x < SVEC && t < m) buf[l] = *(const uint4*)(keys + win_row(start + t0 + t) * D + (x % (D / 8)) * 8);
+            if (x < SVEC && t < m) buf[l] = *(const uint4*)(key_row(start + t0 + t) + (x % (D / 8)) * 8);
         }
 #pragma unroll
         for (int l = 0; l < (SVEC + D - 1) / D; ++l) {
@@ -354,8 +483,8 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
         }
     }
 #if SCORE_MINMAX
-    out[d] = lo;
-    out[D + d] = hi;
+    out[d] = st_bf16(lo);
+    out[D + d] = st_bf16(hi);
 #elif SCORE_MIXED
     fin[d] = acc;
     __syncthreads();
@@ -376,71 +505,156 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
             v = d == a ? (float)(da * cs - db * sn) : (float)(da * sn + db * cs);
         }
     }
-    out[d] = v;
+    out[d] = st_bf16(v);
 #else
-    out[d] = acc;
+    out[d] = st_bf16(acc);
 #endif
 }
 
+// hga_summarize: summaries of chunk close_chunk[b] (skipped when < 0) from the window: block x = 0 the
+// chunk's, block x = 1 + j its group j's. grid (1 + GPC, KVH, B), block D.
+extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const int* close_chunk) {
+    const int c = close_chunk[blockIdx.z];
+    if (c < 0) return;
+    summarize_span(P, blockIdx.z, blockIdx.y, blockIdx.x, c, nullptr, 0);
+}
+
+// hga_ingest_summarize: summaries of chunks first_chunk + z of row `row` whose keys are partly in the
+// window (positions < p0) and partly staged (positions >= p0). Runs before hga_ingest of the same
+// block, which may overwrite window rows it reads. grid (1 + GPC, KVH, chunks), block D.
+extern "C" __global__ void __launch_bounds__(D)
+    hga_ingest_summarize(HgaParams P, int row, int first_chunk, const elem_t* staged, int p0) {
+    summarize_span(P, row, blockIdx.y, blockIdx.x, first_chunk + blockIdx.z, staged, p0);
+}
+
+// hga_ingest: appends n tokens ([n][KVH][D] keys and values, positions p0..p0+n) of row `row`: into
+// their host records, and into the window where they stay after the block (sinks, and the last
+// KL + 1 chunks). grid (ceil(n * KVH * D / 8 / NT)), block NT; 8 elements per thread.
+extern "C" __global__ void __launch_bounds__(NT)
+    hga_ingest(HgaParams P, int row, int p0, int n, const elem_t* k, const elem_t* v) {
+    constexpr int VPRW = D / 8;
+    const long long x = (long long)blockIdx.x * NT + threadIdx.x;
+    if (x >= (long long)n * KVH * VPRW) return;
+    const int t = (int)(x / (KVH * VPRW)), kvh = (int)(x / VPRW % KVH), c8 = (int)(x % VPRW) * 8;
+    const int p = p0 + t, ch = p / C, last_chunk = (p0 + n - 1) / C;
+    const long long src = ((long long)t * KVH + kvh) * D + c8;
+    const uint4 kk = *(const uint4*)(k + src), vv = *(const uint4*)(v + src);
+    if (ch < KF || ch >= last_chunk - KL) {
+        const long long dst = win_base(row, kvh) + win_row(p) * D + c8;
+        *(uint4*)(P.win_k + dst) = kk;
+        *(uint4*)(P.win_v + dst) = vv;
+    }
+    elem_t* rec = host_record(P, bk_of(row, kvh), p / G);
+    if (rec != nullptr) {
+        *(uint4*)(rec + (p % G) * D + c8) = kk;
+        *(uint4*)(rec + (G + p % G) * D + c8) = vv;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
-// ---------------------------------------------------------------------------------------------------
-// hga_chunk_score: scores of the candidate chunks against every query head of a KV head. Eight lanes
-// share a chunk (each holds D/8 of its summary as float4s, read coalesced), four chunks per warp.
-// grid (ceil(max candidates / CHUNK_TILE), KVH, B), block NT.
-extern "C" __global__ void __launch_bounds__(NT) hga_chunk_score(HgaParams P) {
-    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    const int kvh = blockIdx.y, b = blockIdx.z;
-    const Windows w = windows_at(P.pos[b]);
-    const int n_cand = w.local_start - w.sinks_end;
-    const int i0 = blockIdx.x * CHUNK_TILE;
-    if (i0 >= n_cand) return;
-    const int i1 = min(n_cand, i0 + CHUNK_TILE);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+// Scores of summary rows against staged query heads: out[h * out_stride + i] = SCALE * score(q_s[h],
+// table row row_of(i)) for i in [i0, i1), h < nh. Eight lanes share a row (lane `sub` holds elements
+// 32j + 4sub .. + 4: each load of the eight lanes reads 64 contiguous bytes), four rows per warp per
+// pass; SB passes are loaded before any is scored, so their loads are in flight together. Used by
+// chunk scoring and group scoring alike.
+constexpr int EV = D / 32;  // 8-byte loads per lane per vector
+constexpr int SB = D <= 128 ? 4 : 2;
+
+template <typename RowOf>
+__device__ void score_rows(const bf16_t* table, RowOf row_of, int i0, int i1, int nh, const float (*q_s)[D],
+                           float* out, long long out_stride) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const int sub = lane & 7, grp = lane >> 3;
-    constexpr int F4 = D / 32;  // float4s per lane per summary vector
-    const float* table = P.chunk_sum + ((long long)b * KVH + kvh) * P.cap_chunks * (long long)(SV * D);
-    for (int h0 = 0; h0 < GQA; h0 += GQA_TILE_Q) {
-        __syncthreads();
+    for (int base = i0 + warp * 4; base < i1; base += nw * 4 * SB) {
+        uint2 raw[SB][SV][EV];
 #pragma unroll
-        for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += NT) {
-            const int h = h0 + x / D;
-            q_s[x / D][x % D] = h < GQA ? ld_elem(P.q[((long long)b * QH + kvh * GQA + h) * D + x % D]) : 0.f;
+        for (int s = 0; s < SB; ++s) {
+            const int i = base + s * nw * 4 + grp;
+            const bf16_t* row = table + (long long)row_of(i < i1 ? i : i0) * (SV * D) + 4 * sub;
+#pragma unroll
+            for (int v = 0; v < SV; ++v)
+#pragma unroll
+                for (int j = 0; j < EV; ++j) raw[s][v][j] = *(const uint2*)(row + v * D + 32 * j);
         }
-        __syncthreads();
-        for (int base = i0 + warp * 4; base < i1; base += (NT / 32) * 4) {
-            const int i = base + grp;
-            const bool valid = i < i1;
-            float4 sl[F4];
-#if SCORE_MINMAX
-            float4 sh[F4];
-#endif
-            const float* srow = table + (long long)(w.sinks_end + (valid ? i : i0)) * (SV * D);
+        // Widened once, then reused by every head.
+        float4 sv[SB][SV][EV];
 #pragma unroll
-            for (int j = 0; j < F4; ++j) {
-                sl[j] = *(const float4*)(srow + 32 * j + 4 * sub);
-#if SCORE_MINMAX
-                sh[j] = *(const float4*)(srow + D + 32 * j + 4 * sub);
-#endif
-            }
-            for (int h = 0; h < GQA_TILE_Q && h0 + h < GQA; ++h) {
+        for (int s = 0; s < SB; ++s)
+#pragma unroll
+            for (int v = 0; v < SV; ++v)
+#pragma unroll
+                for (int j = 0; j < EV; ++j) {
+                    const uint2 a = raw[s][v][j];
+                    sv[s][v][j] = make_float4(bf16_lo(a.x), bf16_hi(a.x), bf16_lo(a.y), bf16_hi(a.y));
+                }
+#pragma unroll 1
+        for (int h = 0; h < nh; ++h) {
+            float4 q4[EV];
+#pragma unroll
+            for (int j = 0; j < EV; ++j) q4[j] = *(const float4*)&q_s[h][32 * j + 4 * sub];
+#pragma unroll
+            for (int s = 0; s < SB; ++s) {
                 float acc = 0.f;
 #pragma unroll
-                for (int j = 0; j < F4; ++j) {
-                    const float4 q4 = *(const float4*)&q_s[h][32 * j + 4 * sub];
+                for (int j = 0; j < EV; ++j) {
+                    const float4 a = sv[s][0][j];
 #if SCORE_MINMAX
-                    acc += fmaxf(q4.x * sl[j].x, q4.x * sh[j].x) + fmaxf(q4.y * sl[j].y, q4.y * sh[j].y)
-                         + fmaxf(q4.z * sl[j].z, q4.z * sh[j].z) + fmaxf(q4.w * sl[j].w, q4.w * sh[j].w);
+                    const float4 z = sv[s][SV - 1][j];
+                    acc += fmaxf(q4[j].x * a.x, q4[j].x * z.x) + fmaxf(q4[j].y * a.y, q4[j].y * z.y)
+                         + fmaxf(q4[j].z * a.z, q4[j].z * z.z) + fmaxf(q4[j].w * a.w, q4[j].w * z.w);
 #else
-                    acc += q4.x * sl[j].x + q4.y * sl[j].y + q4.z * sl[j].z + q4.w * sl[j].w;
+                    acc += q4[j].x * a.x + q4[j].y * a.y + q4[j].z * a.z + q4[j].w * a.w;
 #endif
                 }
                 acc += __shfl_xor_sync(0xffffffffu, acc, 4);
                 acc += __shfl_xor_sync(0xffffffffu, acc, 2);
                 acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-                if (sub == 0 && valid)
-                    P.chunk_score[((long long)b * QH + kvh * GQA + h0 + h) * P.cap_chunks + i] = acc * SCALE;
+                const int i = base + s * nw * 4 + grp;
+                if (sub == 0 && i < i1) out[h * out_stride + i] = acc * SCALE;
             }
         }
+    }
+}
+
+// Stages query heads qh0 .. qh0 + nh (of row b; nh <= GQA_TILE_Q) in q_s as floats; THREADS = the
+// block's size, so that every load is issued before the first is used. Every thread must call it.
+template <int THREADS>
+__device__ void stage_queries(const HgaParams& P, int b, int qh0, int nh, float (*q_s)[D]) {
+    constexpr int PER = (GQA_TILE_Q * D + THREADS - 1) / THREADS;
+    elem_t x[PER];
+#pragma unroll
+    for (int l = 0; l < PER; ++l) {
+        const int e = threadIdx.x + l * THREADS, h = e / D;
+        x[l] = e < GQA_TILE_Q * D && h < nh ? P.q[((long long)b * QH + qh0 + h) * D + e % D] : (elem_t)0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int l = 0; l < PER; ++l) {
+        const int e = threadIdx.x + l * THREADS;
+        if (e < GQA_TILE_Q * D) q_s[e / D][e % D] = ld_elem(x[l]);
+    }
+    __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
+// grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
+extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
+    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
+    const int kvh = blockIdx.y, b = blockIdx.z;
+    const int pos = P.pos[b];
+    if (pos < 0) return;
+    const Windows w = windows_at(pos);
+    const int n_cand = w.local_start - w.sinks_end;
+    const int i0 = blockIdx.x * CHUNK_TILE;
+    if (i0 >= n_cand) return;
+    const int i1 = min(n_cand, i0 + CHUNK_TILE);
+    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
+    for (int h0 = 0; h0 < GQA; h0 += GQA_TILE_Q) {
+        const int nh = min(GQA_TILE_Q, GQA - h0);
+        stage_queries<CNT>(P, b, kvh * GQA + h0, nh, q_s);
+        score_rows(table, [&](int i) { return w.sinks_end + i; }, i0, i1, nh, q_s,
+                   P.chunk_score + ((long long)b * QH + kvh * GQA + h0) * P.cap_chunks, P.cap_chunks);
     }
 }
 
@@ -462,306 +676,268 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
     __syncthreads();
 }
 
-// hga_chunk_select: top TOP_CHUNKS candidate chunks per routing unit (query head, or KV head when
-// shared). grid (UNITS, B), block SNT.
-extern "C" __global__ void __launch_bounds__(SNT, 1) hga_chunk_select(HgaParams P) {
-    __shared__ float red[32];
-    const int u = blockIdx.x, b = blockIdx.y;
-    const Windows w = windows_at(P.pos[b]);
-    const int n_cand = w.local_start - w.sinks_end;
-    const long long ou = (long long)b * UNITS + u;
-#if SHARED
-    float* vals = P.chunk_mass + ((long long)b * KVH + u) * P.cap_chunks;
-    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, vals, red);
-#else
-    const float* vals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
-#endif
-    const int cnt = block_topk<TOP_CHUNKS>(vals, n_cand, P.kce, P.sel_chunk + ou * P.kce, w.sinks_end);
-    if (threadIdx.x == 0) P.n_sel_chunk[ou] = cnt;
-}
-
-// hga_group_select: the groups of the selected chunks (ascending), scored, top TOP_GROUPS per unit.
+// hga_select: routing of one unit (query head, or KV head when shared): the top TOP_CHUNKS candidate
+// chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
 // grid (UNITS, B), block SNT.
-extern "C" __global__ void __launch_bounds__(SNT, 1) hga_group_select(HgaParams P) {
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P) {
     __shared__ float red[32];
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int u = blockIdx.x, b = blockIdx.y;
+    const int pos = P.pos[b];
+    if (pos < 0) return;
+    const Windows w = windows_at(pos);
+    const int n_cand = w.local_start - w.sinks_end;
     const long long ou = (long long)b * UNITS + u;
     const int kvh = SHARED ? u : u / GQA;
-    const int nsel = P.n_sel_chunk[ou];
-    const int* sel = P.sel_chunk + ou * P.kce;
-    int* cand = P.group_cand + ou * (long long)(P.kce * GPC);
-    // Candidate position of a selected chunk = its rank among the selected chunks (ascending order).
-    for (int r = threadIdx.x; r < nsel; r += SNT) {
-        const int c = sel[r];
-        int rank = 0;
-        for (int j = 0; j < nsel; ++j) rank += sel[j] < c;
-        for (int j = 0; j < GPC; ++j) cand[rank * GPC + j] = c * GPC + j;
-    }
-    const int n = nsel * GPC;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int kg = P.kce * GPC;
-    const float* table = P.group_sum + ((long long)b * KVH + kvh) * P.cap_groups * (long long)(SV * D);
-    for (int h0 = 0; h0 < UNIT_HEADS; h0 += GQA_TILE_Q) {
-        __syncthreads();
-#pragma unroll
-        for (int x = threadIdx.x; x < GQA_TILE_Q * D; x += SNT) {
-            const int h = h0 + x / D;
-            const int qh = SHARED ? u * GQA + h : u;
-            q_s[x / D][x % D] = h < UNIT_HEADS ? ld_elem(P.q[((long long)b * QH + qh) * D + x % D]) : 0.f;
-        }
-        __syncthreads();
-        const int sub = lane & 7, grp = lane >> 3;
-        constexpr int F4 = D / 32;
-        for (int base = warp * 4; base < n; base += (SNT / 32) * 4) {
-            const int i = base + grp;
-            const bool valid = i < n;
-            const float* srow = table + (long long)cand[valid ? i : 0] * (SV * D);
-            float4 sl[F4];
-#if SCORE_MINMAX
-            float4 sh[F4];
-#endif
-#pragma unroll
-            for (int j = 0; j < F4; ++j) {
-                sl[j] = *(const float4*)(srow + 32 * j + 4 * sub);
-#if SCORE_MINMAX
-                sh[j] = *(const float4*)(srow + D + 32 * j + 4 * sub);
-#endif
-            }
-            for (int h = 0; h < GQA_TILE_Q && h0 + h < UNIT_HEADS; ++h) {
-                float acc = 0.f;
-#pragma unroll
-                for (int j = 0; j < F4; ++j) {
-                    const float4 q4 = *(const float4*)&q_s[h][32 * j + 4 * sub];
-#if SCORE_MINMAX
-                    acc += fmaxf(q4.x * sl[j].x, q4.x * sh[j].x) + fmaxf(q4.y * sl[j].y, q4.y * sh[j].y)
-                         + fmaxf(q4.z * sl[j].z, q4.z * sh[j].z) + fmaxf(q4.w * sl[j].w, q4.w * sh[j].w);
+#if SHARED
+    float* cvals = P.chunk_mass + bk_of(b, kvh) * P.cap_chunks;
+    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, cvals, red);
 #else
-                    acc += q4.x * sl[j].x + q4.y * sl[j].y + q4.z * sl[j].z + q4.w * sl[j].w;
+    const float* cvals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
 #endif
-                }
-                acc += __shfl_xor_sync(0xffffffffu, acc, 4);
-                acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-                acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-                const int qh = SHARED ? u * GQA + h0 + h : u;
-                if (sub == 0 && valid) P.group_score[((long long)b * QH + qh) * kg + i] = acc * SCALE;
-            }
-        }
+    int* sel = P.sel_chunk + ou * P.kce;
+    const int nsel = block_select(cvals, n_cand, P.kce, sel, w.sinks_end);
+    if (threadIdx.x == 0) P.n_sel_chunk[ou] = nsel;
+    __syncthreads();
+    // The selected chunks' groups, ascending (the chunks are).
+    const int kg = P.kce * GPC;
+    const int n = nsel * GPC;
+    int* cand = P.group_cand + ou * (long long)kg;
+    for (int i = threadIdx.x; i < n; i += SNT) cand[i] = sel[i / GPC] * GPC + i % GPC;
+    const bf16_t* table = P.group_sum + bk_of(b, kvh) * P.cap_groups * (long long)(SV * D);
+    const int qh_unit = SHARED ? u * GQA : u;
+    for (int h0 = 0; h0 < UNIT_HEADS; h0 += GQA_TILE_Q) {
+        const int nh = min(GQA_TILE_Q, UNIT_HEADS - h0);
+        stage_queries<SNT>(P, b, qh_unit + h0, nh, q_s);  // its barrier also publishes cand
+        score_rows(table, [&](int i) { return cand[i]; }, 0, n, nh, q_s,
+                   P.group_score + ((long long)b * QH + qh_unit + h0) * kg, kg);
     }
     __syncthreads();
 #if SHARED
-    float* vals = P.group_mass + ((long long)b * KVH + u) * kg;
-    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, vals, red);
+    float* gvals = P.group_mass + bk_of(b, kvh) * kg;
+    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, red);
 #else
-    const float* vals = P.group_score + ((long long)b * QH + u) * kg;
+    const float* gvals = P.group_score + ((long long)b * QH + u) * kg;
 #endif
     int* out = P.sel_group + ou * P.kge;
-    const int cnt = block_topk<TOP_GROUPS>(vals, n, P.kge, out, 0);
+    const int cnt = block_select(gvals, n, P.kge, out, 0);
     __syncthreads();
-    // block_topk wrote candidate positions; turn them into global group indices.
+    // block_select wrote candidate positions (ascending); their groups are ascending too.
     for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[out[r]];
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Block-wide exclusive count of `ok` over threads below this one; `*total` gets the block's count.
-// Every thread of the block must call it.
-__device__ int block_prefix_count(bool ok, int* total) {
-    __shared__ int warp_cnt[32];
-    const unsigned ball = __ballot_sync(0xffffffffu, ok);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) warp_cnt[warp] = __popc(ball);
-    __syncthreads();
-    int before = __popc(ball & ((1u << lane) - 1u)), all = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-        if (w < warp) before += warp_cnt[w];
-        all += warp_cnt[w];
+// Whether the ascending list l[0..n) holds g.
+__device__ __forceinline__ bool list_has(const int* l, int n, int g) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (l[mid] < g) lo = mid + 1;
+        else hi = mid;
     }
-    *total = all;
-    return before;
+    return lo < n && l[lo] == g;
 }
 
-// hga_fetch_resolve: the union of a KV head's opened groups (with the mask of query heads that opened
-// each), resolved against the slot cache: hit -> slot (stamped with this step), miss -> miss list.
-// grid (KVH, B), block NT.
-#define RESOLVE_SMEM 2048
-// Records union entry `idx` (group g, query-head mask) and resolves it against the slot cache.
-__device__ __forceinline__ void resolve_entry(const HgaParams& P, long long bk, int idx, int g, const unsigned* mask) {
-    const long long ue = bk * P.ucap + idx;
-    P.uni_group[ue] = g;
-#pragma unroll
-    for (int m = 0; m < MW; ++m) P.uni_mask[ue * MW + m] = mask[m];
-    const int s = P.slot_of[bk * P.cap_groups + g];
-    P.uni_slot[ue] = s;
-    if (s >= 0) {
-        P.slot_stamp[s] = P.fetch_state[4] + 1;
-    } else {
-        const int m = atomicAdd(&P.fetch_state[0], 1);
-        P.miss_list[m] = (int)ue;
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(NT) hga_fetch_resolve(HgaParams P) {
-    __shared__ unsigned long long keys[RESOLVE_SMEM];
+// hga_resolve: for one (row, KV head): the union of its units' opened groups (each group once, with the
+// mask of query heads that opened it), resolved against the row's partition of the slot cache: hits
+// are stamped with this step; misses get the slots not used this step, in clock order from the hand
+// (the previous owner loses its slot). Misses past the partition's free slots are read from host
+// memory by hga_attend without being cached. grid (KVH, B), block RNT.
+#define RESOLVE_SMEM 4096
+#define HASH_CAP 1024
+extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
+    __shared__ int new_hand;
+    __shared__ int lists_s[RESOLVE_SMEM];
+    __shared__ int cnt_s[GQA];
+    __shared__ int hkey[HASH_CAP];
+    __shared__ int hfirst[HASH_CAP];
+    __shared__ unsigned hmask[HASH_CAP];
     const int kvh = blockIdx.x, b = blockIdx.y;
-    const long long bk = (long long)b * KVH + kvh;
+    if (P.pos[b] < 0) return;
+    const long long bk = bk_of(b, kvh);
     const int kge = P.kge;
     const int n_units = SHARED ? 1 : GQA;
     const int u0 = SHARED ? kvh : kvh * GQA;
     const int E = n_units * kge;
-    const int* sel = P.sel_group + ((long long)b * UNITS + u0) * kge;
-    const int* cnt = P.n_sel_group + (long long)b * UNITS + u0;
-    // Entry e = (unit e / kge, rank e % kge): its group, or -1 past the unit's count.
-    auto entry = [&](int e) -> int { return (e % kge) < cnt[e / kge] ? sel[e] : -1; };
-    int base = 0;
-    if (E <= RESOLVE_SMEM) {
-        // Sort (group, entry) pairs; the union is then ascending by group, the first of each run kept.
-        int N = 1;
-        while (N < E) N <<= 1;
-        for (int i = threadIdx.x; i < N; i += NT) {
-            const int g = i < E ? entry(i) : -1;
-            keys[i] = g >= 0 ? ((unsigned long long)g << 32) | (unsigned)i : ~0ull;
+    const int* sel_g = P.sel_group + ((long long)b * UNITS + u0) * kge;
+    const int* cnt_g = P.n_sel_group + (long long)b * UNITS + u0;
+    // The units' lists, searched many times below: in shared memory when they fit.
+    const bool staged = E <= RESOLVE_SMEM;
+    if (staged) {
+        for (int e = threadIdx.x; e < E; e += RNT) lists_s[e] = sel_g[e];
+    }
+    for (int h = threadIdx.x; h < n_units; h += RNT) cnt_s[h] = cnt_g[h];
+    __syncthreads();
+    const int* sel = staged ? lists_s : sel_g;
+    const int* cnt = cnt_s;
+    int* state = P.part_state + bk * 4;
+    const int step = state[0] + 1;
+    const int PS = P.part_slots;
+    int* stamp = P.slot_stamp + bk * PS;
+    int* owner = P.slot_owner + bk * PS;
+    int* slot_of = P.slot_of + bk * P.cap_groups;
+    const long long ue0 = bk * P.ucap;
+    // Union in entry order (unit, then rank): an entry is kept where its group first occurs, with the
+    // mask of the units that opened the group. A shared-memory hash table (group -> first entry, mask)
+    // when it fits; else binary searches of the sorted lists.
+    int n_u = 0;
+    if (E <= HASH_CAP / 2) {
+        int tb = 32;
+        while (tb < 2 * E) tb <<= 1;
+        for (int x = threadIdx.x; x < tb; x += RNT) { hkey[x] = -1; hfirst[x] = 0x7fffffff; hmask[x] = 0u; }
+        __syncthreads();
+        auto slot_of_group = [&](int g) -> int {
+            int x = (int)(((unsigned)g * 2654435761u) >> 7) & (tb - 1);
+            while (true) {
+                const int k = atomicCAS(&hkey[x], -1, g);
+                if (k == -1 || k == g) return x;
+                x = (x + 1) & (tb - 1);
+            }
+        };
+        for (int e = threadIdx.x; e < E; e += RNT) {
+            const int h = e / kge, r = e % kge;
+            if (r >= cnt[h]) continue;
+            const int x = slot_of_group(sel[e]);
+            atomicMin(&hfirst[x], e);
+            atomicOr(&hmask[x], SHARED ? 0xffffffffu : 1u << (h & 31));
         }
         __syncthreads();
-        for (int k = 2; k <= N; k <<= 1) {
-            for (int j = k >> 1; j > 0; j >>= 1) {
-                for (int i = threadIdx.x; i < N; i += NT) {
-                    const int ixj = i ^ j;
-                    if (ixj > i) {
-                        const unsigned long long x = keys[i], y = keys[ixj];
-                        if ((x > y) == ((i & k) == 0)) { keys[i] = y; keys[ixj] = x; }
+        for (int e0 = 0; e0 < E; e0 += RNT) {
+            const int e = e0 + threadIdx.x;
+            const int h = e / kge, r = e % kge;
+            int x = -1;
+            if (e < E && r < cnt[h]) x = slot_of_group(sel[e]);  // found: no insertion
+            const bool first = x >= 0 && hfirst[x] == e;
+            int total;
+            const int idx = n_u + block_prefix_count(first, &total);
+            n_u += total;
+            if (first) {
+                P.uni_group[ue0 + idx] = sel[e];
+                // Masks wider than 32 units (GQA > 32) come from the list searches below.
+                if (MW == 1) P.uni_mask[ue0 + idx] = hmask[x];
+                else {
+                    for (int m = 0; m < MW; ++m) {
+                        unsigned w = 0u;
+                        for (int h2 = 32 * m; h2 < min(n_units, 32 * m + 32); ++h2)
+                            if (SHARED || list_has(sel + h2 * kge, cnt[h2], sel[e])) w |= 1u << (h2 & 31);
+                        P.uni_mask[(ue0 + idx) * MW + m] = w;
                     }
                 }
-                __syncthreads();
             }
-        }
-        for (int i0 = 0; i0 < N; i0 += NT) {
-            const int i = i0 + threadIdx.x;
-            const unsigned long long key = i < N ? keys[i] : ~0ull;
-            const int g = (int)(key >> 32);
-            const bool first = key != ~0ull && (i == 0 || (int)(keys[i - 1] >> 32) != g);
-            int total;
-            const int idx = base + block_prefix_count(first, &total);
-            base += total;
-            if (!first) continue;
-            unsigned mask[MW];
-#pragma unroll
-            for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
-            if (!SHARED) {
-                for (int j = i; j < N && keys[j] != ~0ull && (int)(keys[j] >> 32) == g; ++j) {
-                    const int h2 = (int)(keys[j] & 0xffffffffu) / kge;
-                    mask[h2 >> 5] |= 1u << (h2 & 31);
-                }
-            }
-            resolve_entry(P, bk, idx, g, mask);
         }
     } else {
-        // Large budgets: rounds of NT entries, each kept where its group first occurs (entry order).
-        for (int e0 = 0; e0 < E; e0 += NT) {
-            const int e = e0 + threadIdx.x;
-            const int g = e < E ? entry(e) : -1;
-            bool first = g >= 0;
-            for (int e2 = 0; e2 < e && first; ++e2)
-                if (entry(e2) == g) first = false;
-            int total;
-            const int idx = base + block_prefix_count(first, &total);
-            base += total;
-            if (!first) continue;
+    for (int e0 = 0; e0 < E; e0 += RNT) {
+        const int e = e0 + threadIdx.x;
+        const int h = e / kge, r = e % kge;
+        const int g = e < E && r < cnt[h] ? sel[e] : -1;
+        bool first = g >= 0;
+        for (int h2 = 0; h2 < h && first; ++h2) first = !list_has(sel + h2 * kge, cnt[h2], g);
+        int total;
+        const int idx = n_u + block_prefix_count(first, &total);
+        n_u += total;
+        if (first) {
             unsigned mask[MW];
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
             if (!SHARED) {
-                for (int e2 = e; e2 < E; ++e2) {
-                    const int h2 = e2 / kge;
-                    if (entry(e2) == g) mask[h2 >> 5] |= 1u << (h2 & 31);
-                }
+                mask[h >> 5] |= 1u << (h & 31);
+                for (int h2 = h + 1; h2 < n_units; ++h2)
+                    if (list_has(sel + h2 * kge, cnt[h2], g)) mask[h2 >> 5] |= 1u << (h2 & 31);
             }
-            resolve_entry(P, bk, idx, g, mask);
+            P.uni_group[ue0 + idx] = g;
+#pragma unroll
+            for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
         }
     }
-    if (threadIdx.x == 0) P.n_uni[bk] = base;
-}
-
-// hga_fetch_assign: gives each miss a slot not used by this step, clock order from the hand; the
-// slot's previous owner loses it. grid (1), block NT.
-extern "C" __global__ void __launch_bounds__(NT) hga_fetch_assign(HgaParams P) {
-    __shared__ int new_hand;
-    const int step = P.fetch_state[4] + 1;
-    const int n = P.fetch_state[0];
-    const int hand = P.fetch_state[2];
+    }
+    __syncthreads();
+    // Hits keep their slot (stamped: not evictable this step); misses are listed.
+    int n_miss = 0;
+    for (int i0 = 0; i0 < n_u; i0 += RNT) {
+        const int i = i0 + threadIdx.x;
+        const int s = i < n_u ? slot_of[P.uni_group[ue0 + i]] : -1;
+        const bool miss = i < n_u && s < 0;
+        int total;
+        const int m = n_miss + block_prefix_count(miss, &total);
+        n_miss += total;
+        if (i < n_u) {
+            if (s >= 0) stamp[s] = step;
+            P.uni_slot[ue0 + i] = s >= 0 ? s : NO_SLOT;
+            if (miss) {
+                P.miss_list[ue0 + m] = i;
+                if (host_record(P, bk, P.uni_group[ue0 + i]) == nullptr) atomicAdd(P.error, 1);
+            }
+        }
+    }
+    const int hand = state[1];
     if (threadIdx.x == 0) new_hand = hand;
+    __syncthreads();
     int assigned = 0;
-    for (int scanned = 0; assigned < n && scanned < P.n_slots; scanned += NT) {
+    for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += RNT) {
         const int off = scanned + threadIdx.x;
-        const int s = (hand + off) % P.n_slots;
-        const bool ok = off < P.n_slots && P.slot_stamp[s] != step;
+        const int s = (hand + off) % PS;
+        const bool ok = off < PS && stamp[s] != step;
         int total;
         const int m = assigned + block_prefix_count(ok, &total);
-        if (ok && m < n) {
-            const int ue = P.miss_list[m];
-            const long long bk = ue / P.ucap;
-            const long long flat = bk * P.cap_groups + P.uni_group[ue];
-            const long long old = P.slot_owner[s];
-            if (old >= 0) P.slot_of[old] = -1;
-            P.slot_owner[s] = flat;
-            P.slot_of[flat] = s;
-            P.slot_stamp[s] = step;
-            P.uni_slot[ue] = s;
-            if (m == n - 1) new_hand = (s + 1) % P.n_slots;
+        if (ok && m < n_miss) {
+            const int i = P.miss_list[ue0 + m];
+            const int g = P.uni_group[ue0 + i];
+            const int old = owner[s];
+            if (old >= 0) slot_of[old] = -1;
+            owner[s] = g;
+            slot_of[g] = s;
+            stamp[s] = step;
+            P.uni_slot[ue0 + i] = -(s + 1);
+            if (m == n_miss - 1) new_hand = (s + 1) % PS;
         }
-        assigned = min(n, assigned + total);
+        assigned = min(n_miss, assigned + total);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        if (assigned < n) P.fetch_state[3] = 1;
-        P.fetch_state[1] = assigned;
-        P.fetch_state[0] = 0;
-        P.fetch_state[2] = new_hand;
-        P.fetch_state[4] = step;
-    }
-}
-
-// hga_fetch_gather: copies each missed group (keys then values, 2*G*D elements, contiguous on both
-// sides) from host memory into its slot. grid (any), block NT; blocks stride over the misses.
-extern "C" __global__ void __launch_bounds__(NT) hga_fetch_gather(HgaParams P) {
-    const int n = P.fetch_state[1];
-    constexpr int VECS = 2 * G * D * 2 / 16;
-    for (int m = blockIdx.x; m < n; m += gridDim.x) {
-        const int ue = P.miss_list[m];
-        const long long bk = ue / P.ucap;
-        const long long flat = bk * P.cap_groups + P.uni_group[ue];
-        const uint4* src = (const uint4*)(P.host_kv + flat * (2 * G * D));
-        uint4* dst = (uint4*)(P.slots + (long long)P.uni_slot[ue] * (2 * G * D));
-        for (int v = threadIdx.x; v < VECS; v += NT) dst[v] = src[v];
+        P.n_uni[bk] = n_u;
+        state[0] = step;
+        state[1] = new_hand;
+        state[2] = n_miss;
+        state[3] = n_miss - assigned;
     }
 }
 
 // ---------------------------------------------------------------------------------------------------
-// hga_attend: split-K exact attention of HT query heads of one KV head over sinks, opened groups (from
-// slots) and local window + current chunk; fp32 online softmax. grid (SK, KVH * HTILES, B), block NT.
+// hga_attend: split-K exact attention of HT query heads of one KV head over sinks, opened groups and
+// local window + current chunk; fp32 online softmax. Opened groups that missed are read from their
+// host records (mapped host memory: the transfer overlaps the attention of the other splits) and
+// written into their slots on the way. The last split of a (row, KV head, head tile) to finish merges
+// the splits into the output. grid (SK, KVH * HTILES, B), block NT.
 // Virtual token order: [0, S) sinks | [S, S + U*G) union groups | local_start*C ..= pos.
 struct TokenRef {
     const elem_t* k;
     const elem_t* v;
-    int masked_union;  // union entry index (per-head mask applies) or -1
+    long long fill;  // element offset of the token's key row in `slots` to fill, or -1
 };
 
 __device__ __forceinline__ TokenRef token_ref(const HgaParams& P, int b, int kvh, int t, int S, int U, int local0) {
     TokenRef r;
+    r.fill = -1;
     if (t >= S && t < S + U * G) {
         const int u = (t - S) / G, j = (t - S) % G;
-        const long long bk = (long long)b * KVH + kvh;
-        const elem_t* base = P.slots + (long long)P.uni_slot[bk * P.ucap + u] * (2 * G * D) + (long long)j * D;
-        r.k = base;
-        r.v = base + G * D;
-        r.masked_union = u;
+        const long long bk = bk_of(b, kvh);
+        const int us = P.uni_slot[bk * P.ucap + u];
+        if (us >= 0) {
+            const elem_t* base = P.slots + (bk * P.part_slots + us) * (2 * G * D) + (long long)j * D;
+            r.k = base;
+            r.v = base + G * D;
+        } else {
+            const elem_t* rec = host_record(P, bk, P.uni_group[bk * P.ucap + u]);
+            r.k = rec == nullptr ? nullptr : rec + (long long)j * D;
+            r.v = rec == nullptr ? nullptr : rec + (long long)(G + j) * D;
+            if (us != NO_SLOT && rec != nullptr) r.fill = (bk * P.part_slots + (-us - 1)) * (2 * G * D) + (long long)j * D;
+        }
     } else {
         const int p = t < S ? t : local0 + (t - S - U * G);
         const long long off = win_base(b, kvh) + win_row(p) * D;
         r.k = P.win_k + off;
         r.v = P.win_v + off;
-        r.masked_union = -1;
     }
     return r;
 }
@@ -784,10 +960,12 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     __shared__ float alpha_s[HT];
     __shared__ float m_s[HT], l_s[HT];
     __shared__ unsigned char keep_s[HT][TT];
+    __shared__ int last_s;
     const int split = blockIdx.x, kvh = blockIdx.y / HTILES, h0 = (blockIdx.y % HTILES) * HT, b = blockIdx.z;
     const int pos = P.pos[b];
+    if (pos < 0) return;
     const Windows w = windows_at(pos);
-    const long long bk = (long long)b * KVH + kvh;
+    const long long bk = bk_of(b, kvh);
     const int S = w.sinks_end * C;
     const int U = P.n_uni[bk];
     const int local0 = w.local_start * C;
@@ -795,6 +973,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     const int tiles = (n_total + TT - 1) / TT;
     const int per = (tiles + SK - 1) / SK;
     const int t_begin = split * per * TT, t_end = min(n_total, (split + 1) * per * TT);
+    if (split == 0 && h0 == 0 && threadIdx.x == 0) P.n_att[bk] = n_total;
 
 #pragma unroll
     for (int x = threadIdx.x; x < HT * D; x += NT)
@@ -810,8 +989,10 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
 
     constexpr int VPR = D / VW;  // vectors per row
     constexpr int LOADS = (TT * VPR + NT - 1) / NT;
-    // The next tile's keys and values, loaded into registers while the current tile is computed.
+    // The next tile's keys and values, loaded into registers while the current tile is computed, and
+    // where each goes in the slot cache when its group missed.
     vec_t kr[LOADS], vr[LOADS];
+    long long fill_r[LOADS];
     constexpr int KEEP_PT = (HT * TT + NT - 1) / NT;
     bool keep_r[KEEP_PT];
     auto load_tile = [&](int t0) {
@@ -822,7 +1003,9 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             bool keep = x < HT * TT && t < t_end;
             if (keep && t >= S && t < S + U * G) {
                 const int hh = h0 + h;
-                keep = (P.uni_mask[(bk * P.ucap + (t - S) / G) * MW + (hh >> 5)] >> (hh & 31)) & 1u;
+                const long long ue = bk * P.ucap + (t - S) / G;
+                keep = ((P.uni_mask[ue * MW + (hh >> 5)] >> (hh & 31)) & 1u)
+                    && (P.uni_slot[ue] >= 0 || host_record(P, bk, P.uni_group[ue]) != nullptr);
             }
             keep_r[i] = keep;
         }
@@ -831,13 +1014,15 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             const int x = threadIdx.x + l * NT;
             const int r = x / VPR, c = x % VPR;
             const int t = t0 + r;
+            fill_r[l] = -1;
             if ((TT * VPR) % NT == 0 || x < TT * VPR) {
-                if (t < t_end) {
-                    const TokenRef ref = token_ref(P, b, kvh, t, S, U, local0);
+                const TokenRef ref = t < t_end ? token_ref(P, b, kvh, t, S, U, local0) : TokenRef{nullptr, nullptr, -1};
+                if (ref.k != nullptr) {
                     kr[l] = ((const vec_t*)ref.k)[c];
                     vr[l] = ((const vec_t*)ref.v)[c];
+                    if (ref.fill >= 0) fill_r[l] = ref.fill + c * VW;
                 } else {
-                    // Rows past the end are zero: their weights are zero, and 0 * garbage could be NaN.
+                    // Rows past the end (or without a record) are zero and masked: 0 * garbage could be NaN.
                     kr[l] = vec_t{};
                     vr[l] = vec_t{};
                 }
@@ -856,6 +1041,10 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
 #pragma unroll
                 for (int j = 0; j < WORDS_PER_VEC; ++j) k_s[r][c * WORDS_PER_VEC + j] = kw[j];
                 *(vec_t*)&v_s[r][c * WORDS_PER_VEC] = vr[l];
+                if (fill_r[l] >= 0) {
+                    *(vec_t*)(P.slots + fill_r[l]) = kr[l];
+                    *(vec_t*)(P.slots + fill_r[l] + G * D) = vr[l];
+                }
             }
         }
 #pragma unroll
@@ -925,31 +1114,36 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
         if (ITEMS % NT == 0 || it < ITEMS) {
             const int h = it / (D / 2), dp = it % (D / 2);
             const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK + split;
-            P.part_acc[row * D + 2 * dp] = acc[i][0];
-            P.part_acc[row * D + 2 * dp + 1] = acc[i][1];
+            *(float2*)&P.part_acc[row * D + 2 * dp] = make_float2(acc[i][0], acc[i][1]);
         }
     }
     if (threadIdx.x < HT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + threadIdx.x) * SK + split;
-        P.part_ml[row * 2] = m_s[threadIdx.x];
-        P.part_ml[row * 2 + 1] = l_s[threadIdx.x];
+        *(float2*)&P.part_ml[row * 2] = make_float2(m_s[threadIdx.x], l_s[threadIdx.x]);
     }
-}
-
-// hga_merge: combines the SK splits of each query head into the output. grid (QH, B), block D.
-extern "C" __global__ void __launch_bounds__(D) hga_merge(HgaParams P) {
-    const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
-    const long long row = ((long long)b * QH + h) * SK;
-    float m = NEG_INF;
-#pragma unroll
-    for (int s = 0; s < SK; ++s) m = fmaxf(m, P.part_ml[(row + s) * 2]);
-    float l = 0.f, o = 0.f;
+    // The last split to finish merges (its partials' writes are ordered before its counter update).
+    __threadfence();
+    __syncthreads();
+    int* done = P.done + (long long)b * (KVH * HTILES) + blockIdx.y;
+    if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == SK - 1;
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int x = threadIdx.x; x < HT * D; x += NT) {
+        const int h = x / D, d = x % D;
+        const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK;
+        float m = NEG_INF;
 #pragma unroll 8
-    for (int s = 0; s < SK; ++s) {
-        const float ms = P.part_ml[(row + s) * 2];
-        const float wgt = ms == NEG_INF ? 0.f : expf(ms - m);
-        l += wgt * P.part_ml[(row + s) * 2 + 1];
-        o += wgt * P.part_acc[(row + s) * D + d];
+        for (int s = 0; s < SK; ++s) m = fmaxf(m, __ldcg(&P.part_ml[(row + s) * 2]));
+        float l = 0.f, o = 0.f;
+#pragma unroll 8
+        for (int s = 0; s < SK; ++s) {
+            const float ms = __ldcg(&P.part_ml[(row + s) * 2]);
+            const float wgt = ms == NEG_INF ? 0.f : expf(ms - m);
+            l += wgt * __ldcg(&P.part_ml[(row + s) * 2 + 1]);
+            o += wgt * __ldcg(&P.part_acc[(row + s) * D + d]);
+        }
+        P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o / l);
     }
-    P.out[((long long)b * QH + h) * D + d] = st_elem(o / l);
+    if (threadIdx.x == 0) *done = 0;
 }

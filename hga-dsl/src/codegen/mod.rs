@@ -11,16 +11,17 @@
 //!
 //! | kernel | grid | does |
 //! | --- | --- | --- |
-//! | `hga_append` | (KVH, B), block D | writes the step's K/V into the GPU window (sinks + local ring) |
-//! | `hga_summarize` | (1 + groups per chunk, KVH, B), block D | chunk + group summaries of a chunk that just closed |
+//! | `hga_append` | (KVH, B), block D | writes the step's K/V into the GPU window and the group's host record |
+//! | `hga_summarize` | (1 + groups per chunk, KVH, B), block D | bf16 chunk + group summaries of a chunk that just closed |
+//! | `hga_ingest_summarize` | (1 + groups per chunk, KVH, chunks), block D | summaries of the chunks a block append closes |
+//! | `hga_ingest` | (⌈n·KVH·D/8/threads⌉) | a block append of one row: host records, and the window rows that stay |
 //! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
-//! | `hga_chunk_select` | (units, B), block 512 | top `top_chunks` per unit (summed softmax mass when shared) |
-//! | `hga_group_select` | (units, B), block 512 | groups of the selected chunks: score + top `top_groups` |
-//! | `hga_fetch_resolve` | (KVH, B) | union per KV head, slot-cache lookup, miss list |
-//! | `hga_fetch_assign` | (1) | slots for the misses (clock order, never a slot used this step) |
-//! | `hga_fetch_gather` | (any) | copies missed groups from mapped host memory into their slots |
-//! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention, fp32 online softmax |
-//! | `hga_merge` | (QH, B), block D | merges the splits into the output |
+//! | `hga_select` | (units, B), block 256 | top `top_chunks`, their groups scored, top `top_groups` |
+//! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order) |
+//! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention (misses read from host and cached on the way), fp32 online softmax; the last split merges |
+//!
+//! A decode step is `append`, `summarize` (on chunk close), `chunk_score`, `select`, `resolve`,
+//! `attend`: six launches, four of them per step when no chunk closes in the route/attend part.
 //!
 //! ```
 //! use hga_dsl::{codegen, presets, Spec};
@@ -39,30 +40,29 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-1";
+pub const GENERATOR_VERSION: &str = "hga-codegen-2";
 
-/// Kernel entry points, in launch order within a step.
-pub const ENTRY_POINTS: [&str; 10] = [
+/// Kernel entry points: the decode step's in launch order, with the block-append pair after
+/// `hga_summarize`.
+pub const ENTRY_POINTS: [&str; 8] = [
     "hga_append",
     "hga_summarize",
+    "hga_ingest_summarize",
+    "hga_ingest",
     "hga_chunk_score",
-    "hga_chunk_select",
-    "hga_group_select",
-    "hga_fetch_resolve",
-    "hga_fetch_assign",
-    "hga_fetch_gather",
+    "hga_select",
+    "hga_resolve",
     "hga_attend",
-    "hga_merge",
 ];
 
 /// Launch parameters derived from the spec; the runtime sizes grids and scratch buffers from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchParams {
-    /// Threads per block of the scoring, selection, fetch and attention kernels.
+    /// Threads per block of the chunk-scoring, resolve, ingest and attention kernels.
     pub threads: u32,
-    /// Threads per block of `hga_chunk_select` and `hga_group_select` ([`SELECT_THREADS`]).
+    /// Threads per block of `hga_select` ([`SELECT_THREADS`]).
     pub select_threads: u32,
-    /// Threads per block of `hga_append`, `hga_summarize` and `hga_merge` (= head dim).
+    /// Threads per block of `hga_append` and the summary kernels (= head dim).
     pub head_threads: u32,
     /// Splits of the attended tokens per (sequence, KV head, head tile).
     pub split_k: u32,
@@ -75,6 +75,10 @@ pub struct LaunchParams {
     pub head_tiles: u32,
     /// Candidate chunks per `hga_chunk_score` block.
     pub chunk_tile: u32,
+    /// Threads per `hga_chunk_score` block ([`SCORE_THREADS`]).
+    pub score_threads: u32,
+    /// Threads per `hga_resolve` block ([`RESOLVE_THREADS`]).
+    pub resolve_threads: u32,
     /// Routing units: query heads, or KV heads when routing is shared.
     pub units: u32,
     /// 32-bit words of the per-group query-head mask.
@@ -87,8 +91,16 @@ pub struct LaunchParams {
     pub attend_smem_bytes: u32,
 }
 
-/// Threads per block of the selection kernels: one block per routing unit, so they take many threads.
-pub const SELECT_THREADS: u32 = 512;
+/// Threads per block of `hga_select`: one block per routing unit, so it takes many threads.
+pub const SELECT_THREADS: u32 = 256;
+
+/// Threads per block of `hga_chunk_score`: small blocks, so that even short contexts spread the
+/// summary scan over many SMs.
+pub const SCORE_THREADS: u32 = 128;
+
+/// Threads per block of `hga_resolve`: one block per (sequence, KV head) whose work is a few hundred
+/// entries; few warps keep its many barriers cheap.
+pub const RESOLVE_THREADS: u32 = 128;
 
 /// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
 pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
@@ -117,7 +129,8 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     let d = m.head_dim;
     let head_tile = (1..=gqa.min(8)).rev().find(|t| gqa % t == 0).unwrap_or(1);
     let mut tile_tokens = k.tile_tokens;
-    let smem = |tt: u32| head_tile * d * 4 + tt * (d / 2 + 1) * 4 + tt * d * 2 + head_tile * tt * 5 + head_tile * 12;
+    let smem =
+        |tt: u32| head_tile * d * 4 + tt * (d / 2 + 1) * 4 + tt * d * 2 + head_tile * tt * 5 + head_tile * 12 + 4;
     while smem(tile_tokens) > ATTEND_SMEM_LIMIT && tile_tokens > 16 {
         tile_tokens /= 2;
     }
@@ -129,7 +142,10 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         tile_tokens,
         head_tile,
         head_tiles: gqa / head_tile,
-        chunk_tile: 4 * k.threads / 32,
+        // Four rows per warp per pass, score_rows' batch of passes (SB in the source) per block.
+        chunk_tile: 4 * score_batch(d) * SCORE_THREADS / 32,
+        score_threads: SCORE_THREADS,
+        resolve_threads: RESOLVE_THREADS,
         units: match r.sharing {
             Sharing::PerQueryHead => m.q_heads,
             Sharing::PerKvHead => m.kv_heads,
@@ -138,6 +154,15 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         summary_vectors: r.score.vectors() as u32,
         window_chunks: r.keep_first + r.keep_last + 1,
         attend_smem_bytes: smem(tile_tokens),
+    }
+}
+
+/// Passes of `score_rows` loaded together (`SB` in the source): as many as registers allow.
+fn score_batch(head_dim: u32) -> u32 {
+    if head_dim <= 128 {
+        4
+    } else {
+        2
     }
 }
 
@@ -181,7 +206,9 @@ pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     define(w, "GQA_TILE_Q", gqa.min(8).to_string(), "query heads staged per scoring pass");
     define(w, "MW", lp.mask_words.to_string(), "words of a query-head mask");
     define(w, "NT", k.threads.to_string(), "threads per block");
-    define(w, "SNT", lp.select_threads.to_string(), "threads per block of the selection kernels");
+    define(w, "SNT", lp.select_threads.to_string(), "threads per block of hga_select");
+    define(w, "CNT", lp.score_threads.to_string(), "threads per block of hga_chunk_score");
+    define(w, "RNT", lp.resolve_threads.to_string(), "threads per block of hga_resolve");
     define(w, "SK", k.split_k.to_string(), "attention splits");
     define(w, "TT", lp.tile_tokens.to_string(), "tokens per attention tile");
     define(w, "VW", k.vec_width.to_string(), "elements per vector load");

@@ -14,18 +14,7 @@ use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
 use std::fmt::Write as _;
 
-const KERNELS: [&str; 10] = [
-    "append",
-    "summarize",
-    "chunk_score",
-    "chunk_select",
-    "group_select",
-    "fetch_resolve",
-    "fetch_assign",
-    "fetch_gather",
-    "attend",
-    "merge",
-];
+const KERNELS: [&str; 6] = ["append", "summarize", "chunk_score", "select", "resolve", "attend"];
 
 /// Fast non-zero random bf16 bits in ±[2^-8, 2).
 struct Rng(u64);
@@ -138,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let gs: Vec<f32> = (0..kvh * cap_chunks * gpc * sw).map(|_| rng.f32() * 2.0).collect();
             b.upload_summaries(&cs, &gs)?;
             // SAFETY: the pinned store outlives every batch (dropped after them below).
-            unsafe { b.set_host_store(store_ptr) };
+            unsafe { b.set_host_store(store_ptr)? };
             b.set_positions(&[context as u32 - 1])?;
             let q: Vec<u16> = (0..qh * d).map(|_| rng.bf16()).collect();
             b.upload_q(&q)?;
@@ -218,20 +207,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     stamp(1)?;
                     b.launch_chunk_score()?;
                     stamp(2)?;
-                    b.launch_chunk_select()?;
+                    b.launch_select()?;
                     stamp(3)?;
-                    b.launch_group_select()?;
+                    b.launch_resolve()?;
                     stamp(4)?;
-                    b.launch_fetch_resolve()?;
+                    b.launch_attend()?;
                     stamp(5)?;
-                    b.launch_fetch_assign()?;
-                    stamp(6)?;
-                    b.launch_fetch_gather()?;
-                    stamp(7)?;
-                    b.launch_attend_splits()?;
-                    stamp(8)?;
-                    b.launch_merge()?;
-                    stamp(9)?;
                     gpu.sync()?;
                     for k in 1..KERNELS.len() {
                         per_kernel[k].push(events[k - 1].elapsed_to(&events[k])?);
@@ -256,17 +237,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let miss = median(&mut misses);
             // Bytes each kernel must move at least (each input read once, each output written once).
             let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
+            // Misses (8 KiB each from host) are read inside attend.
             let model_bytes = [
                 4 * kvh * d * 2,
-                2 * kvh * c * d * 2 + (1 + gpc) * kvh * d * 4,
-                n_cand * kvh * d * 4 + n_cand * qh * 4,
-                n_cand * qh * 4,
-                qh * r.top_chunks as usize * gpc * d * 4,
-                kvh * spec.gqa() * r.top_groups as usize * 4,
-                miss as usize * 16,
-                miss as usize * 2 * g * d * 2 * 2,
-                (union * g + kvh * tok) * d * 2 * 2 + qh * lp.split_k as usize * (d + 2) * 4,
-                qh * lp.split_k as usize * (d + 2) * 4 + qh * d * 2,
+                2 * kvh * c * d * 2 + (1 + gpc) * kvh * d * 2,
+                n_cand * kvh * d * 2 + n_cand * qh * 4,
+                n_cand * qh * 4 + qh * r.top_chunks as usize * gpc * d * 2,
+                kvh * spec.gqa() * r.top_groups as usize * 4 + miss as usize * 16,
+                (union * g + kvh * tok) * d * 2 * 2 + qh * lp.split_k as usize * (d + 2) * 4 * 2 + qh * d * 2,
             ];
             let total_bytes: usize = model_bytes.iter().sum();
             let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
@@ -278,14 +256,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(store);
         let _ = ci;
     }
-    // Launch overhead: back-to-back launches of the cheapest kernel (assign with no misses).
+    // Launch overhead: back-to-back launches of the cheapest kernel (resolve with no rows routed).
     let mut b = DecodeBatch::new(&gpu, &kernels, Capacity { batch: 1, max_context: 4096, n_slots: 4096 })?;
     let mut per_launch = Vec::new();
     for _ in 0..20 {
         let tm = gpu.timer()?;
         tm.start()?;
         for _ in 0..100 {
-            b.launch_fetch_assign()?;
+            b.launch_resolve()?;
         }
         per_launch.push(tm.stop_us()? / 100.0);
     }
@@ -304,22 +282,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let total: usize = bytes.iter().sum();
         let steady: usize = total - bytes[1];
         println!(
-            "  {:<14} {step_us:>9.2} {steady:>12} {:>8.2}us   launch floor {:.1} us (9 launches)",
+            "  {:<14} {step_us:>9.2} {steady:>12} {:>8.2}us   launch floor {:.1} us (5 launches)",
             "step (steady)",
             steady as f64 / hbm * 1e6,
-            9.0 * launch_us
+            5.0 * launch_us
         );
         println!(
-            "  {:<14} {closing_us:>9.2} {total:>12} {:>8.2}us   launch floor {:.1} us (10 launches)",
+            "  {:<14} {closing_us:>9.2} {total:>12} {:>8.2}us   launch floor {:.1} us (6 launches)",
             "step (closing)",
             total as f64 / hbm * 1e6,
-            10.0 * launch_us
+            6.0 * launch_us
         );
         println!(
             "  {:<14} {:>9.2} (steady), {:.2} (closing): one CUDA graph launch per step",
             "step as graph", graph_us.0, graph_us.1
         );
-        println!("  gather floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", bytes[7] as f64 / 2.0 / 50e9 * 1e6);
+        println!("  miss floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", miss * 8192.0 / 50e9 * 1e6);
     }
     if let Some(p) = json_path {
         std::fs::write(&p, json)?;

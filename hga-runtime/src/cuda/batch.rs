@@ -16,8 +16,9 @@ pub struct Capacity {
     pub batch: usize,
     /// Longest context of any sequence, in tokens.
     pub max_context: usize,
-    /// Slots of the GPU group cache (each holds one group's K and V of one KV head); at least the
-    /// union of one step's opened groups: `batch × kv_heads × (gqa or 1) × top_groups`.
+    /// Slots of the GPU group cache (each holds one group's K and V of one KV head), split evenly into
+    /// one partition per (sequence, KV head); each partition must hold the union one step can open
+    /// there, so `n_slots >= batch × kv_heads × (gqa or 1) × top_groups`.
     pub n_slots: usize,
 }
 
@@ -33,12 +34,14 @@ pub struct DecodeBatch<'k> {
     b: Buffers,
     _own_store: Option<CudaSlice<u16>>,
     _pinned_store: Option<PinnedHostSlice<u16>>,
+    /// Staging buffers of block appends (keys, values), grown on demand.
+    staging: Option<(CudaSlice<u16>, CudaSlice<u16>)>,
     /// While capturing a graph: the candidate capacity the chunk-score grid is sized for.
     capture_cands: Option<u32>,
 }
 
 /// A whole decode step captured as a CUDA graph: append, summarize (sequences whose `close` entry is
-/// a chunk), route, fetch, attend and merge in one launch. Replays read the batch's buffers, so update
+/// a chunk), route, resolve, attend and merge in one launch. Replays read the batch's buffers, so update
 /// positions, queries and the new K/V before each [`DecodeBatch::launch_graph`].
 pub struct StepGraph {
     graph: CudaGraph,
@@ -52,8 +55,8 @@ struct Buffers {
     v_new: CudaSlice<u16>,
     win_k: CudaSlice<u16>,
     win_v: CudaSlice<u16>,
-    chunk_sum: CudaSlice<f32>,
-    group_sum: CudaSlice<f32>,
+    chunk_sum: CudaSlice<u16>,
+    group_sum: CudaSlice<u16>,
     q: CudaSlice<u16>,
     chunk_score: CudaSlice<f32>,
     sel_chunk: CudaSlice<i32>,
@@ -63,9 +66,21 @@ struct Buffers {
     uni_group: CudaSlice<i32>,
     uni_slot: CudaSlice<i32>,
     n_uni: CudaSlice<i32>,
-    fetch_state: CudaSlice<i32>,
+    n_att: CudaSlice<i32>,
+    slot_of: CudaSlice<i32>,
+    slot_owner: CudaSlice<i32>,
+    slot_stamp: CudaSlice<i32>,
+    part_state: CudaSlice<i32>,
+    group_addr: CudaSlice<u64>,
+    error: CudaSlice<i32>,
     out: CudaSlice<u16>,
     _rest: Vec<Box<dyn std::any::Any>>,
+}
+
+/// An extra kernel argument after the params.
+enum Arg {
+    Ptr(u64),
+    Int(i32),
 }
 
 fn ptr<T>(s: &CudaSlice<T>, gpu: &Gpu) -> u64 {
@@ -106,6 +121,7 @@ impl<'k> DecodeBatch<'k> {
         if (flat * 2 * g * d) as u128 > i64::MAX as u128 || bsz * kvh * ucap > i32::MAX as usize {
             return Err(invalid("max_context", cap.max_context, "too large for 32-bit union indices".into()));
         }
+        let part_slots = cap.n_slots / (bsz * kvh);
         let st = gpu.stream();
         let z = |n: usize| -> Result<CudaSlice<f32>, CudaError> { Ok(st.alloc_zeros::<f32>(n.max(1))?) };
         let zi = |n: usize| -> Result<CudaSlice<i32>, CudaError> { Ok(st.alloc_zeros::<i32>(n.max(1))?) };
@@ -119,13 +135,11 @@ impl<'k> DecodeBatch<'k> {
         let group_score = z(bsz * qh * kce * gpc)?;
         let group_mass = z(bsz * kvh * kce * gpc)?;
         let uni_mask = st.alloc_zeros::<u32>((bsz * kvh * ucap * mw).max(1))?;
-        let slot_of = st.clone_htod(&vec![-1i32; flat])?;
-        let slot_owner = st.clone_htod(&vec![-1i64; cap.n_slots])?;
-        let slot_stamp = st.clone_htod(&vec![-1i32; cap.n_slots])?;
         let miss_list = zi(bsz * kvh * ucap)?;
-        let slots = zh(cap.n_slots * 2 * g * d)?;
+        let slots = zh(bsz * kvh * part_slots * 2 * g * d)?;
         let part_ml = z(bsz * qh * sk * 2)?;
         let part_acc = z(bsz * qh * sk * d)?;
+        let done = zi(bsz * kvh * lp.head_tiles as usize)?;
         let b = Buffers {
             pos: zi(bsz)?,
             close: st.clone_htod(&vec![-1i32; bsz])?,
@@ -133,8 +147,8 @@ impl<'k> DecodeBatch<'k> {
             v_new: zh(bsz * kvh * d)?,
             win_k: zh(win)?,
             win_v: zh(win)?,
-            chunk_sum: z(bsz * kvh * cap_chunks * sv * d)?,
-            group_sum: z(bsz * kvh * cap_groups * sv * d)?,
+            chunk_sum: zh(bsz * kvh * cap_chunks * sv * d)?,
+            group_sum: zh(bsz * kvh * cap_groups * sv * d)?,
             q: zh(bsz * qh * d)?,
             chunk_score: z(bsz * qh * cap_chunks)?,
             sel_chunk: zi(bsz * units * kce)?,
@@ -144,7 +158,13 @@ impl<'k> DecodeBatch<'k> {
             uni_group: zi(bsz * kvh * ucap)?,
             uni_slot: zi(bsz * kvh * ucap)?,
             n_uni: zi(bsz * kvh)?,
-            fetch_state: zi(8)?,
+            n_att: zi(bsz * kvh)?,
+            slot_of: st.clone_htod(&vec![-1i32; flat])?,
+            slot_owner: st.clone_htod(&vec![-1i32; (bsz * kvh * part_slots).max(1)])?,
+            slot_stamp: st.clone_htod(&vec![-1i32; (bsz * kvh * part_slots).max(1)])?,
+            part_state: zi(bsz * kvh * 4)?,
+            group_addr: st.alloc_zeros::<u64>(flat.max(1))?,
+            error: zi(1)?,
             out: zh(bsz * qh * d)?,
             _rest: Vec::new(),
         };
@@ -168,21 +188,23 @@ impl<'k> DecodeBatch<'k> {
             uni_slot: ptr(&b.uni_slot, gpu),
             uni_mask: ptr(&uni_mask, gpu),
             n_uni: ptr(&b.n_uni, gpu),
-            slot_of: ptr(&slot_of, gpu),
-            slot_owner: ptr(&slot_owner, gpu),
-            slot_stamp: ptr(&slot_stamp, gpu),
-            fetch_state: ptr(&b.fetch_state, gpu),
+            n_att: ptr(&b.n_att, gpu),
+            slot_of: ptr(&b.slot_of, gpu),
+            slot_owner: ptr(&b.slot_owner, gpu),
+            slot_stamp: ptr(&b.slot_stamp, gpu),
+            part_state: ptr(&b.part_state, gpu),
             miss_list: ptr(&miss_list, gpu),
-            host_kv: 0,
+            group_addr: ptr(&b.group_addr, gpu),
             slots: ptr(&slots, gpu),
             part_ml: ptr(&part_ml, gpu),
             part_acc: ptr(&part_acc, gpu),
+            done: ptr(&done, gpu),
+            error: ptr(&b.error, gpu),
             out: ptr(&b.out, gpu),
             batch: bsz as i32,
             cap_chunks: cap_chunks as i32,
             cap_groups: cap_groups as i32,
-            n_slots: cap.n_slots as i32,
-            step: 0,
+            part_slots: part_slots as i32,
             kce: kce as i32,
             kge: kge as i32,
             ucap: ucap as i32,
@@ -194,13 +216,11 @@ impl<'k> DecodeBatch<'k> {
             Box::new(group_score),
             Box::new(group_mass),
             Box::new(uni_mask),
-            Box::new(slot_of),
-            Box::new(slot_owner),
-            Box::new(slot_stamp),
             Box::new(miss_list),
             Box::new(slots),
             Box::new(part_ml),
             Box::new(part_acc),
+            Box::new(done),
         ];
         Ok(DecodeBatch {
             gpu: gpu.clone(),
@@ -212,6 +232,7 @@ impl<'k> DecodeBatch<'k> {
             b,
             _own_store: None,
             _pinned_store: None,
+            staging: None,
             capture_cands: None,
         })
     }
@@ -232,9 +253,20 @@ impl<'k> DecodeBatch<'k> {
     pub fn units(&self) -> usize {
         self.lp.units as usize
     }
+    /// Slots of each (sequence, KV head)'s partition of the slot cache.
+    pub fn partition_slots(&self) -> usize {
+        self.p.part_slots as usize
+    }
 
     /// Sets each sequence's position for this step (the new token's index: tokens `0..=pos` exist).
     pub fn set_positions(&mut self, pos: &[u32]) -> Result<(), CudaError> {
+        let rows: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
+        self.set_rows(&rows)
+    }
+
+    /// Sets each row's position for this step; `None` rows sit the step out (every kernel leaves their
+    /// state and output untouched), so one batch serves whichever of its sequences decode now.
+    pub fn set_rows(&mut self, pos: &[Option<u32>]) -> Result<(), CudaError> {
         if pos.len() != self.cap.batch {
             return Err(CudaError::Invalid {
                 field: "pos",
@@ -242,23 +274,23 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must have one entry per sequence ({})", self.cap.batch),
             });
         }
-        if let Some(&p) = pos.iter().find(|&&p| p as usize >= self.cap.max_context) {
+        if let Some(p) = pos.iter().flatten().find(|&&p| p as usize >= self.cap.max_context) {
             return Err(CudaError::Invalid {
                 field: "pos",
                 value: p.to_string(),
                 rule: format!("must be < max_context ({})", self.cap.max_context),
             });
         }
-        self.pos_host = pos.iter().map(|&p| p as i32).collect();
+        self.pos_host = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
         self.gpu.stream().memcpy_htod(&self.pos_host, &mut self.b.pos)?;
         let close = self.closing_chunks();
         self.upload_close(&close)
     }
 
-    /// Per sequence, the chunk its current token closes (`(pos + 1) % chunk == 0`), else -1.
+    /// Per row, the chunk its current token closes (`(pos + 1) % chunk == 0`), else -1.
     pub fn closing_chunks(&self) -> Vec<i32> {
         let c = self.kernels.spec().routing().chunk as i32;
-        self.pos_host.iter().map(|&p| if (p + 1) % c == 0 { (p + 1) / c - 1 } else { -1 }).collect()
+        self.pos_host.iter().map(|&p| if p >= 0 && (p + 1) % c == 0 { (p + 1) / c - 1 } else { -1 }).collect()
     }
 
     /// Sets the chunks `hga_summarize` builds (per sequence, -1 for none); [`DecodeBatch::set_positions`]
@@ -278,34 +310,76 @@ impl<'k> DecodeBatch<'k> {
         upload(&self.gpu, "win_v", v, &mut self.b.win_v)
     }
 
-    /// Uploads summary tables (`[B][kv_heads][cap_chunks][vectors·d]` and the group table alike).
+    /// Uploads summary tables (`[B][kv_heads][cap_chunks][vectors·d]` and the group table alike), as
+    /// f32 values; the GPU keeps them in bf16 (rounded to nearest even, as the CPU backend stores them).
     pub fn upload_summaries(&mut self, chunk: &[f32], group: &[f32]) -> Result<(), CudaError> {
-        upload(&self.gpu, "chunk_sum", chunk, &mut self.b.chunk_sum)?;
-        upload(&self.gpu, "group_sum", group, &mut self.b.group_sum)
+        let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect() };
+        upload(&self.gpu, "chunk_sum", &bits(chunk), &mut self.b.chunk_sum)?;
+        upload(&self.gpu, "group_sum", &bits(group), &mut self.b.group_sum)
     }
 
-    /// Points the fetch at a host store: `[B][kv_heads][cap_groups][2][group][d]` elements, readable by
-    /// the device at `device_ptr` (mapped pinned host memory, or device memory).
+    /// Points every group's host record at a flat host store: `[B][kv_heads][cap_groups][2][group][d]`
+    /// elements, readable (and, for appends, writable) by the device at `device_ptr` (mapped pinned
+    /// host memory, or device memory).
     ///
     /// # Safety
-    /// The memory must stay valid and hold that many elements while this batch launches fetches.
-    pub unsafe fn set_host_store(&mut self, device_ptr: u64) {
-        self.p.host_kv = device_ptr;
+    /// The memory must stay valid and hold that many elements while this batch launches steps.
+    pub unsafe fn set_host_store(&mut self, device_ptr: u64) -> Result<(), CudaError> {
+        let rec = self.record_bytes();
+        let addrs: Vec<u64> = (0..self.b.group_addr.len() as u64).map(|i| device_ptr + i * rec).collect();
+        self.gpu.stream().memcpy_htod(&addrs, &mut self.b.group_addr)?;
+        Ok(())
     }
 
-    /// Elements of the host store layout of [`DecodeBatch::set_host_store`].
+    /// Sets the host records of groups `first_group..` of (row, KV head): device addresses of
+    /// `2 × group × d` elements each (keys then values; 0 = no record: a routed group without one is
+    /// read as absent and counted by [`DecodeBatch::host_record_errors`]).
+    ///
+    /// # Safety
+    /// Each record must stay valid while this batch launches steps that may route or append to it.
+    pub unsafe fn set_group_addrs(
+        &mut self,
+        row: usize,
+        kv_head: usize,
+        first_group: usize,
+        addrs: &[u64],
+    ) -> Result<(), CudaError> {
+        let kvh = self.kernels.spec().model().kv_heads as usize;
+        let cap_groups = self.p.cap_groups as usize;
+        if row >= self.cap.batch || kv_head >= kvh || first_group + addrs.len() > cap_groups {
+            return Err(CudaError::Invalid {
+                field: "group_addrs",
+                value: format!("row {row}, kv head {kv_head}, groups {first_group}..{}", first_group + addrs.len()),
+                rule: format!("must be within {} rows, {kvh} KV heads, {cap_groups} groups", self.cap.batch),
+            });
+        }
+        let at = (row * kvh + kv_head) * cap_groups + first_group;
+        let mut dst = self.b.group_addr.slice_mut(at..at + addrs.len());
+        self.gpu.stream().memcpy_htod(addrs, &mut dst)?;
+        Ok(())
+    }
+
+    /// Bytes of one group's host record (keys then values).
+    pub fn record_bytes(&self) -> u64 {
+        (2 * 2 * self.kernels.spec().routing().group as usize * self.kernels.spec().head_dim()) as u64
+    }
+
+    /// Elements of the flat host store layout of [`DecodeBatch::set_host_store`].
     pub fn host_store_len(&self) -> usize {
-        let r = self.kernels.spec().routing();
-        self.cap.batch
-            * self.kernels.spec().model().kv_heads as usize
-            * self.p.cap_groups as usize
-            * 2
-            * r.group as usize
-            * self.kernels.spec().head_dim()
+        self.b.group_addr.len() * self.record_bytes() as usize / 2
     }
 
     /// Uses a device buffer holding `store` (host store layout) as the host store; for tests.
     pub fn use_device_store(&mut self, store: &[u16]) -> Result<(), CudaError> {
+        self.check_store_len(store)?;
+        let s = self.gpu.stream().clone_htod(store)?;
+        // SAFETY: the buffer is owned by this batch.
+        unsafe { self.set_host_store(ptr(&s, &self.gpu))? };
+        self._own_store = Some(s);
+        Ok(())
+    }
+
+    fn check_store_len(&self, store: &[u16]) -> Result<(), CudaError> {
         if store.len() != self.host_store_len() {
             return Err(CudaError::Invalid {
                 field: "store",
@@ -313,17 +387,43 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must hold {} elements", self.host_store_len()),
             });
         }
-        let s = self.gpu.stream().clone_htod(store)?;
-        self.p.host_kv = ptr(&s, &self.gpu);
-        self._own_store = Some(s);
         Ok(())
     }
 
-    fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[u64]) -> Result<(), CudaError> {
+    /// Forgets what row `row` held (for a new sequence in it): its slot-cache index and partition,
+    /// its host record addresses. Its window and summaries are rewritten as the new sequence appends.
+    pub fn reset_row(&mut self, row: usize) -> Result<(), CudaError> {
+        if row >= self.cap.batch {
+            return Err(CudaError::Invalid {
+                field: "row",
+                value: row.to_string(),
+                rule: format!("must be < batch ({})", self.cap.batch),
+            });
+        }
+        let kvh = self.kernels.spec().model().kv_heads as usize;
+        let (cg, ps) = (self.p.cap_groups as usize, self.p.part_slots as usize);
+        let st = self.gpu.stream().clone();
+        let fill = |buf: &mut CudaSlice<i32>, at: usize, n: usize, v: i32| -> Result<(), CudaError> {
+            st.memcpy_htod(&vec![v; n], &mut buf.slice_mut(at..at + n))?;
+            Ok(())
+        };
+        fill(&mut self.b.slot_of, row * kvh * cg, kvh * cg, -1)?;
+        fill(&mut self.b.slot_owner, row * kvh * ps, kvh * ps, -1)?;
+        fill(&mut self.b.slot_stamp, row * kvh * ps, kvh * ps, -1)?;
+        fill(&mut self.b.part_state, row * kvh * 4, kvh * 4, 0)?;
+        let at = row * kvh * cg;
+        st.memcpy_htod(&vec![0u64; kvh * cg], &mut self.b.group_addr.slice_mut(at..at + kvh * cg))?;
+        Ok(())
+    }
+
+    fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
         let mut lb = self.gpu.stream().launch_builder(self.kernels.func(k));
         lb.arg(&self.p);
         for e in extra {
-            lb.arg(e);
+            match e {
+                Arg::Ptr(x) => lb.arg(x),
+                Arg::Int(x) => lb.arg(x),
+            };
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the params' pointers are this batch's live buffers, sized for the grid.
@@ -336,7 +436,8 @@ impl<'k> DecodeBatch<'k> {
         (self.cap.batch as u32, m.q_heads, m.kv_heads, m.head_dim)
     }
 
-    /// `hga_append`: writes the new token's keys and values (`[B][kv_heads][d]`) into the window.
+    /// `hga_append`: writes the new token's keys and values (`[B][kv_heads][d]`) into the window and
+    /// into its group's host record.
     pub fn launch_append(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         self.upload_new_kv(k, v)?;
         self.launch_append_kernel()
@@ -352,7 +453,7 @@ impl<'k> DecodeBatch<'k> {
     pub fn launch_append_kernel(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let (kp, vp) = (ptr(&self.b.k_new, &self.gpu), ptr(&self.b.v_new, &self.gpu));
-        self.launch(Kernel::Append, (kvh, b, 1), d, &[kp, vp])
+        self.launch(Kernel::Append, (kvh, b, 1), d, &[Arg::Ptr(kp), Arg::Ptr(vp)])
     }
 
     /// `hga_summarize` for `close[b]` (chunk index, or -1 for none), which must be in the window.
@@ -366,14 +467,12 @@ impl<'k> DecodeBatch<'k> {
         let (b, _, kvh, d) = self.dims();
         let cp = ptr(&self.b.close, &self.gpu);
         let spans = 1 + self.kernels.spec().groups_per_chunk() as u32;
-        self.launch(Kernel::Summarize, (spans, kvh, b), d, &[cp])
+        self.launch(Kernel::Summarize, (spans, kvh, b), d, &[Arg::Ptr(cp)])
     }
 
     /// Summarizes the chunks that the current positions just closed (`(pos + 1) % chunk == 0`).
     pub fn launch_summarize_closed(&mut self) -> Result<bool, CudaError> {
-        let c = self.kernels.spec().routing().chunk as i32;
-        let close: Vec<i32> =
-            self.pos_host.iter().map(|&p| if (p + 1) % c == 0 { (p + 1) / c - 1 } else { -1 }).collect();
+        let close = self.closing_chunks();
         if close.iter().all(|&x| x < 0) {
             return Ok(false);
         }
@@ -381,18 +480,84 @@ impl<'k> DecodeBatch<'k> {
         Ok(true)
     }
 
-    /// Routing: `hga_chunk_score`, `hga_chunk_select`, `hga_group_select`.
-    pub fn launch_route(&mut self) -> Result<(), CudaError> {
-        self.launch_chunk_score()?;
-        self.launch_chunk_select()?;
-        self.launch_group_select()
+    /// Appends `n` tokens at positions `p0..p0 + n` to row `row` in two launches, whatever `n`: the
+    /// summaries of every chunk the block closes, then the window rows that stay and the host records
+    /// (their addresses must be set first: [`DecodeBatch::set_group_addrs`]). `k`, `v`:
+    /// `[n][kv_heads][d]` element bits. Tokens before `p0` must have been appended (the open chunk's
+    /// are read from the window).
+    pub fn append_block(&mut self, row: usize, p0: usize, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
+        let row_len = (self.kernels.spec().model().kv_heads as usize) * self.kernels.spec().head_dim();
+        if k.len() != v.len() || k.len() % row_len != 0 || k.is_empty() {
+            return Err(CudaError::Invalid {
+                field: "k/v",
+                value: format!("{} and {} elements", k.len(), v.len()),
+                rule: format!("must be equal, non-zero multiples of kv_heads × head_dim ({row_len})"),
+            });
+        }
+        let n = k.len() / row_len;
+        let st = self.gpu.stream().clone();
+        if self.staging.as_ref().is_none_or(|(sk, _)| sk.len() < k.len()) {
+            self.staging = Some((st.alloc_zeros::<u16>(k.len())?, st.alloc_zeros::<u16>(k.len())?));
+        }
+        let (sk, sv) = self.staging.as_mut().expect("allocated above");
+        st.memcpy_htod(k, &mut sk.slice_mut(..k.len()))?;
+        st.memcpy_htod(v, &mut sv.slice_mut(..v.len()))?;
+        let (kp, vp) = (ptr(sk, &self.gpu), ptr(sv, &self.gpu));
+        // SAFETY: the staging buffers hold n tokens and live in this batch.
+        unsafe { self.append_block_device(row, p0, n, kp, vp) }
     }
 
-    /// Candidate chunks of the sequence with the most (the `hga_chunk_score` grid).
+    /// [`DecodeBatch::append_block`] from device buffers (`[n][kv_heads][d]` element bits at `k`, `v`).
+    ///
+    /// # Safety
+    /// `k` and `v` must be device-readable and hold `n` tokens until the stream has run the launches.
+    pub unsafe fn append_block_device(
+        &mut self,
+        row: usize,
+        p0: usize,
+        n: usize,
+        k: u64,
+        v: u64,
+    ) -> Result<(), CudaError> {
+        let c = self.kernels.spec().routing().chunk as usize;
+        if row >= self.cap.batch || n == 0 || p0 + n > self.cap.max_context {
+            return Err(CudaError::Invalid {
+                field: "append_block",
+                value: format!("row {row}, positions {p0}..{}", p0 + n),
+                rule: format!(
+                    "row < {}, 1 or more tokens, ending at most at max_context ({})",
+                    self.cap.batch, self.cap.max_context
+                ),
+            });
+        }
+        let (_, _, kvh, d) = self.dims();
+        let (first, end) = (p0.div_ceil(c), (p0 + n) / c);
+        // Chunks whose last token is in the block: first..end (a chunk closes when token c·(i+1)−1 exists).
+        let first = if p0 % c == 0 { p0 / c } else { first };
+        if end > first {
+            let spans = 1 + self.kernels.spec().groups_per_chunk() as u32;
+            let grid = (spans, kvh, (end - first) as u32);
+            let args = [Arg::Int(row as i32), Arg::Int(first as i32), Arg::Ptr(k), Arg::Int(p0 as i32)];
+            self.launch(Kernel::IngestSummarize, grid, d, &args)?;
+        }
+        let nt = self.lp.threads as usize;
+        let blocks = (n * kvh as usize * d as usize / 8).div_ceil(nt) as u32;
+        let args = [Arg::Int(row as i32), Arg::Int(p0 as i32), Arg::Int(n as i32), Arg::Ptr(k), Arg::Ptr(v)];
+        self.launch(Kernel::Ingest, (blocks, 1, 1), nt as u32, &args)
+    }
+
+    /// Routing: `hga_chunk_score`, `hga_select`.
+    pub fn launch_route(&mut self) -> Result<(), CudaError> {
+        self.launch_chunk_score()?;
+        self.launch_select()
+    }
+
+    /// Candidate chunks of the row with the most (the `hga_chunk_score` grid).
     pub fn max_candidates(&self) -> u32 {
         let r = self.kernels.spec().routing();
         self.pos_host
             .iter()
+            .filter(|&&p| p >= 0)
             .map(|&p| {
                 let closed = (p as u32 + 1) / r.chunk;
                 let sinks_end = r.keep_first.min(closed);
@@ -407,73 +572,35 @@ impl<'k> DecodeBatch<'k> {
         let (b, _, kvh, _) = self.dims();
         let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
         let grid = (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b);
-        self.launch(Kernel::ChunkScore, grid, self.lp.threads, &[])
+        self.launch(Kernel::ChunkScore, grid, self.lp.score_threads, &[])
     }
 
-    /// `hga_chunk_select` alone.
-    pub fn launch_chunk_select(&mut self) -> Result<(), CudaError> {
+    /// `hga_select` alone: top chunks, their groups scored, top groups.
+    pub fn launch_select(&mut self) -> Result<(), CudaError> {
         let b = self.cap.batch as u32;
-        self.launch(Kernel::ChunkSelect, (self.lp.units, b, 1), self.lp.select_threads, &[])
+        self.launch(Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &[])
     }
 
-    /// `hga_group_select` alone.
-    pub fn launch_group_select(&mut self) -> Result<(), CudaError> {
-        let b = self.cap.batch as u32;
-        self.launch(Kernel::GroupSelect, (self.lp.units, b, 1), self.lp.select_threads, &[])
-    }
-
-    /// Fetch: `hga_fetch_resolve`, `hga_fetch_assign`, `hga_fetch_gather`. Needs a host store.
+    /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses). The misses'
+    /// bytes move inside `hga_attend`, which reads them from host memory.
     pub fn launch_fetch(&mut self) -> Result<(), CudaError> {
-        self.launch_fetch_resolve()?;
-        self.launch_fetch_assign()?;
-        self.launch_fetch_gather()
+        self.launch_resolve()
     }
 
-    /// `hga_fetch_resolve` alone; starts a new step id (slot stamps).
-    pub fn launch_fetch_resolve(&mut self) -> Result<(), CudaError> {
-        if self.p.host_kv == 0 {
-            return Err(CudaError::Invalid {
-                field: "host_store",
-                value: "unset".into(),
-                rule: "set_host_store or use_device_store first".into(),
-            });
-        }
+    /// `hga_resolve` alone; starts a new step id (slot stamps).
+    pub fn launch_resolve(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
-        self.launch(Kernel::FetchResolve, (kvh, b, 1), self.lp.threads, &[])
+        self.launch(Kernel::Resolve, (kvh, b, 1), self.lp.resolve_threads, &[])
     }
 
-    /// `hga_fetch_assign` alone.
-    pub fn launch_fetch_assign(&mut self) -> Result<(), CudaError> {
-        self.launch(Kernel::FetchAssign, (1, 1, 1), self.lp.threads, &[])
-    }
-
-    /// `hga_fetch_gather` alone.
-    pub fn launch_fetch_gather(&mut self) -> Result<(), CudaError> {
-        let kvh = self.kernels.spec().model().kv_heads as usize;
-        let max_miss = (self.cap.batch * kvh * self.p.ucap as usize).clamp(1, 2048) as u32;
-        self.launch(Kernel::FetchGather, (max_miss, 1, 1), self.lp.threads, &[])
-    }
-
-    /// Attention: `hga_attend` (split-K) and `hga_merge`.
+    /// Attention: `hga_attend` (split-K; misses read from host memory and cached; the last split merges).
     pub fn launch_attend(&mut self) -> Result<(), CudaError> {
-        self.launch_attend_splits()?;
-        self.launch_merge()
-    }
-
-    /// `hga_attend` alone.
-    pub fn launch_attend_splits(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
         self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
     }
 
-    /// `hga_merge` alone.
-    pub fn launch_merge(&mut self) -> Result<(), CudaError> {
-        let (b, qh, _, d) = self.dims();
-        self.launch(Kernel::Merge, (qh, b, 1), d, &[])
-    }
-
     /// One whole decode step after [`DecodeBatch::set_positions`] and [`DecodeBatch::upload_q`]:
-    /// append the new token's K/V, summarize closed chunks, route, fetch, attend.
+    /// append the new token's K/V, summarize closed chunks, route, resolve, attend.
     pub fn step(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         self.launch_append(k, v)?;
         self.launch_summarize_closed()?;
@@ -486,13 +613,6 @@ impl<'k> DecodeBatch<'k> {
     /// candidate chunks per sequence (blocks past a sequence's candidates exit at once), so one graph
     /// serves until some sequence has more ([`DecodeBatch::launch_graph`] checks).
     pub fn capture_step(&mut self, candidate_capacity: u32) -> Result<StepGraph, CudaError> {
-        if self.p.host_kv == 0 {
-            return Err(CudaError::Invalid {
-                field: "host_store",
-                value: "unset".into(),
-                rule: "set_host_store or use_device_store first".into(),
-            });
-        }
         let stream = self.gpu.stream().clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         self.capture_cands = Some(candidate_capacity);
@@ -527,19 +647,14 @@ impl<'k> DecodeBatch<'k> {
     /// Copies `store` (host store layout) into mapped pinned host memory owned by this batch and
     /// fetches from it (as the production store does).
     pub fn use_pinned_host_store(&mut self, store: &[u16]) -> Result<(), CudaError> {
-        if store.len() != self.host_store_len() {
-            return Err(CudaError::Invalid {
-                field: "store",
-                value: store.len().to_string(),
-                rule: format!("must hold {} elements", self.host_store_len()),
-            });
-        }
+        self.check_store_len(store)?;
         // SAFETY: filled right below, before any kernel reads it.
         let mut pinned =
             unsafe { self.gpu.context().alloc_pinned_with_flags::<u16>(store.len(), CU_MEMHOSTALLOC_DEVICEMAP)? };
         pinned.as_mut_slice()?.copy_from_slice(store);
         // Unified addressing: the host pointer of mapped pinned memory is valid on the device.
-        self.p.host_kv = pinned.as_ptr()? as u64;
+        // SAFETY: the pinned buffer is owned by this batch.
+        unsafe { self.set_host_store(pinned.as_ptr()? as u64)? };
         self._pinned_store = Some(pinned);
         Ok(())
     }
@@ -556,35 +671,65 @@ impl<'k> DecodeBatch<'k> {
         Ok(self.gpu.stream().clone_dtoh(&self.b.out)?)
     }
 
-    /// Selected chunks per routing unit, best first (synchronizes): `[B][units]` lists.
+    /// Selected chunks per routing unit, ascending (synchronizes): `[B][units]` lists.
     pub fn selected_chunks(&self) -> Result<Vec<Vec<usize>>, CudaError> {
         self.lists(&self.b.sel_chunk, &self.b.n_sel_chunk, self.p.kce as usize)
     }
 
-    /// Opened groups per routing unit, best first (synchronizes): `[B][units]` lists.
+    /// Opened groups per routing unit, ascending (synchronizes): `[B][units]` lists.
     pub fn selected_groups(&self) -> Result<Vec<Vec<usize>>, CudaError> {
         self.lists(&self.b.sel_group, &self.b.n_sel_group, self.p.kge as usize)
     }
 
-    /// The union of opened groups per (sequence, KV head) with their slots (synchronizes).
+    /// The union of opened groups per (row, KV head) with their slots in the row's partition (-1: a
+    /// miss read from host memory without a free slot), as of the last step (synchronizes).
     pub fn union(&self) -> Result<Vec<Vec<(usize, i32)>>, CudaError> {
         let st = self.gpu.stream();
         let (g, s, n) =
             (st.clone_dtoh(&self.b.uni_group)?, st.clone_dtoh(&self.b.uni_slot)?, st.clone_dtoh(&self.b.n_uni)?);
         let u = self.p.ucap as usize;
+        let slot = |x: i32| {
+            if x >= 0 {
+                x
+            } else if x == i32::MIN {
+                -1
+            } else {
+                -x - 1
+            }
+        };
         Ok(n.iter()
             .enumerate()
-            .map(|(i, &c)| (0..c as usize).map(|j| (g[i * u + j] as usize, s[i * u + j])).collect())
+            .map(|(i, &c)| (0..c as usize).map(|j| (g[i * u + j] as usize, slot(s[i * u + j]))).collect())
             .collect())
     }
 
-    /// Misses fetched by the last step; fails if the slot cache ran out (synchronizes).
+    /// Per (row, KV head): (misses of the last step, those of them read from host without a free
+    /// slot) (synchronizes).
+    pub fn miss_counts(&self) -> Result<Vec<(usize, usize)>, CudaError> {
+        let f = self.gpu.stream().clone_dtoh(&self.b.part_state)?;
+        Ok(f.chunks_exact(4).map(|s| (s[2] as usize, s[3] as usize)).collect())
+    }
+
+    /// Misses of the last step over the rows that took part (synchronizes).
     pub fn last_misses(&self) -> Result<usize, CudaError> {
-        let f = self.gpu.stream().clone_dtoh(&self.b.fetch_state)?;
-        if f[3] != 0 {
-            return Err(CudaError::SlotsExhausted { n_slots: self.cap.n_slots });
-        }
-        Ok(f[1] as usize)
+        let kvh = self.kernels.spec().model().kv_heads as usize;
+        let counts = self.miss_counts()?;
+        Ok(counts
+            .chunks(kvh)
+            .zip(&self.pos_host)
+            .filter(|(_, &p)| p >= 0)
+            .map(|(c, _)| c.iter().map(|x| x.0).sum::<usize>())
+            .sum())
+    }
+
+    /// Tokens attended per (row, KV head) by the last step (synchronizes).
+    pub fn attended_tokens(&self) -> Result<Vec<usize>, CudaError> {
+        Ok(self.gpu.stream().clone_dtoh(&self.b.n_att)?.into_iter().map(|x| x as usize).collect())
+    }
+
+    /// Routed groups found without a host record since the batch was made (should stay 0).
+    pub fn host_record_errors(&self) -> Result<usize, CudaError> {
+        Ok(self.gpu.stream().clone_dtoh(&self.b.error)?[0] as usize)
     }
 
     /// Raw chunk scores `[B][q_heads][cap_chunks]` (candidate index order; synchronizes).
@@ -592,10 +737,17 @@ impl<'k> DecodeBatch<'k> {
         Ok(self.gpu.stream().clone_dtoh(&self.b.chunk_score)?)
     }
 
-    /// Summary tables (chunk, group) as the GPU holds them (synchronizes).
+    /// Summary tables (chunk, group) as the GPU holds them, widened to f32 (synchronizes).
     pub fn summaries(&self) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
         let st = self.gpu.stream();
-        Ok((st.clone_dtoh(&self.b.chunk_sum)?, st.clone_dtoh(&self.b.group_sum)?))
+        let wide = |x: Vec<u16>| -> Vec<f32> { x.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect() };
+        Ok((wide(st.clone_dtoh(&self.b.chunk_sum)?), wide(st.clone_dtoh(&self.b.group_sum)?)))
+    }
+
+    /// The window as the GPU holds it (keys, values; synchronizes).
+    pub fn window(&self) -> Result<(Vec<u16>, Vec<u16>), CudaError> {
+        let st = self.gpu.stream();
+        Ok((st.clone_dtoh(&self.b.win_k)?, st.clone_dtoh(&self.b.win_v)?))
     }
 
     fn lists(&self, sel: &CudaSlice<i32>, n: &CudaSlice<i32>, k: usize) -> Result<Vec<Vec<usize>>, CudaError> {

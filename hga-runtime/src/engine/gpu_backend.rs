@@ -184,7 +184,7 @@ impl GpuBackend {
             let mut batch = DecodeBatch::new(&self.gpu, self.kernels, cap).map_err(cuda_err("allocate layer state"))?;
             let store = PinnedBuffer::new(&self.gpu, batch.host_store_len())?;
             // SAFETY: the store lives in the same LayerState as the batch and is dropped after it.
-            unsafe { batch.set_host_store(store.device_addr()) };
+            unsafe { batch.set_host_store(store.device_addr()) }.map_err(cuda_err("set host store"))?;
             states.push(LayerState { batch, store, len: 0 });
         }
         self.seqs.insert(id, states);

@@ -12,7 +12,9 @@
 //! place: random bf16 K/V in one pinned, device-mapped host store (the group-contiguous layout the
 //! gather reads), random summary tables and window on the GPU. Then decode steps at positions
 //! `context − 1, context, …`, each appending a random token (append + summarize on chunk close) and
-//! running route → fetch → attend → merge.
+//! running route (chunk score, select) → fetch (resolve: union, slot lookup and assignment) → attend
+//! (split-K; missed groups read from host memory inside it and cached; the last split merges). Cold
+//! fetch bandwidth is therefore the missed bytes over resolve + attend.
 //!
 //! - **Steady state**: queries correlated across steps as in real decoding: per head,
 //!   `q_t = normalize(ρ·q_{t−1} + (1−ρ)·n_t)·√D` with `n_t` standard normal, ρ = 0.9 (the cosine
@@ -317,7 +319,8 @@ impl Bench<'_> {
                 *p += 1;
             }
             if t == 0 {
-                let f = us(&self.ev[3], &self.ev[4])?;
+                // Misses move inside attend (read from host memory): resolve + attend is their stage.
+                let f = us(&self.ev[3], &self.ev[5])?;
                 s.first = Some((us(&self.ev[2], &self.ev[5])?, f, misses, routed));
             }
             if t < warmup {
@@ -333,7 +336,7 @@ impl Bench<'_> {
                 s.route.push(us(&self.ev[2], &self.ev[3])?);
                 let f = us(&self.ev[3], &self.ev[4])?;
                 s.fetch.push(f);
-                s.miss_fetch_us.push((misses, f));
+                s.miss_fetch_us.push((misses, us(&self.ev[3], &self.ev[5])?));
                 s.attend.push(us(&self.ev[4], &self.ev[5])?);
             } else {
                 s.step.push(total);
@@ -483,7 +486,7 @@ fn run(a: Args) -> Res<()> {
             "queries": format!("per head q_t = normalize({}·q_(t-1) + {}·n_t)·sqrt(D), n_t ~ N(0, I); cold: independent q each step", a.rho, 1.0 - a.rho),
             "steps": a.steps, "warmup": a.warmup, "cold_steps": a.cold_steps, "slots_factor": a.slots_factor,
             "timing": "CUDA events, medians; step_us as launched, gpu_us queued behind a 512 MiB memset",
-            "data": "random bf16 K/V in pinned mapped host memory, random f32 summary tables and window",
+            "data": "random bf16 K/V in pinned mapped host memory, random bf16 summary tables and window",
         },
         "dense_check_rel_err": dense_json.as_ref().map_or(Value::Null, |d| d["check_rel_err"].clone()),
         "pinned_h2d_GBps": sdpa.as_ref().map_or(Value::Null, |s| s["pinned_h2d_GBps"].clone()),
@@ -519,7 +522,7 @@ fn run(a: Args) -> Res<()> {
                     let mut b = DecodeBatch::new(&gpu, kernels, cap)?;
                     let addr = store.ensure(b.host_store_len())?;
                     // SAFETY: `store` outlives `b` and holds at least `b.host_store_len()` elements.
-                    unsafe { b.set_host_store(addr) };
+                    unsafe { b.set_host_store(addr)? };
                     let lp = &kernels.generated().launch;
                     let win = bsz * kvh * lp.window_chunks as usize * c * d;
                     b.upload_window(&random_bits(win, seed), &random_bits(win, seed + 1))?;
@@ -539,11 +542,13 @@ fn run(a: Args) -> Res<()> {
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     if mode == "steady" {
-                        let sums = (cs + gs) * 4;
+                        // bf16 summary tables; per group a slot index (4 B) and a host record address
+                        // (8 B); per slot its owner and stamp; f32 chunk scores (and masses).
+                        let sums = (cs + gs) * 2;
                         let window = 2 * win * 2;
-                        let slot_bytes = slots * (record as usize + 12);
+                        let slot_bytes = slots * (record as usize + 8);
                         let tables =
-                            bsz * kvh * cap_chunks * gpc * 4 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
+                            bsz * kvh * cap_chunks * gpc * 12 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
                         let dense = bsz * n * kvh * d * 2 * 2;
                         let state = sums + window + slot_bytes + tables;
                         result["memory"] = json!({
