@@ -6,40 +6,14 @@
 //! GPU equal to the CPU's. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
-use common::rng;
+use common::{gpu_or_skip, random_bf16, rng};
 
 use half::bf16;
 use hga_dsl::{presets, Routing, ScoreKind, Sharing, Spec, ValidSpec};
 use hga_runtime::cpu::{HeadLayout, LayerCache, RouteTrace};
-use hga_runtime::cuda::{driver_present, Capacity, DecodeBatch, DecodeKernels, Gpu};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
 use rand::rngs::StdRng;
-use rand::Rng;
-
-fn gpu_or_skip() -> Option<(Gpu, Jit)> {
-    let required = std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1");
-    let gpu = if driver_present() { Gpu::open(0).map_err(|e| e.to_string()) } else { Err("no CUDA driver".into()) };
-    match gpu {
-        Ok(g) => {
-            let dir = std::env::var_os("HGA_CACHE_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("hga-gpu-test-jit"));
-            Some((g, Jit::with_cache_dir(dir)))
-        }
-        Err(e) if required => panic!("HGA_REQUIRE_GPU=1 but no GPU: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: no GPU ({e})");
-            None
-        }
-    }
-}
-
-/// Random bf16 values: (bits, the same values as f32).
-fn random_bf16(rng: &mut StdRng, n: usize, scale: f32) -> (Vec<u16>, Vec<f32>) {
-    let bits: Vec<u16> = (0..n).map(|_| bf16::from_f32(rng.random_range(-scale..scale)).to_bits()).collect();
-    let f = bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
-    (bits, f)
-}
 
 /// One sequence's full token stream (for every KV head) and its CPU cache.
 struct Seq {

@@ -659,6 +659,24 @@ impl<'k> DecodeBatch<'k> {
         Ok(())
     }
 
+    /// The contents of the pinned host store of [`DecodeBatch::use_pinned_host_store`] (synchronizes
+    /// first: the append kernels write it).
+    pub fn pinned_store(&self) -> Result<Option<Vec<u16>>, CudaError> {
+        self.gpu.sync()?;
+        match &self._pinned_store {
+            Some(p) => Ok(Some(p.as_slice()?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Device address of the pinned host store of [`DecodeBatch::use_pinned_host_store`].
+    pub fn pinned_store_addr(&self) -> Result<Option<u64>, CudaError> {
+        match &self._pinned_store {
+            Some(p) => Ok(Some(p.as_ptr()? as u64)),
+            None => Ok(None),
+        }
+    }
+
     /// Fills the output with NaN bits (0xFFFF), so that tests can check that a step wrote every element.
     pub fn poison_output(&mut self) -> Result<(), CudaError> {
         let n = self.b.out.len();

@@ -20,3 +20,32 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
+
+/// The GPU and a JIT with a test cache dir, or `None` after printing "SKIPPED: ..." when there is no
+/// GPU; panics instead when `HGA_REQUIRE_GPU=1`.
+pub fn gpu_or_skip() -> Option<(hga_runtime::cuda::Gpu, hga_runtime::jit::Jit)> {
+    use hga_runtime::cuda::{driver_present, Gpu};
+    let required = std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1");
+    let gpu = if driver_present() { Gpu::open(0).map_err(|e| e.to_string()) } else { Err("no CUDA driver".into()) };
+    match gpu {
+        Ok(g) => {
+            let dir = std::env::var_os("HGA_CACHE_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("hga-gpu-test-jit"));
+            Some((g, hga_runtime::jit::Jit::with_cache_dir(dir)))
+        }
+        Err(e) if required => panic!("HGA_REQUIRE_GPU=1 but no GPU: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: no GPU ({e})");
+            None
+        }
+    }
+}
+
+/// Random bf16 values in (-scale, scale): (bits, the same values as f32).
+pub fn random_bf16(rng: &mut StdRng, n: usize, scale: f32) -> (Vec<u16>, Vec<f32>) {
+    use rand::Rng;
+    let bits: Vec<u16> = (0..n).map(|_| half::bf16::from_f32(rng.random_range(-scale..scale)).to_bits()).collect();
+    let f = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
+    (bits, f)
+}
