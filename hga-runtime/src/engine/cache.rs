@@ -64,18 +64,7 @@ impl HgaCache {
     pub fn new(config: CacheConfig, choice: BackendChoice) -> Result<Self, RuntimeError> {
         config.validate()?;
         #[cfg(feature = "cuda")]
-        let gpu = |ordinal| {
-            super::gpu_backend::GpuBackend::new(
-                ordinal,
-                config.spec.clone(),
-                config.layers,
-                config.max_seq_len,
-                config.max_sequences,
-                config.gpu_budget_bytes,
-                &config.tuned,
-            )
-            .map(Backend::Gpu)
-        };
+        let gpu = |ordinal| super::gpu_backend::GpuBackend::new(ordinal, &config).map(Backend::Gpu);
         let cpu = || -> Result<Backend, RuntimeError> {
             let budget = config.gpu_budget_bytes.unwrap_or(MODEL_GPU_BUDGET);
             let slots = working_set_slots(&config, budget, CpuBackend::record(&config.spec).bytes() as u64)?;
@@ -157,9 +146,13 @@ impl HgaCache {
         Ok(self.lens(id)?[layer])
     }
 
-    /// Host bytes the K/V store uses.
+    /// Host bytes the K/V store uses (on the GPU backend: its pinned arena blocks).
     pub fn host_bytes(&self) -> u64 {
-        self.host_used
+        match &self.backend {
+            Backend::Cpu(_) => self.host_used,
+            #[cfg(feature = "cuda")]
+            Backend::Gpu(b) => b.host_bytes(),
+        }
     }
 
     /// Totals over all steps so far.
@@ -279,8 +272,8 @@ impl HgaCache {
     }
 
     /// [`HgaCache::append`] from device buffers of bf16 bits (`[n][kv_heads][head_dim]`), on either
-    /// backend. The decode kernels take their inputs from the host today, so the data is staged through
-    /// host memory (a device-to-host copy), not read in place.
+    /// backend. The GPU backend reads them in place (one block append; their values are not checked
+    /// for being finite); the CPU backend stages them through host memory.
     #[cfg(feature = "cuda")]
     pub fn append_device(
         &mut self,
@@ -289,6 +282,32 @@ impl HgaCache {
         k: &cudarc::driver::CudaSlice<u16>,
         v: &cudarc::driver::CudaSlice<u16>,
     ) -> Result<(), RuntimeError> {
+        if let Backend::Gpu(_) = self.backend {
+            self.check_layer(layer)?;
+            let len = self.lens(id)?[layer];
+            let row = self.layout.kv_heads * self.layout.head_dim;
+            if k.len() % row != 0 {
+                let expected =
+                    format!("a multiple of {} heads × {} = {row}", self.layout.kv_heads, self.layout.head_dim);
+                return Err(RuntimeError::ShapeMismatch { field: "k", expected, got: k.len() });
+            }
+            if v.len() != k.len() {
+                return Err(RuntimeError::ShapeMismatch { field: "v", expected: k.len().to_string(), got: v.len() });
+            }
+            let n = k.len() / row;
+            if len + n > self.config.max_seq_len {
+                return Err(RuntimeError::CapacityExceeded {
+                    field: "sequence length",
+                    requested: len + n,
+                    limit: self.config.max_seq_len,
+                });
+            }
+            if let Backend::Gpu(b) = &mut self.backend {
+                b.append_device(id, layer, k, v)?;
+            }
+            self.lens.get_mut(&id).expect("checked above")[layer] += n;
+            return Ok(());
+        }
         let (k, v) = (device_to_f32("k", k)?, device_to_f32("v", v)?);
         self.append(id, layer, &k, &v)
     }
@@ -338,17 +357,10 @@ impl HgaCache {
         }
     }
 
-    /// Host bytes a sequence reserves when added (the GPU backend pins its stores up front).
+    /// Host bytes a sequence reserves when added: none on either backend (the GPU backend's store
+    /// grows by group records and checks the budget itself).
     fn host_bytes_per_sequence(&self) -> u64 {
-        match &self.backend {
-            Backend::Cpu(_) => 0,
-            #[cfg(feature = "cuda")]
-            Backend::Gpu(_) => super::gpu_backend::GpuBackend::host_bytes_per_sequence(
-                &self.config.spec,
-                self.config.layers,
-                self.config.max_seq_len,
-            ),
-        }
+        0
     }
 }
 

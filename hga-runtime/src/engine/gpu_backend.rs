@@ -1,20 +1,42 @@
-//! The GPU backend behind the engine API: per (sequence, layer) a [`DecodeBatch`] of one sequence (the
-//! generated kernels of issue 3: window, summary tables, routing, slot cache, gather, split-K attention)
-//! and a pinned, device-mapped host store in the kernels' group-contiguous layout.
+//! The GPU backend behind the engine API: per layer ONE [`DecodeBatch`] (the generated kernels: window,
+//! summary tables, routing, slot cache, split-K attention) with a row per possible sequence, and one
+//! growable host store of pinned, device-mapped group records shared by every layer and sequence.
 //!
-//! Appends come as host slices (f32, converted to bf16): each token goes to the GPU window by
-//! `hga_append` (closing chunks are summarized on the GPU by `hga_summarize`) and, on the host side, into
-//! its group record of the pinned store, which the gather kernel reads when the group is routed.
+//! **One batch per layer.** The batch has `max_sequences` rows, allocated when the cache is created.
+//! A sequence takes a free row when added (the row is reset first when an earlier sequence used it:
+//! slot-cache partition and host record addresses forgotten) and gives it back when removed. An attend
+//! call sets the rows of its sequences active and every other row inactive (the kernels leave inactive
+//! rows' state and output untouched), uploads all the queries at once, and launches route → fetch →
+//! attend once for the whole batch; the output and the telemetry are read back once. So a step costs a
+//! fixed number of launches whatever the batch, and every sequence keeps its own slot-cache partition
+//! (`n_slots` is split evenly over (row, KV head)) across steps.
+//!
+//! **Host records.** The store ([`HostStore`] over [`PinnedSource`] arena blocks) grows by whole blocks
+//! that never move, within `CacheConfig::host_budget_bytes`; nothing is reserved for `max_seq_len` up
+//! front. When an append reaches a group that has no record yet (its first token, `pos % group == 0`),
+//! the backend takes that group's record for every KV head from the arena, all or nothing
+//! (`HostOutOfMemory` with nothing changed when the budget is exceeded), and uploads the records'
+//! device addresses into the batch's group address table (`set_group_addrs`) before the append
+//! launch. The append kernels then write every token into its record through that mapped address, so
+//! the host copy is written by the GPU, bit for bit the same as the window; the host side never writes
+//! records. Routed groups missing from the slot cache are read from these records by `hga_attend`.
+//! A removed sequence's records go back to the arena for reuse.
+//!
+//! **Appends** of one (sequence, layer) are one block append (`append_block`, or
+//! `append_block_device` for device buffers): two launches whatever the number of tokens (the
+//! summaries of every chunk the block closes, then the window rows that stay and the host records).
 
+use super::config::CacheConfig;
 use super::telemetry::StepTelemetry;
 use super::SeqId;
 use crate::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu};
 use crate::jit::Jit;
-use crate::offload::{bf16_to_f32, f32_to_bf16, PinnedBuffer};
+use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
 use crate::RuntimeError;
 use cudarc::driver::sys::CUevent_flags;
-use hga_dsl::tuned::{resolve, Query, Resolved, TunedConfig};
-use hga_dsl::ValidSpec;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use hga_dsl::tuned::{resolve, Query, Resolved};
+use hga_dsl::{Sharing, ValidSpec};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -48,91 +70,127 @@ fn kernels(gpu: &Gpu, ordinal: usize, spec: &ValidSpec) -> Result<&'static Decod
     Ok(k)
 }
 
-struct LayerState {
-    batch: DecodeBatch<'static>,
-    store: PinnedBuffer,
-    len: usize,
+/// Records per arena block at most: 8 MiB blocks for 128-dim groups of 16, so that a long prefill
+/// pins memory in a few large allocations rather than many small ones.
+const MAX_RECORDS_PER_BLOCK: u64 = 1024;
+
+/// Longest sequence the kernels' 32-bit indices allow.
+const MAX_GPU_SEQ_LEN: usize = 1 << 28;
+
+/// A live sequence: its row in every layer's batch, its tokens per layer.
+#[derive(Debug)]
+struct Seq {
+    row: usize,
+    lens: Vec<usize>,
 }
 
-/// Every live sequence's per-layer GPU state and host store.
+/// Every layer's batch, the host store, and which sequence holds which row.
 pub(crate) struct GpuBackend {
+    // Dropped in field order: the batches (whose tables hold record addresses) before the store.
+    batches: Vec<DecodeBatch<'static>>,
+    store: HostStore<PinnedSource>,
     gpu: Gpu,
-    kernels: &'static DecodeKernels,
-    spec: ValidSpec,
-    layers: usize,
-    max_seq_len: usize,
-    slots: usize,
-    seqs: HashMap<SeqId, Vec<LayerState>>,
-    resolved: Resolved,
+    /// Which sequence holds each row.
+    rows: Vec<Option<SeqId>>,
+    /// Rows used by a sequence since they were last reset.
+    dirty: Vec<bool>,
+    seqs: HashMap<SeqId, Seq>,
+    /// The kernel parameters in use (boxed: the spec is large and rarely read).
+    resolved: Box<Resolved>,
+    record_bytes: u64,
 }
 
 impl std::fmt::Debug for GpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuBackend").field("gpu", &self.gpu.name()).field("sequences", &self.seqs.len()).finish()
+        f.debug_struct("GpuBackend")
+            .field("gpu", &self.gpu.name())
+            .field("rows", &self.rows.len())
+            .field("sequences", &self.seqs.len())
+            .field("store", &self.store)
+            .finish()
     }
 }
 
 impl GpuBackend {
-    /// Opens device `ordinal` and loads the spec's kernels. `gpu_budget` (bytes for all layers and
-    /// sequences) sizes each (sequence, layer)'s slot pool; `None` takes a quarter of free memory.
-    pub(crate) fn new(
-        ordinal: usize,
-        spec: ValidSpec,
-        layers: usize,
-        max_seq_len: usize,
-        max_sequences: usize,
-        gpu_budget: Option<u64>,
-        tuned: &[TunedConfig],
-    ) -> Result<Self, RuntimeError> {
+    /// Opens device `ordinal`, loads the spec's kernels and allocates every layer's batch of
+    /// `max_sequences` rows. `gpu_budget_bytes` (all layers) sizes the slot caches; `None` takes a
+    /// quarter of free memory. `GpuOutOfMemory` when the batches would not fit in free memory.
+    pub(crate) fn new(ordinal: usize, config: &CacheConfig) -> Result<Self, RuntimeError> {
+        let (layers, max_seq_len, rows) = (config.layers, config.max_seq_len, config.max_sequences);
+        if rows > 65535 {
+            return Err(RuntimeError::InvalidConfig {
+                field: "max_sequences",
+                value: rows.to_string(),
+                allowed: "must be in 1..=65535 on the GPU backend (rows of a kernel launch)".into(),
+            });
+        }
         let gpu = Gpu::open(ordinal).map_err(cuda_err("open device"))?;
         // Configs name their GPU by preset (`h200`) and by the device's own name (`NVIDIA H200`).
-        let preset = tuned.iter().find(|c| c.provenance.gpu_name == gpu.name()).map(|c| c.provenance.gpu.clone());
+        let preset =
+            config.tuned.iter().find(|c| c.provenance.gpu_name == gpu.name()).map(|c| c.provenance.gpu.clone());
         let arch = gpu.arch().to_string();
-        // Each (sequence, layer) state is a batch of one, sized for the longest sequence.
+        // The batch's launches span all its rows, so parameters are resolved for max_sequences rows.
         let query = Query {
             gpu: preset.as_deref().unwrap_or(""),
             arch: &arch,
-            spec: &spec,
+            spec: &config.spec,
             context: max_seq_len as u64,
-            batch: 1,
+            batch: rows as u32,
         };
-        let resolved = resolve(tuned, &query);
+        let resolved = resolve(&config.tuned, &query);
         let spec = resolved.spec.clone();
         let kernels = kernels(&gpu, ordinal, &spec)?;
         let (free, _) = gpu
             .context()
             .mem_get_info()
             .map_err(|e| RuntimeError::Cuda { op: "cuMemGetInfo", message: format!("{e:?}") })?;
-        let budget = gpu_budget.unwrap_or(free as u64 / 4);
-        let record = (2 * 2 * spec.routing().group as usize * spec.head_dim()) as u64;
-        let units = if spec.routing().sharing == hga_dsl::Sharing::PerKvHead { 1 } else { spec.gqa() };
-        let kvh = spec.model().kv_heads as usize;
-        let chunks = max_seq_len.div_ceil(spec.routing().chunk as usize);
-        let kce = (spec.routing().top_chunks as usize).min(chunks);
-        let kge = (spec.routing().top_groups as usize).min(kce * spec.groups_per_chunk());
-        let need = kvh * units * kge;
-        // More slots than a sequence has groups would never fill.
-        let all_groups = kvh * chunks * spec.groups_per_chunk();
-        let per_state = ((budget / (layers * max_sequences) as u64 / record) as usize).min(all_groups.max(need));
-        if per_state < need.max(1) {
+        let free = free as u64;
+        let layout = RecordLayout { group: spec.routing().group as usize, head_dim: spec.head_dim() };
+        let record = layout.bytes() as u64;
+        let sizes = Sizes::of(&spec, kernels, max_seq_len, rows);
+        let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
+        // More slots than the rows have groups would never fill.
+        let per_layer = ((budget / layers as u64 / record) as usize)
+            .min(sizes.all_groups.max(sizes.need_slots))
+            .min(i32::MAX as usize);
+        if per_layer < sizes.need_slots {
             return Err(RuntimeError::InvalidConfig {
                 field: "gpu_budget_bytes",
                 value: budget.to_string(),
                 allowed: format!(
-                    "must give each of layers × max_sequences = {} states at least {need} slots of {record} bytes",
-                    layers * max_sequences
+                    "must give each of {layers} layers at least {} slots of {record} bytes \
+                     (max_sequences × kv_heads × groups one step opens per KV head)",
+                    sizes.need_slots
                 ),
             });
         }
+        let need = sizes.layer_bytes(per_layer, record) * layers as u64;
+        if need > free {
+            return Err(RuntimeError::GpuOutOfMemory { requested: need, available: free });
+        }
+        if max_seq_len > MAX_GPU_SEQ_LEN {
+            return Err(RuntimeError::InvalidConfig {
+                field: "max_seq_len",
+                value: max_seq_len.to_string(),
+                allowed: format!("must be <= {MAX_GPU_SEQ_LEN} on the GPU backend"),
+            });
+        }
+        let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: per_layer };
+        let batches = (0..layers)
+            .map(|_| DecodeBatch::new(&gpu, kernels, cap).map_err(cuda_err("allocate layer state")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let per_block = (config.host_budget_bytes / record).clamp(1, MAX_RECORDS_PER_BLOCK) as usize;
+        let kvh = spec.model().kv_heads as usize;
+        let store = HostStore::new(PinnedSource::new(&gpu), layout, kvh, per_block, config.host_budget_bytes)?;
         Ok(GpuBackend {
+            batches,
+            store,
             gpu,
-            kernels,
-            spec,
-            layers,
-            max_seq_len,
-            slots: per_state.min(i32::MAX as usize),
+            rows: vec![None; rows],
+            dirty: vec![false; rows],
             seqs: HashMap::new(),
-            resolved,
+            resolved: Box::new(resolved),
+            record_bytes: record,
         })
     }
 
@@ -146,85 +204,126 @@ impl GpuBackend {
         &self.resolved
     }
 
-    /// Host bytes one sequence reserves (its pinned stores, all layers, sized for `max_seq_len`).
-    pub(crate) fn host_bytes_per_sequence(spec: &ValidSpec, layers: usize, max_seq_len: usize) -> u64 {
-        let r = spec.routing();
-        let groups = max_seq_len.div_ceil(r.chunk as usize) * spec.groups_per_chunk();
-        (layers * spec.model().kv_heads as usize * groups * 2 * r.group as usize * spec.head_dim() * 2) as u64
+    fn spec(&self) -> &ValidSpec {
+        &self.resolved.spec
     }
 
-    /// GPU bytes one (sequence, layer) state takes, estimated from the buffers' sizes.
-    fn device_bytes_per_state(&self) -> u64 {
-        let lp = &self.kernels.generated().launch;
-        let (r, d) = (self.spec.routing(), self.spec.head_dim());
-        let kvh = self.spec.model().kv_heads as usize;
-        let chunks = self.max_seq_len.div_ceil(r.chunk as usize);
-        let groups = chunks * self.spec.groups_per_chunk();
-        let sums = kvh * (chunks + groups) * lp.summary_vectors as usize * d * 4;
-        let window = 2 * kvh * lp.window_chunks as usize * r.chunk as usize * d * 2;
-        let slots = self.slots * (2 * r.group as usize * d * 2 + 12);
-        let tables = kvh * (groups * 4 + chunks * 8);
-        (sums + window + slots + tables + (1 << 20)) as u64
+    /// Host bytes the store holds (whole pinned blocks, used or not).
+    pub(crate) fn host_bytes(&self) -> u64 {
+        self.store.arena().reserved_bytes()
     }
 
-    /// Allocates a sequence's state in every layer; all or nothing.
+    /// Gives a sequence a free row in every layer (reset first when an earlier sequence used it).
     pub(crate) fn add_sequence(&mut self, id: SeqId) -> Result<(), RuntimeError> {
-        let (free, _) = self
-            .gpu
-            .context()
-            .mem_get_info()
-            .map_err(|e| RuntimeError::Cuda { op: "cuMemGetInfo", message: format!("{e:?}") })?;
-        let need = self.device_bytes_per_state() * self.layers as u64;
-        if need > free as u64 {
-            return Err(RuntimeError::GpuOutOfMemory { requested: need, available: free as u64 });
+        let row = self.rows.iter().position(Option::is_none).ok_or(RuntimeError::CapacityExceeded {
+            field: "sequences",
+            requested: self.seqs.len() + 1,
+            limit: self.rows.len(),
+        })?;
+        if self.dirty[row] {
+            for b in &mut self.batches {
+                b.reset_row(row).map_err(cuda_err("reset row"))?;
+            }
+            self.dirty[row] = false;
         }
-        let cap = Capacity { batch: 1, max_context: self.max_seq_len, n_slots: self.slots };
-        let mut states = Vec::with_capacity(self.layers);
-        for _ in 0..self.layers {
-            let mut batch = DecodeBatch::new(&self.gpu, self.kernels, cap).map_err(cuda_err("allocate layer state"))?;
-            let store = PinnedBuffer::new(&self.gpu, batch.host_store_len())?;
-            // SAFETY: the store lives in the same LayerState as the batch and is dropped after it.
-            unsafe { batch.set_host_store(store.device_addr()) }.map_err(cuda_err("set host store"))?;
-            states.push(LayerState { batch, store, len: 0 });
-        }
-        self.seqs.insert(id, states);
+        self.rows[row] = Some(id);
+        self.dirty[row] = true;
+        self.seqs.insert(id, Seq { row, lens: vec![0; self.batches.len()] });
         Ok(())
     }
 
+    /// Frees the sequence's row and host records.
     pub(crate) fn remove_sequence(&mut self, id: SeqId) {
-        self.seqs.remove(&id);
+        if let Some(s) = self.seqs.remove(&id) {
+            self.rows[s.row] = None;
+            self.store.remove_sequence(id.0);
+        }
     }
 
-    /// Appends `k`, `v` (`[n][kv_heads][d]` f32, validated by the caller) token by token.
+    /// Appends `k`, `v` (`[n][kv_heads][d]` f32, validated by the caller) as one block.
     pub(crate) fn append(&mut self, id: SeqId, layer: usize, k: &[f32], v: &[f32]) -> Result<(), RuntimeError> {
-        let (kvh, d) = (self.spec.model().kv_heads as usize, self.spec.head_dim());
-        let (g, gpc) = (self.spec.routing().group as usize, self.spec.groups_per_chunk());
-        let st = &mut self.seqs.get_mut(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?[layer];
-        let cap_groups = st.batch.cap_chunks() * gpc;
-        let row = kvh * d;
-        let (mut kb, mut vb) = (vec![0u16; row], vec![0u16; row]);
-        for (kt, vt) in k.chunks_exact(row).zip(v.chunks_exact(row)) {
-            let pos = st.len;
-            for (dst, src) in kb.iter_mut().zip(kt).chain(vb.iter_mut().zip(vt)) {
-                *dst = f32_to_bf16(*src);
+        let n = k.len() / (self.spec().model().kv_heads as usize * self.spec().head_dim());
+        let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&e| f32_to_bf16(e)).collect() };
+        let (kb, vb) = (bits(k), bits(v));
+        self.append_with(id, layer, n, |b, row, p0| b.append_block(row, p0, &kb, &vb))
+    }
+
+    /// Appends device buffers of bf16 bits (`[n][kv_heads][d]`, lengths validated by the caller) as one
+    /// block, read in place on the device (the batch's stream waits for work queued on their streams,
+    /// and their streams wait for the append).
+    pub(crate) fn append_device(
+        &mut self,
+        id: SeqId,
+        layer: usize,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+    ) -> Result<(), RuntimeError> {
+        let n = k.len() / (self.spec().model().kv_heads as usize * self.spec().head_dim());
+        let stream = self.gpu.stream().clone();
+        self.append_with(id, layer, n, |b, row, p0| {
+            // The buffers' streams and the batch's are ordered both ways (event waits, no host sync):
+            // the launches read what was queued before, and later work on the buffers waits for them.
+            for s in [k.stream(), v.stream()] {
+                stream.join(s)?;
             }
-            // Host store: the token's row in its group record (keys, then values G rows later).
-            let store = st.store.as_mut_slice();
-            for h in 0..kvh {
-                let rec = (h * cap_groups + pos / g) * 2 * g * d;
-                let at = rec + (pos % g) * d;
-                store[at..at + d].copy_from_slice(&kb[h * d..(h + 1) * d]);
-                store[at + g * d..at + g * d + d].copy_from_slice(&vb[h * d..(h + 1) * d]);
+            let (kp, _) = k.device_ptr(&stream);
+            let (vp, _) = v.device_ptr(&stream);
+            // SAFETY: `k` and `v` hold n tokens and live until their streams, which wait for this
+            // one below, free them.
+            unsafe { b.append_block_device(row, p0, n, kp, vp) }?;
+            for s in [k.stream(), v.stream()] {
+                s.join(&stream)?;
             }
-            st.batch.set_positions(&[pos as u32]).map_err(cuda_err("set positions"))?;
-            st.batch.launch_append(&kb, &vb).map_err(cuda_err("append"))?;
-            st.batch.launch_summarize_closed().map_err(cuda_err("summarize"))?;
-            st.len += 1;
+            Ok(())
+        })
+    }
+
+    /// Takes the records of the groups the `n` new tokens start, points the batch at them, then runs
+    /// `launch` (the block append); on any error the records go back and nothing else changed.
+    fn append_with(
+        &mut self,
+        id: SeqId,
+        layer: usize,
+        n: usize,
+        launch: impl FnOnce(&mut DecodeBatch<'static>, usize, usize) -> Result<(), CudaError>,
+    ) -> Result<(), RuntimeError> {
+        if n == 0 {
+            return Ok(());
         }
+        let s = self.seqs.get(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+        let (row, p0) = (s.row, s.lens[layer]);
+        let g = self.spec().routing().group as usize;
+        let kvh = self.spec().model().kv_heads as usize;
+        let (have, need) = (p0.div_ceil(g), (p0 + n).div_ceil(g));
+        debug_assert_eq!(self.store.groups(layer as u32, id.0), have);
+        self.store.add_empty_groups(layer as u32, id.0, need - have)?;
+        let batch = &mut self.batches[layer];
+        let store = &self.store;
+        let result = (|| -> Result<(), RuntimeError> {
+            for h in 0..kvh {
+                let addrs = (have..need)
+                    .map(|gi| {
+                        store.record_device_addr(layer as u32, id.0, h, gi).ok_or(RuntimeError::Cuda {
+                            op: "host record",
+                            message: format!("group {gi} of KV head {h} has no device-mapped record"),
+                        })
+                    })
+                    .collect::<Result<Vec<u64>, _>>()?;
+                // SAFETY: the records live in the store's arena (blocks never move) until the
+                // sequence is removed, and the row is reset before another sequence uses it.
+                unsafe { batch.set_group_addrs(row, h, have, &addrs) }.map_err(cuda_err("set group addresses"))?;
+            }
+            launch(batch, row, p0).map_err(cuda_err("append"))
+        })();
+        if let Err(e) = result {
+            self.store.truncate_groups(layer as u32, id.0, have);
+            return Err(e);
+        }
+        self.seqs.get_mut(&id).expect("looked up above").lens[layer] += n;
         Ok(())
     }
 
-    /// Decode attention of each sequence's newest query, one launch sequence per sequence.
+    /// Decode attention of each sequence's newest query: one launch sequence for the whole batch.
     pub(crate) fn attend(
         &mut self,
         layer: usize,
@@ -234,9 +333,23 @@ impl GpuBackend {
         tel: &mut StepTelemetry,
     ) -> Result<(), RuntimeError> {
         let (qh, kvh, d) =
-            (self.spec.model().q_heads as usize, self.spec.model().kv_heads as usize, self.spec.head_dim());
-        let record = (2 * 2 * self.spec.routing().group as usize * d) as u64;
-        let row = qh * d;
+            (self.spec().model().q_heads as usize, self.spec().model().kv_heads as usize, self.spec().head_dim());
+        let qrow = qh * d;
+        let mut pos = vec![None; self.rows.len()];
+        let mut qb = vec![0u16; self.rows.len() * qrow];
+        let mut rows = Vec::with_capacity(seqs.len());
+        for (i, id) in seqs.iter().enumerate() {
+            let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+            let len = s.lens[layer];
+            if len == 0 {
+                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
+            }
+            pos[s.row] = Some((len - 1) as u32);
+            for (dst, &src) in qb[s.row * qrow..(s.row + 1) * qrow].iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
+                *dst = f32_to_bf16(src);
+            }
+            rows.push(s.row);
+        }
         let ev = || {
             self.gpu
                 .context()
@@ -254,34 +367,85 @@ impl GpuBackend {
                 .map_err(|e| RuntimeError::Cuda { op: "cuEventElapsedTime", message: format!("{e:?}") })?;
             Ok(Duration::from_secs_f64(t as f64 / 1e3))
         };
-        for (b, id) in seqs.iter().enumerate() {
-            let st = &mut self.seqs.get_mut(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?[layer];
-            let qb: Vec<u16> = q[b * row..(b + 1) * row].iter().map(|&x| f32_to_bf16(x)).collect();
-            st.batch.set_positions(&[(st.len - 1) as u32]).map_err(cuda_err("set positions"))?;
-            st.batch.upload_q(&qb).map_err(cuda_err("upload q"))?;
-            rec(0)?;
-            st.batch.launch_route().map_err(cuda_err("route"))?;
-            rec(1)?;
-            st.batch.launch_fetch().map_err(cuda_err("fetch"))?;
-            rec(2)?;
-            st.batch.launch_attend().map_err(cuda_err("attend"))?;
-            rec(3)?;
-            let o = st.batch.output().map_err(cuda_err("read output"))?;
-            for (dst, &src) in out[b * row..(b + 1) * row].iter_mut().zip(&o) {
+        let batch = &mut self.batches[layer];
+        batch.set_rows(&pos).map_err(cuda_err("set rows"))?;
+        batch.upload_q(&qb).map_err(cuda_err("upload q"))?;
+        rec(0)?;
+        batch.launch_route().map_err(cuda_err("route"))?;
+        rec(1)?;
+        batch.launch_fetch().map_err(cuda_err("fetch"))?;
+        rec(2)?;
+        batch.launch_attend().map_err(cuda_err("attend"))?;
+        rec(3)?;
+        let o = batch.output().map_err(cuda_err("read output"))?;
+        let missing = batch.host_record_errors().map_err(cuda_err("read errors"))?;
+        if missing > 0 {
+            return Err(RuntimeError::Cuda {
+                op: "attend",
+                message: format!("{missing} routed groups had no host record (a backend bug)"),
+            });
+        }
+        for (i, &row) in rows.iter().enumerate() {
+            for (dst, &src) in out[i * qrow..(i + 1) * qrow].iter_mut().zip(&o[row * qrow..(row + 1) * qrow]) {
                 *dst = bf16_to_f32(src);
             }
-            tel.stages.route += ms(0, 1)?;
-            tel.stages.fetch += ms(1, 2)?;
-            tel.stages.attend += ms(2, 3)?;
-            let misses = st.batch.last_misses().map_err(cuda_err("fetch state"))? as u64;
-            let union = st.batch.union().map_err(cuda_err("read union"))?;
-            debug_assert_eq!(union.len(), kvh);
-            let routed: u64 = union.iter().map(|u| u.len() as u64).sum();
-            tel.groups_per_kv_head.extend(union.iter().map(Vec::len));
-            tel.misses += misses;
-            tel.hits += routed - misses.min(routed);
-            tel.bytes_h2d += misses * record;
         }
+        tel.stages.route += ms(0, 1)?;
+        tel.stages.fetch += ms(1, 2)?;
+        tel.stages.attend += ms(2, 3)?;
+        let misses = batch.miss_counts().map_err(cuda_err("read misses"))?;
+        let union = batch.union().map_err(cuda_err("read union"))?;
+        let attended = batch.attended_tokens().map_err(cuda_err("read attended tokens"))?;
+        let gqa = self.spec().gqa() as u64;
+        for &row in &rows {
+            for bk in row * kvh..(row + 1) * kvh {
+                let (m, routed) = (misses[bk].0 as u64, union[bk].len() as u64);
+                tel.groups_per_kv_head.push(union[bk].len());
+                tel.misses += m;
+                tel.hits += routed - m.min(routed);
+                tel.attended_tokens += attended[bk] as u64 * gqa;
+            }
+        }
+        tel.bytes_h2d += tel.misses * self.record_bytes;
         Ok(())
+    }
+}
+
+/// Sizes of one layer's batch that the backend checks before allocating it.
+struct Sizes {
+    /// Slots each layer needs at least: rows × KV heads × the union one step can open per KV head.
+    need_slots: usize,
+    /// Groups of all rows at max_seq_len (more slots would never fill).
+    all_groups: usize,
+    /// Device bytes of one layer apart from the slot cache.
+    fixed_bytes: u64,
+}
+
+impl Sizes {
+    fn of(spec: &ValidSpec, kernels: &DecodeKernels, max_seq_len: usize, rows: usize) -> Sizes {
+        let (r, d) = (spec.routing(), spec.head_dim());
+        let lp = &kernels.generated().launch;
+        let (kvh, qh) = (spec.model().kv_heads as usize, spec.model().q_heads as usize);
+        let chunks = max_seq_len.div_ceil(r.chunk as usize);
+        let groups = chunks * spec.groups_per_chunk();
+        let kce = (r.top_chunks as usize).min(chunks);
+        let kge = (r.top_groups as usize).min(kce * spec.groups_per_chunk());
+        let ucap = if r.sharing == Sharing::PerKvHead { kge } else { spec.gqa() * kge };
+        // Per row: bf16 summary tables, the window, the per-group slot index and record addresses,
+        // chunk scores and masses.
+        let sums = kvh * (chunks + groups) * lp.summary_vectors as usize * d * 2;
+        let window = 2 * kvh * lp.window_chunks as usize * r.chunk as usize * d * 2;
+        let tables = kvh * groups * (4 + 8) + (qh + kvh) * chunks * 4;
+        let per_row = (sums + window + tables) as u64;
+        Sizes {
+            need_slots: rows * kvh * ucap,
+            all_groups: rows * kvh * groups,
+            fixed_bytes: per_row.saturating_mul(rows as u64) + (1 << 20),
+        }
+    }
+
+    /// Device bytes of one layer with `slots` slots of `record` bytes.
+    fn layer_bytes(&self, slots: usize, record: u64) -> u64 {
+        self.fixed_bytes.saturating_add(slots as u64 * (record + 8))
     }
 }

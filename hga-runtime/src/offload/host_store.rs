@@ -99,6 +99,39 @@ impl<S: BlockSource> HostStore<S> {
         Ok(())
     }
 
+    /// Appends `n_groups` records per KV head to (layer, sequence) without writing them (the GPU's
+    /// append kernels fill them through [`HostStore::record_device_addr`]); a reused record holds stale
+    /// data until then. All or nothing: `HostOutOfMemory` (store unchanged) beyond the budget.
+    pub fn add_empty_groups(&mut self, layer: u32, seq: u64, n_groups: usize) -> Result<(), RuntimeError> {
+        let h = self.kv_heads;
+        let mut records = self.arena.take(n_groups * h)?.into_iter();
+        let heads = self.index.entry((layer, seq)).or_insert_with(|| vec![Vec::new(); h]);
+        for _ in 0..n_groups {
+            for list in heads.iter_mut() {
+                list.push(records.next().expect("took n_groups × kv_heads records"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the first `keep` groups of (layer, sequence) and releases the rest (undoes
+    /// [`HostStore::add_empty_groups`] when the write that was to follow fails).
+    pub fn truncate_groups(&mut self, layer: u32, seq: u64, keep: usize) {
+        if let Some(heads) = self.index.get_mut(&(layer, seq)) {
+            let mut gone = Vec::new();
+            for list in heads.iter_mut() {
+                gone.extend(list.drain(keep.min(list.len())..));
+            }
+            self.arena.release(gone);
+        }
+    }
+
+    /// The device address of group `group`'s record of (layer, sequence, KV head), when the store's
+    /// blocks are device-mapped.
+    pub fn record_device_addr(&self, layer: u32, seq: u64, kv_head: usize, group: usize) -> Option<u64> {
+        self.arena.record_device_addr(self.record_ref(layer, seq, kv_head, group)?)
+    }
+
     /// Where group `group` of (layer, sequence, KV head) lives.
     pub fn record_ref(&self, layer: u32, seq: u64, kv_head: usize, group: usize) -> Option<RecordRef> {
         self.index.get(&(layer, seq))?.get(kv_head)?.get(group).copied()
