@@ -123,7 +123,8 @@ fn block_appends_and_inactive_rows_match_the_cpu() {
     batch.reset_row(0).unwrap();
     let addr = batch.pinned_store_addr().unwrap().unwrap();
     let rec = batch.record_bytes();
-    let addrs: Vec<u64> = (0..cap_groups as u64).map(|gi| addr + gi * rec).collect();
+    // Row 0's records are the first kv_heads × cap_groups of the flat store.
+    let addrs: Vec<u64> = (0..(kvh * cap_groups) as u64).map(|gi| addr + gi * rec).collect();
     for h in 0..kvh {
         // SAFETY: the flat pinned store owned by the batch holds row 0's records at these offsets.
         unsafe { batch.set_group_addrs(0, h, 0, &addrs[h * cap_groups..(h + 1) * cap_groups]) }.unwrap();

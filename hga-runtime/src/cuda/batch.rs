@@ -531,9 +531,8 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         let (_, _, kvh, d) = self.dims();
-        let (first, end) = (p0.div_ceil(c), (p0 + n) / c);
-        // Chunks whose last token is in the block: first..end (a chunk closes when token c·(i+1)−1 exists).
-        let first = if p0 % c == 0 { p0 / c } else { first };
+        // Chunks whose last token (c·(i+1) − 1) is in the block: p0 / c ..< (p0 + n) / c.
+        let (first, end) = (p0 / c, (p0 + n) / c);
         if end > first {
             let spans = 1 + self.kernels.spec().groups_per_chunk() as u32;
             let grid = (spans, kvh, (end - first) as u32);
