@@ -21,13 +21,19 @@
 //! ```
 //!
 //! For the tuner: [`DecodeBatch`] exposes each stage as its own launch ([`DecodeBatch::launch_append`],
-//! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, chunk select, group
-//! select), [`DecodeBatch::launch_fetch`] (resolve, assign, gather), [`DecodeBatch::launch_attend`]
-//! (split-K attention and merge)); time them with [`Gpu::timer`] (CUDA events on the batch's stream).
-//! [`DecodeBatch::capture_step`] records a whole step as a CUDA graph ([`StepGraph`]), replayed with
-//! [`DecodeBatch::launch_graph`]: one launch per step instead of ten.
-//! Host memory for the K/V store is any device-readable pointer ([`DecodeBatch::set_host_store`]):
-//! mapped pinned memory in production, a device buffer in tests.
+//! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, select),
+//! [`DecodeBatch::launch_fetch`] (resolve: union, slot lookup, slots for the misses),
+//! [`DecodeBatch::launch_attend`] (split-K attention that reads the misses from host memory and merges));
+//! time them with [`Gpu::timer`] (CUDA events on the batch's stream). [`DecodeBatch::capture_step`]
+//! records a whole step as a CUDA graph ([`StepGraph`]), replayed with [`DecodeBatch::launch_graph`].
+//!
+//! For engines: one batch holds up to `batch` sequences (rows); [`DecodeBatch::set_rows`] picks the
+//! rows of a step (the others sit out untouched), [`DecodeBatch::append_block`] /
+//! [`DecodeBatch::append_block_device`] append many tokens of one row in two launches,
+//! [`DecodeBatch::reset_row`] frees a row for a new sequence. Host memory for the K/V is a table of
+//! group record addresses ([`DecodeBatch::set_group_addrs`]; any device-readable memory: mapped pinned
+//! arena blocks in production, one flat buffer in tests via [`DecodeBatch::set_host_store`]); the append
+//! kernels write each token into its record, so the host copy is the GPU's, bit for bit.
 
 mod batch;
 mod kernels;
