@@ -151,3 +151,29 @@ impl<S: BlockSource> HostStore<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::HeapSource;
+
+    /// Empty groups are taken all or nothing within the budget, released by truncation, and reused.
+    #[test]
+    fn empty_groups_within_budget() {
+        let layout = RecordLayout { group: 4, head_dim: 8 };
+        let budget = 10 * layout.bytes() as u64;
+        let mut s = HostStore::new(HeapSource, layout, 2, 2, budget).unwrap();
+        s.add_empty_groups(0, 7, 3).unwrap();
+        assert_eq!(s.groups(0, 7), 3);
+        let err = s.add_empty_groups(1, 7, 3).unwrap_err();
+        assert!(matches!(err, RuntimeError::HostOutOfMemory { budget: b, .. } if b == budget), "{err}");
+        assert_eq!((s.groups(1, 7), s.arena().live_records()), (0, 6));
+        s.truncate_groups(0, 7, 1);
+        assert_eq!((s.groups(0, 7), s.arena().live_records()), (1, 2));
+        s.add_empty_groups(1, 7, 4).unwrap();
+        assert_eq!((s.groups(1, 7), s.arena().live_records()), (4, 10));
+        // Heap blocks are not device-mapped.
+        assert_eq!(s.record_device_addr(1, 7, 1, 3), None);
+        assert!(s.record_ref(1, 7, 1, 3).is_some() && s.record_ref(1, 7, 1, 4).is_none());
+    }
+}
