@@ -1,13 +1,19 @@
 //! The analytic cost model of one decode step (one layer) on a named GPU, used to rank kernel variants
-//! when that GPU is not present.
+//! when that GPU is not present, and to order the candidates of a measured search.
 //!
-//! It follows the generated kernels (`hga_dsl::codegen`, the launch order in its module docs) and
-//! charges each one the larger of its memory time (bytes over achieved bandwidth: HBM, or PCIe for
-//! cache misses) and its latency/issue time (serial rounds × per-round cycles × waves over the SMs,
-//! with occupancy from threads, shared memory and registers per block), plus a launch overhead.
-//! The split-K trade-off appears as more attention blocks (parallelism) against a longer merge and
-//! per-split prologues; threads trade per-thread work against occupancy and reduction depth; tile
-//! tokens trade synchronisation rounds against padding; vector width changes load instructions.
+//! It follows the generated kernels (`hga_dsl::codegen`, the launch order in its module docs: `hga_append`,
+//! `hga_summarize` on chunk close, `hga_chunk_score`, `hga_select`, `hga_resolve`, `hga_attend`), one
+//! function per kernel. Each is charged a launch overhead plus its memory time (bytes over achieved
+//! bandwidth: HBM, or PCIe for cache misses) or its latency/issue time (serial steps × cycles × waves
+//! over the SMs, with occupancy from threads, shared memory and registers per block), whichever is
+//! longer unless the kernel's structure makes them add. Only `hga_attend` depends on the tuned
+//! parameters: split-K trades more blocks (parallelism) against the merge tail of the last split and
+//! waves once the blocks no longer fit; threads trade per-thread work against occupancy; tile tokens
+//! trade synchronisation rounds against padding; vector width changes load instructions.
+//!
+//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 2,
+//! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 512 split_k 32: step
+//! 64.2 / 78.9 µs launched; see `tests/cost_model.rs` for every figure it is checked against).
 //!
 //! The model is deliberately monotone in context and batch (steady-state averages instead of per-step
 //! chunk-boundary effects), so a longer context is never modeled cheaper.
@@ -18,13 +24,13 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-3";
+pub const COST_MODEL_VERSION: &str = "hga-cost-4";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Assumptions {
-    /// Launch overhead and ramp of one kernel, µs (BENCHMARKS.md, H200: 4.3 µs back to back, ~1 µs less
-    /// inside a CUDA graph).
+    /// Launch overhead and ramp of one kernel, µs (H200: ~4 µs event to event per kernel in a launched
+    /// step, ~1 µs less inside a CUDA graph).
     pub launch_us: f64,
     /// Device-memory load latency under load, cycles.
     pub dram_latency_cycles: f64,
@@ -33,8 +39,8 @@ pub struct Assumptions {
     /// Fraction of peak memory bandwidth a streaming kernel reaches (DESIGN.md §6: the H200's
     /// device-to-device copy ran at 4.19 of 4.8 TB/s).
     pub dram_efficiency: f64,
-    /// Fraction of the PCIe link a gather from mapped pinned memory reaches (DESIGN.md §6: 50.9 GB/s of
-    /// the H200's 63 GB/s Gen5 x16).
+    /// Fraction of the PCIe link that reads of mapped pinned memory inside `hga_attend` reach (H200: 730
+    /// missed groups of 8 KiB in 135.7 µs with the kernel's own latency: ~49.5 of 63 GB/s).
     pub pcie_efficiency: f64,
     /// Fraction of a step's routed groups that miss the GPU slot cache in steady state.
     pub miss_fraction: f64,
@@ -46,20 +52,37 @@ pub struct Assumptions {
     /// Fraction of the streaming bandwidth reached with 8-byte and 4-byte loads, relative to 16-byte
     /// loads (more load instructions per byte in flight).
     pub narrow_load_efficiency: (f64, f64),
+    /// One block-wide step of a latency-bound kernel (a scan or reduction: barriers, shuffles, shared
+    /// memory round trips, arrival skew), cycles; calibrated on `hga_select` and `hga_resolve` (H200).
+    pub block_round_cycles: f64,
+    /// Fixed latency of one `hga_attend` block (the dependent loads before its first tile, the partials,
+    /// fence and counter after its last), in DRAM latencies; calibrated on the H200 (split_k 64 at 512
+    /// threads runs two waves of blocks: +12.8 µs over split_k 32).
+    pub attend_block_rounds: f64,
+    /// Fixed latency of the merge tail of `hga_attend` (the last split's wait for the others' partials
+    /// and its loads of them), in DRAM latencies; calibrated on the H200.
+    pub merge_fixed_rounds: f64,
+    /// Merge tail per split per output item of a thread (two passes over the split's partials in L2,
+    /// weights through `expf`), cycles; calibrated on the H200 (256 vs 512 threads at split_k 32 and 64).
+    pub merge_split_cycles: f64,
 }
 
 impl Default for Assumptions {
     fn default() -> Self {
         Assumptions {
-            launch_us: 3.0,
+            launch_us: 4.0,
             dram_latency_cycles: 800.0,
             l2_latency_cycles: 300.0,
             dram_efficiency: 0.87,
-            pcie_efficiency: 0.80,
+            pcie_efficiency: 0.79,
             miss_fraction: 0.10,
             union_fraction: 0.58,
-            scan_unroll: 4.0,
+            scan_unroll: 8.0,
             narrow_load_efficiency: (0.95, 0.85),
+            block_round_cycles: 900.0,
+            attend_block_rounds: 16.0,
+            merge_fixed_rounds: 11.0,
+            merge_split_cycles: 190.0,
         }
     }
 }
@@ -70,7 +93,8 @@ impl Assumptions {
         format!(
             "{COST_MODEL_VERSION}: launch {} us, DRAM latency {} cycles, L2 latency {} cycles, DRAM efficiency {}, \
              PCIe efficiency {}, miss fraction {}, GQA union fraction {}, scan unroll {}, 8/4-byte load \
-             efficiency {}/{}",
+             efficiency {}/{}, block round {} cycles, attend block {} DRAM latencies, merge {} DRAM latencies \
+             + {} cycles per split and item",
             self.launch_us,
             self.dram_latency_cycles,
             self.l2_latency_cycles,
@@ -80,7 +104,11 @@ impl Assumptions {
             self.union_fraction,
             self.scan_unroll,
             self.narrow_load_efficiency.0,
-            self.narrow_load_efficiency.1
+            self.narrow_load_efficiency.1,
+            self.block_round_cycles,
+            self.attend_block_rounds,
+            self.merge_fixed_rounds,
+            self.merge_split_cycles
         )
     }
 }
@@ -106,16 +134,23 @@ pub struct KernelCost {
 /// Modeled decode step of one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepCost {
-    /// Per kernel, in launch order.
+    /// Per kernel, in launch order (`hga_summarize` as its share of a step: it runs on chunk close).
     pub kernels: Vec<KernelCost>,
     /// Sum, µs.
     pub total_us: f64,
     /// Bytes read or written in device memory.
     pub dram_bytes: f64,
-    /// Bytes over PCIe (cache misses).
+    /// Bytes over PCIe (cache misses read by `hga_attend`, the appended row written to its host record).
     pub pcie_bytes: f64,
     /// Floating-point operations (scores and exact attention).
     pub flops: f64,
+}
+
+impl StepCost {
+    /// The modeled time of one kernel, if the step has it.
+    pub fn kernel_us(&self, name: &str) -> Option<f64> {
+        self.kernels.iter().find(|k| k.name == name).map(|k| k.us)
+    }
 }
 
 /// Estimated resources of the attention kernel (the only one whose resources depend on the tuned
@@ -131,12 +166,16 @@ pub struct Resources {
 }
 
 /// Modeled resources of `hga_attend`: the shared memory as the generator computes it; registers as a
-/// base plus the per-thread accumulators and vector registers, capped by `__launch_bounds__(threads)`.
+/// base plus the per-thread accumulators, the next tile's K/V vectors held in registers (double
+/// buffering) with their slot-fill offsets, and the keep flags, capped by `__launch_bounds__(threads)`.
 pub fn modeled_resources(spec: &ValidSpec) -> Resources {
     let lp = launch_params(spec);
     let d = spec.head_dim() as u32;
+    let vw = spec.kernel().vec_width;
     let items_pt = (lp.head_tile * (d / 2)).div_ceil(lp.threads);
-    let want = 40 + 2 * items_pt + spec.kernel().vec_width;
+    let loads = (lp.tile_tokens * (d / vw)).div_ceil(lp.threads);
+    let keep_pt = (lp.head_tile * lp.tile_tokens).div_ceil(lp.threads);
+    let want = 40 + 2 * items_pt + vw + loads * (2 * (vw / 2) + 2) + keep_pt;
     let cap = (65536 / lp.threads).min(255);
     Resources {
         regs_per_thread: want.min(cap),
@@ -156,6 +195,8 @@ struct Routed {
     opened: f64,
     /// Distinct groups per KV head (the union over its query heads).
     union: f64,
+    /// Of those, groups missing from the GPU slot cache.
+    misses: f64,
     /// Tokens attended per KV head: sinks + local window + half an open chunk on average + union groups.
     tokens: f64,
 }
@@ -176,7 +217,7 @@ fn routed(spec: &ValidSpec, context: u64, a: &Assumptions) -> Routed {
         }
     };
     let window = n.min((r.keep_first + r.keep_last) as f64 * c + c / 2.0);
-    Routed { candidates, selected, opened, union, tokens: window + union * g }
+    Routed { candidates, selected, opened, union, misses: union * a.miss_fraction, tokens: window + union * g }
 }
 
 /// Per-SM occupancy of a kernel: resident blocks per SM.
@@ -188,18 +229,29 @@ fn blocks_per_sm(gpu: &GpuSpec, threads: u32, regs: u32, smem: u32) -> f64 {
     by_threads.min(by_regs).min(by_smem).min(l.blocks_per_sm).max(1) as f64
 }
 
-/// Cycles a warp-level issue of `instr` instructions per thread takes when `warps` warps share the SM's
-/// four schedulers. A lone warp issues about one instruction every 4 cycles (dependent chains through
-/// shared memory): calibrated on the H200 attention figures of BENCHMARKS.md (split_k 4: 129 µs,
-/// split_k 32: 25 µs for ~4.6K tokens per KV head).
+/// Cycles to issue `instr` instructions per thread when `warps` warps share the SM's four schedulers: a
+/// warp alone issues about every other cycle (dependent shared-memory and FMA chains); past eight warps
+/// the schedulers are the limit.
 fn issue_cycles(instr: f64, warps_per_sm: f64) -> f64 {
-    instr * (warps_per_sm / 4.0).max(4.0)
+    instr * (warps_per_sm / 4.0).max(2.0)
 }
 
-/// Cycles of a block-wide reduction (two barriers, five shuffles, a serial pass over the warps).
-fn reduce_cycles(threads: u32) -> f64 {
-    2.0 * 40.0 + 5.0 * 30.0 + (threads / 32) as f64 * 8.0
+/// A plain `__syncthreads` of a block of `threads` (arrival skew grows with the warps).
+fn barrier_cycles(threads: u32) -> f64 {
+    40.0 + 4.0 * (threads / 32) as f64
 }
+
+/// One dependent iteration over shared memory (a load, a compare, the loop): rank counting, hash probes.
+const SMEM_ITER_CYCLES: f64 = 40.0;
+
+/// One element of a strided pass over a list that is already in L1 (load, compare, count).
+const PASS_ELEM_CYCLES: f64 = 20.0;
+
+// Constants of the generated source that `LaunchParams` does not carry (kernels.cu): `block_select`'s
+// candidate buffer, `hga_resolve`'s hash table and its list staging, in entries.
+const SEL_CAND: f64 = 2048.0;
+const HASH_CAP: f64 = 1024.0;
+const RESOLVE_SMEM_INTS: f64 = 4096.0;
 
 struct Ctx<'a> {
     gpu: &'a GpuSpec,
@@ -216,141 +268,283 @@ impl Ctx<'_> {
     fn pcie_us(&self, bytes: f64) -> f64 {
         bytes / (self.gpu.pcie_gbs * self.a.pcie_efficiency * 1e3)
     }
-    /// A kernel of `grid` blocks whose blocks each take `block_cycles` alone on an SM, with `resident`
-    /// blocks per SM; memory time and launch overhead on top.
-    fn kernel(&self, grid: f64, resident: f64, block_cycles: f64, bytes: f64) -> f64 {
-        let slots = self.gpu.sms as f64 * resident;
-        let waves = (grid / slots).ceil().max(1.0);
+    /// Waves of `grid` blocks with `resident` blocks per SM, and the blocks that share an SM in a wave.
+    fn waves(&self, grid: f64, resident: f64) -> (f64, f64) {
+        let sms = self.gpu.sms as f64;
+        ((grid / (sms * resident)).ceil().max(1.0), resident.min((grid / sms).ceil()).max(1.0))
+    }
+    /// A latency-bound kernel of `grid` blocks whose blocks each take `block_cycles`, with `resident`
+    /// blocks per SM: waves × block time, or the memory time when that is longer; launch on top.
+    fn latency_kernel(&self, grid: f64, resident: f64, block_cycles: f64, bytes: f64) -> f64 {
+        let (waves, _) = self.waves(grid, resident);
         self.a.launch_us + self.us(waves * block_cycles).max(self.dram_us(bytes))
     }
 }
 
+/// One kernel's share of the step.
+struct Part {
+    us: f64,
+    dram: f64,
+    pcie: f64,
+    flops: f64,
+}
+
+/// Shapes every kernel model needs.
+struct Shape<'a> {
+    spec: &'a ValidSpec,
+    lp: LaunchParams,
+    rt: Routed,
+    b: f64,
+    qh: f64,
+    kvh: f64,
+    d: f64,
+    gqa: f64,
+    elem: f64,
+    sv: f64,
+}
+
 /// The modeled decode step of one layer for `spec` on `gpu`.
 pub fn step_cost(gpu: &GpuSpec, spec: &ValidSpec, w: Workload, a: &Assumptions) -> StepCost {
-    let lp: LaunchParams = launch_params(spec);
     let m = spec.model();
-    let r = spec.routing();
+    let lp = launch_params(spec);
+    let s = Shape {
+        spec,
+        rt: routed(spec, w.context, a),
+        b: w.batch as f64,
+        qh: m.q_heads as f64,
+        kvh: m.kv_heads as f64,
+        d: m.head_dim as f64,
+        gqa: spec.gqa() as f64,
+        elem: m.dtype.bytes() as f64,
+        sv: lp.summary_vectors as f64,
+        lp,
+    };
     let x = Ctx { gpu, a };
-    let rt = routed(spec, w.context, a);
-    let b = w.batch as f64;
-    let (qh, kvh, d) = (m.q_heads as f64, m.kv_heads as f64, m.head_dim as f64);
-    let gqa = spec.gqa() as f64;
-    let elem = m.dtype.bytes() as f64;
-    let sv = lp.summary_vectors as f64;
+    let parts = [
+        ("hga_append", append(&x, &s)),
+        ("hga_summarize", summarize(&x, &s)),
+        ("hga_chunk_score", chunk_score(&x, &s)),
+        ("hga_select", select(&x, &s)),
+        ("hga_resolve", resolve(&x, &s)),
+        ("hga_attend", attend(&x, &s)),
+    ];
+    StepCost {
+        kernels: parts.iter().map(|(name, p)| KernelCost { name, us: p.us }).collect(),
+        total_us: parts.iter().map(|(_, p)| p.us).sum(),
+        dram_bytes: parts.iter().map(|(_, p)| p.dram).sum(),
+        pcie_bytes: parts.iter().map(|(_, p)| p.pcie).sum(),
+        flops: parts.iter().map(|(_, p)| p.flops).sum(),
+    }
+}
+
+/// `hga_append`, grid (KVH, B), block D: the step's K/V into the window (and its RoPE), plus the same
+/// row written to the group's host record (posted writes over PCIe: bytes, no wait).
+fn append(x: &Ctx, s: &Shape) -> Part {
+    let row = s.b * s.kvh * s.d * s.elem * 2.0;
+    let cycles = 2.0 * x.a.dram_latency_cycles;
+    let us = x.latency_kernel(s.b * s.kvh, 8.0, cycles, row * 2.0);
+    Part { us, dram: row * 2.0, pcie: row, flops: 0.0 }
+}
+
+/// `hga_summarize`, grid (1 + groups per chunk, KVH, B), block D: only when a chunk closes, so one step
+/// in `chunk` pays it; modeled as that share of one launch (reads the chunk's keys, writes bf16 summaries).
+fn summarize(x: &Ctx, s: &Shape) -> Part {
+    let c = s.spec.routing().chunk as f64;
+    let spans = 1.0 + s.spec.groups_per_chunk() as f64;
+    // The chunk's block reads its C keys, each group's block its G keys: 2C keys; bf16 summaries out.
+    let bytes = s.b * s.kvh * (2.0 * c * s.d * s.elem + spans * s.sv * s.d * 2.0);
+    // Each dimension sums its span's tokens in order, staged a few tokens at a time between barriers,
+    // with RoPE angles in double precision: ~650 cycles per token (calibrated: H200, 27 µs per close).
+    let cycles = x.a.dram_latency_cycles * 2.0 + c * 650.0;
+    let once = x.latency_kernel(spans * s.b * s.kvh, 8.0, cycles, bytes);
+    Part { us: once / c, dram: bytes / c, pcie: 0.0, flops: 0.0 }
+}
+
+/// Instructions per thread of one `score_rows` batch: widen the summaries once, then per query head
+/// the head's query from shared memory and, per row, the dot product (min/max: two products and a max
+/// per element), three shuffles and the store.
+fn score_batch_instr(s: &Shape, sb: f64, heads: f64) -> f64 {
+    let ev = s.d / 32.0;
+    let per_elem = if s.sv > 1.0 { 3.0 } else { 1.0 };
+    sb * s.sv * ev * 4.0 + heads * (ev + sb * (ev * 4.0 * per_elem + 7.0))
+}
+
+/// `hga_chunk_score`, grid (⌈candidates / chunk_tile⌉, KVH, B), block 128: per pass of up to 8 query
+/// heads, stage the queries, load the block's rows of the bf16 chunk-summary table (one batch per warp,
+/// all loads in flight) and score them. Each warp loads its batch and then computes it, with nothing
+/// prefetched, so at long contexts the table's memory time adds to the issue time rather than hiding
+/// under it (calibrated: H200, 1M context, 16374 candidates: 16.2 µs).
+fn chunk_score(x: &Ctx, s: &Shape) -> Part {
+    let (lp, rt) = (&s.lp, &s.rt);
+    let a = x.a;
+    let warps = (lp.score_threads / 32) as f64;
+    let tile = lp.chunk_tile as f64;
+    let sb = tile / (4.0 * warps);
+    let passes = (s.gqa / 8.0).ceil();
+    let grid = (rt.candidates / tile).ceil().max(1.0) * s.kvh * s.b;
+    // Registers: the widened batch (SB rows × SV vectors × D/8 floats per lane) and a base.
+    let regs = (40.0 + sb * s.sv * s.d / 8.0) as u32;
+    let smem = (8.0f64.min(s.gqa) * s.d * 4.0) as u32;
+    let res = blocks_per_sm(x.gpu, lp.score_threads, regs, smem);
+    let (waves, sharing) = x.waves(grid, res);
+    let instr = score_batch_instr(s, sb, 8.0f64.min(s.gqa));
+    // Per pass: the queries staged (a load, two barriers), the batch's loads, their arithmetic.
+    let pass_cycles = a.dram_latency_cycles
+        + 2.0 * barrier_cycles(lp.score_threads)
+        + a.dram_latency_cycles
+        + issue_cycles(instr, sharing * warps);
+    // pos first: the block's candidate range depends on it.
+    let block_cycles = a.dram_latency_cycles + passes * pass_cycles;
+    let bytes = s.b * s.kvh * rt.candidates * s.sv * s.d * 2.0 * passes + s.b * s.qh * rt.candidates * 4.0;
+    let us = a.launch_us + x.us(waves * block_cycles) + x.dram_us(bytes);
+    Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * rt.candidates * s.sv * s.d * 2.0 }
+}
+
+/// Cycles of `block_select` (top `k` of `n` values, a block of `threads`), as the generator does it: if
+/// k ≥ n everything is taken; if k ≤ threads / 2 a strided pass for per-thread maxima, a rank count of
+/// the lane groups' maxima for a threshold, a pass counting and one writing the values above it
+/// (≈1.5 k), their exact ranks (a quadratic pass over them in shared memory); else a 32-round radix
+/// select with a block reduction per bit.
+fn topk_cycles(a: &Assumptions, n: f64, k: f64, threads: u32) -> f64 {
+    let nt = threads as f64;
+    let per = (n / nt).ceil().max(1.0);
+    let first_pass = (per / a.scan_unroll).ceil() * a.l2_latency_cycles + per * PASS_ELEM_CYCLES;
+    if k >= n {
+        return per * PASS_ELEM_CYCLES;
+    }
+    if k <= nt / 2.0 {
+        let cands = (1.5 * k).min(n).min(SEL_CAND);
+        first_pass + 2.0 * per * PASS_ELEM_CYCLES + 6.0 * a.block_round_cycles + (k + 2.0 * cands) * SMEM_ITER_CYCLES
+    } else {
+        first_pass
+            + 32.0 * (a.block_round_cycles + per * 4.0)
+            + 3.0 * a.block_round_cycles
+            + 2.0 * per * PASS_ELEM_CYCLES
+    }
+}
+
+/// `hga_select`, grid (units, B), block 256, one block per routing unit: top chunks of the unit's scores
+/// (for shared routing first the softmax mass summed over the GQA heads: three passes per head), the
+/// selected chunks' groups scored against the unit's heads from the bf16 group table, top groups. A
+/// chain of dependent steps on one block: latency-bound (calibrated: H200, 1014 / 16374 candidates:
+/// 15.5 / 18.4 µs).
+fn select(x: &Ctx, s: &Shape) -> Part {
+    let (lp, rt, a) = (&s.lp, &s.rt, x.a);
+    let r = s.spec.routing();
+    let snt = lp.select_threads;
+    let warps = (snt / 32) as f64;
+    let shared = r.sharing == Sharing::PerKvHead;
+    let unit_heads = if shared { s.gqa } else { 1.0 };
+    let mass = |n: f64| {
+        if !shared {
+            return 0.0;
+        }
+        let per = (n / snt as f64).ceil().max(1.0);
+        s.gqa
+            * ((per / a.scan_unroll).ceil() * a.l2_latency_cycles
+                + 3.0 * per * PASS_ELEM_CYCLES
+                + 2.0 * a.block_round_cycles)
+    };
+    let n_groups = rt.selected * s.spec.groups_per_chunk() as f64;
+    // Group scoring: per pass of up to 8 heads, stage the queries and one batch of rows per warp.
+    let sb = (lp.chunk_tile as f64 / (4.0 * (lp.score_threads / 32) as f64)).max(1.0);
+    let passes = (unit_heads / 8.0).ceil();
+    let batches = (n_groups / (4.0 * sb * warps)).ceil().max(1.0);
+    let group_score = passes
+        * (a.dram_latency_cycles
+            + 2.0 * barrier_cycles(snt)
+            + batches
+                * (a.dram_latency_cycles + issue_cycles(score_batch_instr(s, sb, 8.0f64.min(unit_heads)), warps)));
+    // pos; the selected chunks written and read back as the group list; the selected groups mapped back
+    // through it; the lists written at the end.
+    let chain = 2.0 * a.dram_latency_cycles + 2.0 * a.l2_latency_cycles + 2.0 * barrier_cycles(snt);
+    let cycles = chain
+        + mass(rt.candidates)
+        + topk_cycles(a, rt.candidates, rt.selected, snt)
+        + group_score
+        + mass(n_groups)
+        + topk_cycles(a, n_groups, rt.opened, snt);
+    let units = lp.units as f64;
+    let bytes = s.b
+        * units
+        * (rt.candidates * 4.0 * unit_heads + n_groups * s.sv * s.d * 2.0 * passes + n_groups * 4.0 * unit_heads);
+    let smem = (snt * 8) as f64 + SEL_CAND * 9.0 + 8.0 * s.d * 4.0;
+    let res = blocks_per_sm(x.gpu, snt, 64, smem as u32);
+    let us = x.latency_kernel(units * s.b, res, cycles, bytes);
+    Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * n_groups * s.sv * s.d * 2.0 }
+}
+
+/// `hga_resolve`, grid (KVH, B), block 128: the union of the KV head's units' opened groups (a hash
+/// table in shared memory when the lists are short, else binary searches of the sorted lists), slot
+/// lookups (hits stamped), then slots for the misses in the (row, KV head)'s partition, in clock order.
+/// Every step is a block-wide scan over rounds of 128 entries: latency-bound, a few µs (calibrated: H200,
+/// 256 entries, ~180 distinct groups: 12.4 µs).
+fn resolve(x: &Ctx, s: &Shape) -> Part {
+    let (lp, rt, a) = (&s.lp, &s.rt, x.a);
+    let r = s.spec.routing();
+    let rnt = lp.resolve_threads as f64;
+    let n_units = if r.sharing == Sharing::PerKvHead { 1.0 } else { s.gqa };
+    let entries = n_units * r.top_groups as f64;
+    let entry_rounds = (entries / rnt).ceil().max(1.0);
+    let union_cycles = if entries <= HASH_CAP / 2.0 {
+        // Clear the table, insert (atomics in shared memory), then keep each entry where its group first
+        // occurs (a lookup and a block scan per round).
+        let table = (2.0 * entries).max(32.0).log2().ceil().exp2();
+        // A group opened by several units is inserted by each: their atomics on one key serialize.
+        (table / rnt).ceil() * PASS_ELEM_CYCLES
+            + entry_rounds * 3.0 * n_units * SMEM_ITER_CYCLES
+            + 2.0 * barrier_cycles(lp.resolve_threads)
+            + entry_rounds * (SMEM_ITER_CYCLES + a.block_round_cycles)
+    } else {
+        // Each entry searches the lists of the units before it (is it first?) and after it (its mask).
+        let list_lat = if entries <= RESOLVE_SMEM_INTS { SMEM_ITER_CYCLES } else { a.l2_latency_cycles };
+        let search = (r.top_groups as f64).log2().ceil().max(1.0) * list_lat;
+        entry_rounds * (n_units * search + a.block_round_cycles)
+    };
+    let union_rounds = (rt.union / rnt).ceil().max(1.0);
+    // Per round of distinct groups: the group (just written), its slot, a scan listing the misses.
+    let lookup_cycles = union_rounds * (a.l2_latency_cycles + a.dram_latency_cycles + a.block_round_cycles);
+    // Misses: per round, a scan over the partition's slots for unstamped ones, then the owner's
+    // slot_of cleared and the new owner written.
+    let assign_cycles = (rt.misses / rnt).ceil() * (2.0 * a.dram_latency_cycles + a.block_round_cycles);
+    // pos, the lists and counts, the partition state; at the end the state and the union's size.
+    let chain = 5.0 * a.dram_latency_cycles + a.l2_latency_cycles + 2.0 * barrier_cycles(lp.resolve_threads);
+    let cycles = chain + union_cycles + lookup_cycles + assign_cycles;
+    let bytes = s.b * s.kvh * (entries * 4.0 + rt.union * 16.0 + rt.misses * 16.0);
+    let smem = (RESOLVE_SMEM_INTS + 3.0 * HASH_CAP) * 4.0;
+    let res = blocks_per_sm(x.gpu, lp.resolve_threads, 48, smem as u32);
+    Part { us: x.latency_kernel(s.kvh * s.b, res, cycles, bytes), dram: bytes, pcie: 0.0, flops: 0.0 }
+}
+
+/// `hga_attend`, grid (split_k, KVH × head tiles, B), block `threads`. Per block: a fixed latency (the
+/// dependent loads before the first tile: pos, the union's size, slot and mask, group address, K/V; after
+/// the last: partials written, fence, the split counter), then its share of the tiles, each loaded into
+/// registers while the previous one is computed (a tile costs the larger of a memory latency and its
+/// compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time overlaps
+/// the attention of the other splits: the body costs max(compute / HBM time, block latency + PCIe time +
+/// one tile). The last split of each (row, KV head, head tile) merges all splits: a serial tail on one
+/// block, per output item one pass over the splits (calibrated: H200, qwen3-30b at 64K, threads/split_k
+/// 512/32: 24.8 µs, 256/32: 31, 512/64: 37.6, 256/64: 40; every group missing: 135.7 µs for 730 groups).
+fn attend(x: &Ctx, s: &Shape) -> Part {
+    let (lp, rt, a) = (&s.lp, &s.rt, x.a);
+    let r = s.spec.routing();
+    let gpu = x.gpu;
+    let res_attend = modeled_resources(s.spec);
     let nt = lp.threads as f64;
     let warps = nt / 32.0;
-    let dram_lat = a.dram_latency_cycles;
-    let l2_lat = a.l2_latency_cycles;
-    let mut kernels = Vec::new();
-    let mut dram = 0.0;
-    let mut flops = 0.0;
-
-    // hga_append and hga_summarize (block = head dim): one token in; a chunk's summaries every C steps.
-    let append_bytes = b * kvh * d * elem * 4.0;
-    kernels.push(KernelCost { name: "hga_append", us: x.kernel(b * kvh, 8.0, dram_lat * 2.0, append_bytes) });
-    let summ_bytes = b * kvh * (r.chunk as f64 * d * elem + (1.0 + spec.groups_per_chunk() as f64) * sv * d * 4.0);
-    let summ_cycles = dram_lat + r.chunk as f64 * 20.0;
-    kernels.push(KernelCost {
-        name: "hga_summarize",
-        us: x.kernel(b * kvh, 8.0, summ_cycles / r.chunk as f64, summ_bytes / r.chunk as f64),
-    });
-    dram += append_bytes + summ_bytes / r.chunk as f64;
-
-    // hga_chunk_score: a warp per candidate chunk (strided by the block's warps), every query head.
-    let chunk_tile = lp.chunk_tile as f64;
-    let grid = (rt.candidates / chunk_tile).ceil().max(1.0) * kvh * b;
-    let per_warp = (chunk_tile / warps).ceil();
-    let heads_pass = (gqa / 8.0).ceil();
-    let score_instr = per_warp * gqa * (d / 32.0 * sv * 4.0 + 12.0);
-    let staging = heads_pass * (8.0f64.min(gqa) * d / nt).ceil() * 6.0;
-    let res = blocks_per_sm(gpu, lp.threads, 40, (8.0f64.min(gqa) * d * 4.0) as u32);
-    let cs_cycles =
-        heads_pass * (2.0 * l2_lat) + per_warp * dram_lat + issue_cycles(score_instr + staging, res * warps);
-    let cs_bytes = b * kvh * rt.candidates * sv * d * 4.0 + b * qh * rt.candidates * 4.0;
-    kernels.push(KernelCost { name: "hga_chunk_score", us: x.kernel(grid, res, cs_cycles, cs_bytes) });
-    dram += cs_bytes;
-    flops += b * qh * rt.candidates * sv * d * 2.0;
-
-    // hga_chunk_select and hga_group_select: one block of `select_threads` per routing unit. Top-k as the
-    // generator does it: rank counting in shared memory for short lists; per-thread sorted lists of k
-    // with batched loads, a warp merge and a rank count for k <= 16; otherwise k rounds of a block scan.
-    let units = lp.units as f64;
-    let snt = lp.select_threads as f64;
-    let swarps = snt / 32.0;
-    let res = blocks_per_sm(gpu, lp.select_threads, 64, 4096);
-    let scan = |n: f64| (n / snt).ceil() / a.scan_unroll * l2_lat + (n / snt).ceil() * 6.0;
-    let reduce = reduce_cycles(lp.select_threads);
-    let mass_passes = if r.sharing == Sharing::PerKvHead { gqa * 3.0 } else { 0.0 };
-    let topk_cycles = |n: f64, k: f64| {
-        let k = k.min(n);
-        let select = if n <= 256.0 {
-            l2_lat + n * 3.0 + 2.0 * 40.0
-        } else if k <= 16.0 && swarps * k <= 512.0 {
-            // Per thread: batches of 16 loads, each element compared into a sorted list of k; then k
-            // rounds of a warp arg-max and a rank count over the warps' lists (every thread one item).
-            let batches = (n / (16.0 * snt)).ceil();
-            let per_thread = (n / snt).ceil();
-            batches * dram_lat
-                + issue_cycles(per_thread * 60.0, swarps)
-                + k * 400.0
-                + issue_cycles(swarps * k * 4.0, swarps)
-                + 2.0 * 40.0
-        } else {
-            k * (scan(n) + reduce)
-        };
-        mass_passes * (scan(n) + reduce) + select
-    };
-    let csel_cycles = l2_lat + topk_cycles(rt.candidates, rt.selected);
-    kernels.push(KernelCost {
-        name: "hga_chunk_select",
-        us: x.kernel(units * b, res, csel_cycles, b * units * rt.candidates * 4.0),
-    });
-
-    // hga_group_select: score the selected chunks' groups (a warp per group), then the top-k.
-    let n_groups = rt.selected * spec.groups_per_chunk() as f64;
-    let unit_heads = if r.sharing == Sharing::PerKvHead { gqa } else { 1.0 };
-    let gs_instr = (n_groups / swarps).ceil() * unit_heads * (d / 32.0 * sv * 4.0 + 12.0);
-    let gs_bytes = b * units * n_groups * sv * d * 4.0;
-    let gsel_cycles = 2.0 * l2_lat
-        + (n_groups / swarps).ceil().min(1.0) * dram_lat
-        + issue_cycles(gs_instr, swarps)
-        + topk_cycles(n_groups, rt.opened);
-    kernels.push(KernelCost { name: "hga_group_select", us: x.kernel(units * b, res, gsel_cycles, gs_bytes) });
-    dram += gs_bytes;
-    flops += b * qh * n_groups * sv * d * 2.0;
-
-    // hga_fetch_resolve: union of GQA × opened entries per KV head in rounds of `threads`, slot lookups.
-    let entries = if r.sharing == Sharing::PerKvHead { rt.opened } else { gqa * rt.opened };
-    let rounds = (entries / nt).ceil().max(1.0);
-    // Each entry is kept where its group first occurs: every thread compares its entry with those before.
-    let dedupe_instr = (entries / nt).ceil() * entries * 6.0;
-    let resolve_cycles =
-        rounds * (2.0 * l2_lat + 2.0 * reduce_cycles(lp.threads)) + issue_cycles(dedupe_instr, warps) + dram_lat;
-    kernels.push(KernelCost {
-        name: "hga_fetch_resolve",
-        us: x.kernel(kvh * b, res, resolve_cycles, b * kvh * entries * 16.0),
-    });
-    // hga_fetch_assign: one block hands slots to the misses.
-    let misses = b * kvh * rt.union * a.miss_fraction;
-    let assign_cycles = (misses / nt).ceil().max(1.0) * (l2_lat + reduce_cycles(lp.threads));
-    kernels.push(KernelCost { name: "hga_fetch_assign", us: x.kernel(1.0, 1.0, assign_cycles, misses * 32.0) });
-    // hga_fetch_gather: missed groups from mapped pinned host memory over PCIe.
-    let pcie = misses * 2.0 * r.group as f64 * d * elem;
-    let gather_us = a.launch_us + x.pcie_us(pcie).max(x.us(2.0 * dram_lat));
-    kernels.push(KernelCost { name: "hga_fetch_gather", us: gather_us });
-    dram += pcie;
-
-    // hga_attend: grid (split_k, KVH × head tiles, B); per tile: stage K/V (one latency, no double
-    // buffering), scores, softmax, accumulate; four barriers.
-    let res_attend = modeled_resources(spec);
     let tt = lp.tile_tokens as f64;
     let ht = lp.head_tile as f64;
-    let vw = spec.kernel().vec_width as f64;
+    let vw = s.spec.kernel().vec_width as f64;
     let sk = lp.split_k as f64;
+    let d = s.d;
     let tiles = (rt.tokens / tt).ceil().max(1.0);
     let per_block_tiles = (tiles / sk).ceil();
-    let grid = sk * kvh * lp.head_tiles as f64 * b;
+    let grid = sk * s.kvh * lp.head_tiles as f64 * s.b;
     let res = blocks_per_sm(gpu, lp.threads, res_attend.regs_per_thread, res_attend.smem_bytes);
+    let (waves, sharing) = x.waves(grid, res);
+    // Per tile and thread: stage K/V into shared memory (and slot fills), keep flags, scores (item =
+    // head × token, D/2 bf16 pairs each), online softmax (a warp per head), accumulate (item = head ×
+    // dimension pair, a pass over the tile's tokens).
     let vpr = d / vw;
     let stage_instr = (tt * vpr / nt).ceil() * (26.0 + vw / 2.0 + 2.0);
     let keep_instr = (ht * tt / nt).ceil() * 10.0;
@@ -359,30 +553,28 @@ pub fn step_cost(gpu: &GpuSpec, spec: &ValidSpec, w: Workload, a: &Assumptions) 
     let items_pt = (ht * d / 2.0 / nt).ceil();
     let accum_instr = items_pt * tt * 6.0;
     let tile_instr = stage_instr + keep_instr + score_instr + softmax_instr + accum_instr;
-    let resident_warps = res.min((grid / gpu.sms as f64).ceil()) * warps;
-    let tile_cycles = dram_lat + issue_cycles(tile_instr, resident_warps) + 4.0 * (40.0 + 4.0 * warps);
-    let prologue = l2_lat + (ht * d / nt).ceil() * 6.0 + dram_lat;
-    let attend_cycles = prologue + per_block_tiles * tile_cycles;
-    let attend_bytes = b * kvh * rt.tokens * d * elem * 2.0 + b * qh * sk * (d + 2.0) * 4.0;
-    let load_eff = match vw as u32 * m.dtype.bytes() as u32 {
+    let tile_cycles =
+        a.dram_latency_cycles.max(issue_cycles(tile_instr, sharing * warps)) + 4.0 * barrier_cycles(lp.threads);
+    let latency = a.attend_block_rounds * a.dram_latency_cycles;
+    let block_cycles = latency + per_block_tiles * tile_cycles;
+    let kv_bytes = s.b * s.kvh * (rt.tokens - rt.misses * r.group as f64) * d * s.elem * 2.0;
+    let partial_bytes = s.b * s.qh * sk * (d + 2.0) * 4.0 * 2.0;
+    let load_eff = match vw as u32 * s.elem as u32 {
         16.. => 1.0,
         8 => a.narrow_load_efficiency.0,
         _ => a.narrow_load_efficiency.1,
     };
-    let attend_flops = b * qh * (rt.tokens - rt.union * r.group as f64 + rt.opened * r.group as f64) * d * 4.0;
-    let compute_us = attend_flops / (gpu.fp32_tflops * 1e6);
-    let attend_us = x.kernel(grid, res, attend_cycles, attend_bytes / load_eff).max(a.launch_us + compute_us);
-    kernels.push(KernelCost { name: "hga_attend", us: attend_us });
-    dram += attend_bytes;
-    flops += attend_flops;
-
-    // hga_merge: grid (QH, B), block D: each thread reads its split partials (unrolled: SK is constant).
-    let merge_bytes = b * qh * (sk * (d + 2.0) * 4.0 + d * elem);
-    let merge_cycles = 2.0 * l2_lat + sk * 2.0 * 8.0 + dram_lat;
-    let res = blocks_per_sm(gpu, m.head_dim, 32, 0);
-    kernels.push(KernelCost { name: "hga_merge", us: x.kernel(qh * b, res, merge_cycles, merge_bytes) });
-    dram += merge_bytes;
-
-    let total_us = kernels.iter().map(|k| k.us).sum();
-    StepCost { kernels, total_us, dram_bytes: dram, pcie_bytes: pcie, flops }
+    let flops = s.b * s.qh * (rt.tokens - rt.union * r.group as f64 + rt.opened * r.group as f64) * d * 4.0;
+    let compute_us = flops / (gpu.fp32_tflops * 1e6);
+    let body_us = x.us(waves * block_cycles).max(x.dram_us(kv_bytes / load_eff + partial_bytes)).max(compute_us);
+    let pcie = s.b * s.kvh * rt.misses * 2.0 * r.group as f64 * d * s.elem;
+    // The merge: per item (head, dimension) of the tile, two passes over the splits' partials in L2.
+    let merge_items = (ht * d / nt).ceil();
+    let merge_cycles = a.merge_fixed_rounds * a.dram_latency_cycles + merge_items * sk * a.merge_split_cycles;
+    // With misses, the blocks that read them still compute their last tile after its data arrives.
+    let pcie_bound_us = if pcie > 0.0 { x.us(latency + tile_cycles) + x.pcie_us(pcie) } else { 0.0 };
+    let us = a.launch_us + body_us.max(pcie_bound_us) + x.us(merge_cycles);
+    // Missed groups are written into their slots on the way.
+    let fill = s.b * s.kvh * rt.misses * 2.0 * r.group as f64 * d * s.elem;
+    Part { us, dram: kv_bytes + partial_bytes + fill, pcie, flops }
 }

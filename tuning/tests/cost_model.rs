@@ -1,11 +1,12 @@
-//! Sanity of the cost model and the GPU presets: a longer context or a larger batch is never modeled
-//! cheaper; the split-K trade-off goes the expected way; every preset carries its facts and sources.
+//! Sanity and calibration of the cost model and the GPU presets: a longer context or a larger batch is
+//! never modeled cheaper; misses cost PCIe time; the modeled H200 step lands near the measured one and
+//! ranks the measured (threads, split_k) pairs as the H200 did; every preset carries its facts and sources.
 
-use hga_dsl::{presets, KernelParams, Spec};
+use hga_dsl::{presets, KernelParams, Spec, ValidSpec};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use tuning::cost::{step_cost, Assumptions, Workload};
+use tuning::cost::{step_cost, Assumptions, StepCost, Workload};
 use tuning::gpu;
 
 fn rng() -> StdRng {
@@ -22,12 +23,12 @@ fn more_context_or_batch_is_never_cheaper() {
     let gpus = gpu::all();
     let models = presets::all();
     let grid = tuning::space::grid();
-    let a = Assumptions::default();
     for _ in 0..3000 {
         let g = gpus.choose(&mut r).unwrap();
         let m = models.choose(&mut r).unwrap();
         let k: KernelParams = grid.choose(&mut r).unwrap().clone();
         let Ok(spec) = Spec::new(m.shape.clone()).with_kernel(k).validate() else { continue };
+        let a = Assumptions { miss_fraction: r.random_range(0.0..=1.0), ..Assumptions::default() };
         let c1 = r.random_range(1..=(2u64 << 20));
         let c2 = c1 + r.random_range(0..=(1u64 << 20));
         let b1 = r.random_range(1..=16u32);
@@ -37,23 +38,173 @@ fn more_context_or_batch_is_never_cheaper() {
         for s in [&x, &y, &z] {
             assert!(s.total_us.is_finite() && s.total_us > 0.0, "{s:?}");
             assert!(s.kernels.iter().all(|k| k.us.is_finite() && k.us > 0.0), "{s:?}");
+            let sum: f64 = s.kernels.iter().map(|k| k.us).sum();
+            assert!((sum - s.total_us).abs() <= 1e-9 * sum, "{s:?}");
         }
-        assert!(
-            y.total_us >= x.total_us,
-            "{} {} {:?}: context {c1} → {c2} got cheaper: {} → {}",
-            g.name,
-            m.name,
-            spec.kernel(),
-            x.total_us,
-            y.total_us
-        );
-        assert!(z.total_us >= y.total_us, "{} {} {:?}: batch {b1} → {b2} got cheaper", g.name, m.name, spec.kernel());
-        assert!(y.dram_bytes >= x.dram_bytes);
+        let what = format!("{} {} {:?} miss {}", g.name, m.name, spec.kernel(), a.miss_fraction);
+        assert!(y.total_us >= x.total_us, "{what}: context {c1} → {c2} got cheaper: {} → {}", x.total_us, y.total_us);
+        assert!(z.total_us >= y.total_us, "{what}: batch {b1} → {b2} got cheaper: {} → {}", y.total_us, z.total_us);
+        assert!(y.dram_bytes >= x.dram_bytes && z.dram_bytes >= y.dram_bytes, "{what}");
+        assert!(y.pcie_bytes >= x.pcie_bytes && z.pcie_bytes >= y.pcie_bytes, "{what}");
     }
 }
 
 #[test]
-fn split_k_pays_at_batch_1_and_long_context_and_merge_costs_show() {
+fn the_step_is_the_codegen_2_kernels_in_launch_order() {
+    let spec = qwen3_30b(512, 32);
+    let s = step_cost(&h200(), &spec, Workload { context: 1 << 16, batch: 1 }, &Assumptions::default());
+    let names: Vec<&str> = s.kernels.iter().map(|k| k.name).collect();
+    assert_eq!(
+        names,
+        ["hga_append", "hga_summarize", "hga_chunk_score", "hga_select", "hga_resolve", "hga_attend"],
+        "the kernels of a decode step (hga_dsl::codegen)"
+    );
+    for n in &names {
+        assert!(hga_dsl::codegen::ENTRY_POINTS.contains(n), "{n} is not a generated entry point");
+    }
+}
+
+fn h200() -> gpu::GpuSpec {
+    gpu::find("h200").unwrap()
+}
+
+fn qwen3_30b(threads: u32, split_k: u32) -> ValidSpec {
+    Spec::new(presets::find("qwen3-30b").unwrap().shape)
+        .with_kernel(KernelParams { threads, split_k, ..KernelParams::default() })
+        .validate()
+        .unwrap()
+}
+
+/// The H200 runs of codegen 2 (commit 82f8de2; qwen3-30b shape, default routing, batch 1, CUDA events
+/// event to event so each kernel includes its ~4 µs launch gap; random queries and keys): distinct
+/// groups per KV head were ~730 / 4 at 64K and ~1002 / 4 at 1M (all of them missing with a fresh query
+/// every step, all hits with the same query).
+struct Measured {
+    context: u64,
+    distinct_groups_per_kv_head: f64,
+    /// µs, threads 512 split_k 32, all hits: chunk_score, select, resolve, attend, and the launched step.
+    kernels: [(&'static str, f64); 4],
+    step_launched: f64,
+    step_graph: f64,
+    /// µs, `hga_attend` with every group missing.
+    attend_all_missing: f64,
+}
+
+const MEASURED: [Measured; 2] = [
+    Measured {
+        context: 1 << 16,
+        distinct_groups_per_kv_head: 730.0 / 4.0,
+        kernels: [("hga_chunk_score", 7.2), ("hga_select", 15.5), ("hga_resolve", 12.4), ("hga_attend", 24.8)],
+        step_launched: 64.2,
+        step_graph: 58.8,
+        attend_all_missing: 135.7,
+    },
+    Measured {
+        context: 1 << 20,
+        distinct_groups_per_kv_head: 1002.0 / 4.0,
+        kernels: [("hga_chunk_score", 16.2), ("hga_select", 18.4), ("hga_resolve", 12.8), ("hga_attend", 24.9)],
+        step_launched: 78.9,
+        step_graph: 72.7,
+        attend_all_missing: 179.2,
+    },
+];
+
+/// The model's assumptions with the measured run's routing: its union of groups per KV head (random
+/// queries overlap less across the GQA heads than real text), and the given miss fraction.
+fn as_measured(m: &Measured, miss_fraction: f64) -> Assumptions {
+    let (opened, gqa) = (32.0, 8.0);
+    let union_fraction = (m.distinct_groups_per_kv_head / opened - 1.0) / (gqa - 1.0);
+    Assumptions { union_fraction, miss_fraction, ..Assumptions::default() }
+}
+
+fn modeled(m: &Measured, threads: u32, split_k: u32, miss_fraction: f64) -> StepCost {
+    step_cost(
+        &h200(),
+        &qwen3_30b(threads, split_k),
+        Workload { context: m.context, batch: 1 },
+        &as_measured(m, miss_fraction),
+    )
+}
+
+fn rel(model: f64, measured: f64) -> f64 {
+    assert!(model.is_finite() && measured > 0.0, "{model} vs {measured}");
+    (model - measured).abs() / measured
+}
+
+#[test]
+fn the_h200_step_lands_near_the_measured_one() {
+    for m in &MEASURED {
+        let s = modeled(m, 512, 32, 0.0);
+        eprintln!("{} tokens, modeled (µs): {:?}", m.context, s.kernels);
+        // The steady step: every kernel but the chunk-close summaries.
+        let step = s.total_us - s.kernel_us("hga_summarize").unwrap();
+        eprintln!("  step {step:.1} modeled, {} launched / {} as a graph measured", m.step_launched, m.step_graph);
+        assert!(rel(step, m.step_launched) < 0.2, "{}: step {step} vs {}", m.context, m.step_launched);
+        assert!(rel(step, m.step_graph) < 0.2, "{}: step {step} vs graph {}", m.context, m.step_graph);
+        for (name, want) in m.kernels {
+            let got = s.kernel_us(name).unwrap();
+            assert!(rel(got, want) < 0.3, "{}: {name} modeled {got} vs measured {want}", m.context);
+        }
+    }
+    // The routing kernels grow with the candidates; attention does not (same tokens per KV head).
+    let (short, long) = (modeled(&MEASURED[0], 512, 32, 0.0), modeled(&MEASURED[1], 512, 32, 0.0));
+    for k in ["hga_chunk_score", "hga_select"] {
+        assert!(long.kernel_us(k).unwrap() > short.kernel_us(k).unwrap() * 1.1, "{k} should grow from 64K to 1M");
+    }
+}
+
+#[test]
+fn misses_cost_pcie_time_inside_attend() {
+    let g = h200();
+    for m in &MEASURED {
+        let hit = modeled(m, 512, 32, 0.0);
+        let miss = modeled(m, 512, 32, 1.0);
+        let attend = miss.kernel_us("hga_attend").unwrap();
+        eprintln!("{} tokens: attend all missing {attend:.1} modeled, {} measured", m.context, m.attend_all_missing);
+        assert!(rel(attend, m.attend_all_missing) < 0.2, "{}: {attend} vs {}", m.context, m.attend_all_missing);
+        // Every missed group's keys and values cross PCIe once, and attend takes at least that long.
+        let groups = 4.0 * m.distinct_groups_per_kv_head;
+        let want_bytes = groups * 2.0 * 16.0 * 128.0 * 2.0;
+        assert!(rel(miss.pcie_bytes - hit.pcie_bytes, want_bytes) < 1e-9, "{} vs {want_bytes}", miss.pcie_bytes);
+        assert!(attend * 1e-6 * g.pcie_gbs * 1e9 >= want_bytes, "faster than the link");
+        // Only attend (and resolve's slot assignment) pay for the misses.
+        for k in ["hga_append", "hga_chunk_score", "hga_select"] {
+            assert_eq!(miss.kernel_us(k), hit.kernel_us(k), "{k}");
+        }
+        assert!(miss.kernel_us("hga_resolve").unwrap() > hit.kernel_us("hga_resolve").unwrap());
+    }
+    // More misses never cost less.
+    let mut r = rng();
+    let mut last = 0.0;
+    let mut fractions: Vec<f64> = (0..20).map(|_| r.random_range(0.0..=1.0)).collect();
+    fractions.sort_by(f64::total_cmp);
+    for f in fractions {
+        let t = modeled(&MEASURED[1], 512, 32, f).kernel_us("hga_attend").unwrap();
+        assert!(t >= last, "miss fraction {f}: {t} < {last}");
+        last = t;
+    }
+}
+
+#[test]
+fn ranks_the_measured_thread_and_split_pairs_as_the_h200_did() {
+    // hga_attend at 64K, all hits, in measured order: 512/32 24.8 µs, 256/32 ~31, 512/64 37.6, 256/64 ~40.
+    let measured = [((512, 32), 24.8), ((256, 32), 31.0), ((512, 64), 37.6), ((256, 64), 40.0)];
+    for m in &MEASURED {
+        let model: Vec<f64> = measured.iter().map(|&((t, sk), _)| modeled(m, t, sk, 0.0).total_us).collect();
+        eprintln!("{} tokens: steps {model:?}", m.context);
+        for w in model.windows(2) {
+            assert!(w[0] < w[1], "{}: modeled order {model:?} differs from the measured one", m.context);
+        }
+    }
+    let m = &MEASURED[0];
+    for ((t, sk), want) in measured {
+        let got = modeled(m, t, sk, 0.0).kernel_us("hga_attend").unwrap();
+        assert!(rel(got, want) < 0.2, "attend threads {t} split_k {sk}: modeled {got} vs measured {want}");
+    }
+}
+
+#[test]
+fn split_k_pays_at_batch_1_and_long_context() {
     let a = Assumptions::default();
     let spec = |sk| {
         Spec::new(presets::find("qwen3-30b").unwrap().shape)
@@ -63,10 +214,8 @@ fn split_k_pays_at_batch_1_and_long_context_and_merge_costs_show() {
     };
     for g in gpu::all() {
         let w = Workload { context: 1 << 20, batch: 1 };
-        let attend = |sk| step_cost(&g, &spec(sk), w, &a).kernels.iter().find(|k| k.name == "hga_attend").unwrap().us;
+        let attend = |sk| step_cost(&g, &spec(sk), w, &a).kernel_us("hga_attend").unwrap();
         assert!(attend(16) < attend(1), "{}: 16 splits should beat 1 at batch 1 (few blocks)", g.name);
-        let merge = |sk| step_cost(&g, &spec(sk), w, &a).kernels.iter().find(|k| k.name == "hga_merge").unwrap().us;
-        assert!(merge(64) > merge(1), "{}: merging 64 splits costs more than 1", g.name);
     }
 }
 
