@@ -60,6 +60,22 @@ struct HgaParams {
 
 #define NO_SLOT (-2147483647 - 1)
 
+// Programmatic dependent launch (sm_90+): each kernel lets the next one of the step be scheduled at
+// once, and waits for the previous one's completion (and memory) before touching anything, so the
+// launch latency of a kernel overlaps the one before it. No-ops without the launch attribute, and on
+// older architectures.
+#if __CUDA_ARCH__ >= 900
+#define STEP_PROLOGUE()                                        \
+    do {                                                       \
+        asm volatile("griddepcontrol.launch_dependents;");     \
+        asm volatile("griddepcontrol.wait;" ::: "memory");     \
+    } while (0)
+#else
+#define STEP_PROLOGUE() \
+    do {                \
+    } while (0)
+#endif
+
 #define NEG_INF (__int_as_float(0xff800000))
 #define POS_INF (__int_as_float(0x7f800000))
 
@@ -401,6 +417,7 @@ __device__ __forceinline__ elem_t* host_record(const HgaParams& P, long long bk,
 // window buffer and into the group's host record (mapped host memory: the host copy is written by the
 // same kernel, bit for bit). grid (KVH, B), block D.
 extern "C" __global__ void __launch_bounds__(D) hga_append(HgaParams P, const elem_t* k_new, const elem_t* v_new) {
+    STEP_PROLOGUE();
     const int kvh = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     const int pos = P.pos[b];
     if (pos < 0) return;
@@ -514,6 +531,7 @@ __device__ void summarize_span(const HgaParams& P, int b, int kvh, int span, int
 // hga_summarize: summaries of chunk close_chunk[b] (skipped when < 0) from the window: block x = 0 the
 // chunk's, block x = 1 + j its group j's. grid (1 + GPC, KVH, B), block D.
 extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const int* close_chunk) {
+    STEP_PROLOGUE();
     const int c = close_chunk[blockIdx.z];
     if (c < 0) return;
     summarize_span(P, blockIdx.z, blockIdx.y, blockIdx.x, c, nullptr, 0);
@@ -524,6 +542,7 @@ extern "C" __global__ void __launch_bounds__(D) hga_summarize(HgaParams P, const
 // block, which may overwrite window rows it reads. grid (1 + GPC, KVH, chunks), block D.
 extern "C" __global__ void __launch_bounds__(D)
     hga_ingest_summarize(HgaParams P, int row, int first_chunk, const elem_t* staged, int p0) {
+    STEP_PROLOGUE();
     summarize_span(P, row, blockIdx.y, blockIdx.x, first_chunk + blockIdx.z, staged, p0);
 }
 
@@ -532,6 +551,7 @@ extern "C" __global__ void __launch_bounds__(D)
 // KL + 1 chunks). grid (ceil(n * KVH * D / 8 / NT)), block NT; 8 elements per thread.
 extern "C" __global__ void __launch_bounds__(NT)
     hga_ingest(HgaParams P, int row, int p0, int n, const elem_t* k, const elem_t* v) {
+    STEP_PROLOGUE();
     constexpr int VPRW = D / 8;
     const long long x = (long long)blockIdx.x * NT + threadIdx.x;
     if (x >= (long long)n * KVH * VPRW) return;
@@ -640,6 +660,7 @@ __device__ void stage_queries(const HgaParams& P, int b, int qh0, int nh, float 
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
 extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
+    STEP_PROLOGUE();
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int kvh = blockIdx.y, b = blockIdx.z;
     const int pos = P.pos[b];
@@ -680,6 +701,7 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
 // chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
 // grid (UNITS, B), block SNT.
 extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P) {
+    STEP_PROLOGUE();
     __shared__ float red[32];
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
     const int u = blockIdx.x, b = blockIdx.y;
@@ -747,6 +769,7 @@ __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
 #define RESOLVE_SMEM 4096
 #define HASH_CAP 1024
 extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
+    STEP_PROLOGUE();
     __shared__ int new_hand;
     __shared__ int lists_s[RESOLVE_SMEM];
     __shared__ int cnt_s[GQA];
@@ -953,6 +976,7 @@ constexpr int WORDS_PER_VEC = VW / 2;
 constexpr int KROW = D / 2 + 1;  // K tile row in 32-bit words, padded: conflict-free column reads
 
 extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
+    STEP_PROLOGUE();
     __shared__ float q_s[HT][D];
     __shared__ unsigned k_s[TT][KROW];
     __shared__ __align__(16) unsigned v_s[TT][D / 2];
