@@ -53,6 +53,7 @@ pub struct HgaCache {
     /// Tokens per layer of each live sequence.
     lens: BTreeMap<SeqId, Vec<usize>>,
     next_id: u64,
+    /// Host bytes of the CPU backend's K/V (the GPU backend counts its pinned arena itself).
     host_used: u64,
     backend: Backend,
     totals: Totals,
@@ -169,14 +170,6 @@ impl HgaCache {
                 limit: self.config.max_sequences,
             });
         }
-        let reserve = self.host_bytes_per_sequence();
-        if self.host_used + reserve > self.config.host_budget_bytes {
-            return Err(RuntimeError::HostOutOfMemory {
-                requested: reserve,
-                used: self.host_used,
-                budget: self.config.host_budget_bytes,
-            });
-        }
         let id = SeqId(self.next_id);
         match &mut self.backend {
             Backend::Cpu(b) => b.add_sequence(id),
@@ -184,7 +177,6 @@ impl HgaCache {
             Backend::Gpu(b) => b.add_sequence(id)?,
         }
         self.next_id += 1;
-        self.host_used += reserve;
         self.lens.insert(id, vec![0; self.config.layers]);
         Ok(id)
     }
@@ -192,7 +184,7 @@ impl HgaCache {
     /// Removes a sequence and frees its memory.
     pub fn remove_sequence(&mut self, id: SeqId) -> Result<(), RuntimeError> {
         let lens = self.lens.remove(&id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
-        self.host_used -= lens.iter().map(|&n| self.host_bytes_at(n)).sum::<u64>() + self.host_bytes_per_sequence();
+        self.host_used -= lens.iter().map(|&n| self.host_bytes_at(n)).sum::<u64>();
         match &mut self.backend {
             Backend::Cpu(b) => b.remove_sequence(id),
             #[cfg(feature = "cuda")]
@@ -348,19 +340,14 @@ impl HgaCache {
         Ok(())
     }
 
-    /// Host bytes one (sequence, layer) holds at `len` tokens, beyond its reservation.
+    /// Host bytes one (sequence, layer) holds at `len` tokens on the CPU backend (the GPU backend's store
+    /// grows by pinned group records and checks the budget itself).
     fn host_bytes_at(&self, len: usize) -> u64 {
         match &self.backend {
             Backend::Cpu(_) => CpuBackend::host_bytes(&self.config.spec, len),
             #[cfg(feature = "cuda")]
             Backend::Gpu(_) => 0,
         }
-    }
-
-    /// Host bytes a sequence reserves when added: none on either backend (the GPU backend's store
-    /// grows by group records and checks the budget itself).
-    fn host_bytes_per_sequence(&self) -> u64 {
-        0
     }
 }
 
