@@ -4,9 +4,9 @@
 //! steps rotated over enough copies of the state that they exceed L2, launched behind a spin kernel so
 //! that host launch overhead is not what is measured.
 //!
-//! What is timed per step: routing (chunk score, chunk select, group select), fetch (resolve, assign,
-//! gather) and attention (split-K attend, merge) of one layer: every kernel whose launch depends on the
-//! tuned parameters. The query is the same in every step, so after the warm-up every routed group hits
+//! What is timed per step: routing (chunk score, select), fetch (resolve) and attention (split-K attend,
+//! which reads missed groups from host memory and merges its splits) of one layer: every kernel whose
+//! launch depends on the tuned parameters. The query is the same in every step, so after the warm-up every routed group hits
 //! the slot cache (steady state without misses; misses are PCIe-bound and do not depend on the tuned
 //! parameters). Summaries, window, queries and the host store are fresh non-zero random values.
 
@@ -529,7 +529,7 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
             worst_err,
             start.elapsed().as_secs_f64()
         ),
-        "Timed per layer: route + fetch (all hits after warm-up) + attend + merge.".to_string(),
+        "Timed per layer: route + fetch (all hits after warm-up) + attend (with its merge).".to_string(),
     ]);
     Ok(Outcome { file_name: output::file_name(&g.name, &model.name), config, text, notes })
 }

@@ -6,7 +6,7 @@
 //! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
-//! every step: groups gathered from mapped pinned host memory). Whole steps are timed as separate
+//! every step: groups read by `hga_attend` from mapped pinned host memory). Whole steps are timed as separate
 //! launches and as one CUDA graph replay.
 
 use hga_dsl::{presets, Spec};

@@ -1,5 +1,6 @@
 //! Pinned, device-mapped host memory (DESIGN.md §3): page-locked so copies run at full PCIe speed, and
-//! mapped so that one gather kernel can read scattered groups straight from it.
+//! mapped so that the attention kernel can read scattered groups straight from it (and the append
+//! kernels write new tokens into it).
 
 use super::arena::{BlockSource, HostBlock};
 use crate::cuda::Gpu;
@@ -107,7 +108,7 @@ impl HostBlock for PinnedBuffer {
 }
 
 /// Arena blocks of pinned, device-mapped memory: a [`super::HostStore`] on them is readable by the
-/// GPU's gather at [`super::Arena::record_device_addr`].
+/// GPU's kernels at [`super::Arena::record_device_addr`].
 #[derive(Debug, Clone)]
 pub struct PinnedSource {
     gpu: Gpu,

@@ -10,7 +10,7 @@
 //!
 //! Per (batch, context): a [`DecodeBatch`] of the generated kernels with the whole context already in
 //! place: random bf16 K/V in one pinned, device-mapped host store (the group-contiguous layout the
-//! gather reads), random summary tables and window on the GPU. Then decode steps at positions
+//! attention kernel reads misses from), random summary tables and window on the GPU. Then decode steps at positions
 //! `context − 1, context, …`, each appending a random token (append + summarize on chunk close) and
 //! running route (chunk score, select) → fetch (resolve: union, slot lookup and assignment) → attend
 //! (split-K; missed groups read from host memory inside it and cached; the last split merges). Cold
