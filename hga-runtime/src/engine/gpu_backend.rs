@@ -396,14 +396,27 @@ impl GpuBackend {
         let misses = batch.miss_counts().map_err(cuda_err("read misses"))?;
         let union = batch.union().map_err(cuda_err("read union"))?;
         let attended = batch.attended_tokens().map_err(cuda_err("read attended tokens"))?;
-        let gqa = self.spec().gqa() as u64;
+        let routed_groups = batch.selected_groups().map_err(cuda_err("read routed groups"))?;
+        let (gqa, units) = (self.resolved.spec.gqa(), batch.units());
+        let group = self.resolved.spec.routing().group as u64;
         for &row in &rows {
             for bk in row * kvh..(row + 1) * kvh {
                 let (m, routed) = (misses[bk].0 as u64, union[bk].len() as u64);
                 tel.groups_per_kv_head.push(union[bk].len());
                 tel.misses += m;
                 tel.hits += routed - m.min(routed);
-                tel.attended_tokens += attended[bk] as u64 * gqa;
+                // The kernel spans the KV head's union; a query head's softmax holds only its own
+                // routed groups (every group of a closed chunk is full).
+                let span = attended[bk] as u64;
+                if units == kvh {
+                    tel.attended_tokens += span * gqa as u64;
+                } else {
+                    let kv = bk - row * kvh;
+                    for h in 0..gqa {
+                        let own = routed_groups[row * units + kv * gqa + h].len() as u64;
+                        tel.attended_tokens += span - (routed - own.min(routed)) * group;
+                    }
+                }
             }
         }
         tel.bytes_h2d += tel.misses * self.record_bytes;

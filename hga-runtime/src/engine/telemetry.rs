@@ -33,10 +33,8 @@ pub struct StepTelemetry {
     /// Distinct groups routed per (sequence, KV head), `[sequence][kv_head]` in batch order: the union
     /// over the query heads sharing the KV head.
     pub groups_per_kv_head: Vec<usize>,
-    /// Tokens in the softmax, summed over sequences and query heads. On the GPU backend: the tokens each
-    /// KV head's attention spans (sinks, the union of its query heads' routed groups, the local window)
-    /// times the query heads sharing it, so with per-query-head routing a head's tokens of groups only
-    /// its neighbours routed (masked out of its softmax) are counted too.
+    /// Tokens in the softmax, summed over sequences and query heads (sinks, the head's routed groups,
+    /// the local window and current chunk).
     pub attended_tokens: u64,
     /// Time per stage.
     pub stages: StageTimes,
