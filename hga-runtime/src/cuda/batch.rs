@@ -7,7 +7,7 @@ use cudarc::driver::{
     CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use hga_dsl::codegen::LaunchParams;
-use hga_dsl::Sharing;
+use hga_dsl::{Sharing, ValidSpec};
 
 /// How much a [`DecodeBatch`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,45 @@ pub struct Capacity {
     /// one partition per (sequence, KV head); each partition must hold the union one step can open
     /// there, so `n_slots >= batch × kv_heads × (gqa or 1) × top_groups`.
     pub n_slots: usize,
+}
+
+/// GPU bytes of a batch's attention state by kind, from its spec and capacity: what
+/// [`DecodeBatch::new`] allocates for them. Per-step scratch (selection lists, split partials) is left
+/// out; the per-chunk f32 scores of the step are counted with the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateBytes {
+    /// bf16 chunk and group summary tables.
+    pub summaries: u64,
+    /// Keys and values of the sinks, the local window and the current chunk.
+    pub window: u64,
+    /// The slot cache: one group record per slot, plus its owner and stamp.
+    pub slots: u64,
+    /// Per group its slot index and host record address; per chunk the step's f32 scores (per query
+    /// head) and masses (per KV head).
+    pub tables: u64,
+}
+
+impl StateBytes {
+    /// The state of a batch of `spec` with capacity `cap`.
+    pub fn of(spec: &ValidSpec, cap: Capacity) -> StateBytes {
+        let lp = hga_dsl::codegen::launch_params(spec);
+        let (r, d) = (spec.routing(), spec.head_dim() as u64);
+        let (rows, kvh, qh) = (cap.batch as u64, spec.model().kv_heads as u64, spec.model().q_heads as u64);
+        let chunks = cap.max_context.div_ceil(r.chunk as usize) as u64;
+        let groups = chunks * spec.groups_per_chunk() as u64;
+        let record = 2 * 2 * r.group as u64 * d;
+        StateBytes {
+            summaries: rows * kvh * (chunks + groups) * lp.summary_vectors as u64 * d * 2,
+            window: rows * 2 * kvh * lp.window_chunks as u64 * r.chunk as u64 * d * 2,
+            slots: cap.n_slots as u64 * (record + 8),
+            tables: rows * (kvh * groups * (4 + 8) + (qh + kvh) * chunks * 4),
+        }
+    }
+
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.summaries + self.window + self.slots + self.tables
+    }
 }
 
 /// Device buffers and launches of one layer's decode step for a batch of sequences. All work goes to
@@ -838,4 +877,26 @@ fn upload<T: DeviceRepr + ValidAsZeroBits>(
     }
     gpu.stream().memcpy_htod(src, dst)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hga_dsl::{presets, Spec};
+
+    #[test]
+    fn state_bytes_of_qwen3_30b_at_1m() {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        let s = StateBytes::of(&spec, Capacity { batch: 1, max_context: 1 << 20, n_slots: 2048 });
+        // 16384 chunks and 65536 groups per KV head, 4 KV heads, one 128-dim bf16 vector each.
+        assert_eq!(s.summaries, 4 * (16384 + 65536) * 128 * 2);
+        // 2 sinks + 8 local + 1 current chunk of 64 tokens, keys and values.
+        assert_eq!(s.window, 2 * 4 * 11 * 64 * 128 * 2);
+        assert_eq!(s.slots, 2048 * (8192 + 8));
+        assert_eq!(s.tables, 4 * 65536 * 12 + (32 + 4) * 16384 * 4);
+        assert_eq!(s.total(), s.summaries + s.window + s.slots + s.tables);
+        let b8 = StateBytes::of(&spec, Capacity { batch: 8, max_context: 1 << 20, n_slots: 2048 });
+        assert_eq!(b8.summaries, 8 * s.summaries);
+        assert_eq!(b8.slots, s.slots);
+    }
 }

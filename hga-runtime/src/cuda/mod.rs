@@ -38,7 +38,7 @@
 mod batch;
 mod kernels;
 
-pub use batch::{Capacity, DecodeBatch, StepGraph};
+pub use batch::{Capacity, DecodeBatch, StateBytes, StepGraph};
 pub use kernels::{DecodeKernels, FuncAttributes};
 
 use crate::jit::{Arch, JitError};
@@ -75,12 +75,6 @@ pub enum CudaError {
         value: String,
         /// The rule it breaks.
         rule: String,
-    },
-    /// The slot cache had fewer free slots than this step's misses.
-    #[error("slot cache too small: a step needed more than {n_slots} slots")]
-    SlotsExhausted {
-        /// Slots in the cache.
-        n_slots: usize,
     },
 }
 

@@ -29,7 +29,7 @@
 use super::config::CacheConfig;
 use super::telemetry::StepTelemetry;
 use super::SeqId;
-use crate::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu};
+use crate::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes};
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
 use crate::RuntimeError;
@@ -147,7 +147,7 @@ impl GpuBackend {
         let free = free as u64;
         let layout = RecordLayout { group: spec.routing().group as usize, head_dim: spec.head_dim() };
         let record = layout.bytes() as u64;
-        let sizes = Sizes::of(&spec, kernels, max_seq_len, rows);
+        let sizes = Sizes::of(&spec, max_seq_len, rows);
         let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
         // More slots than the rows have groups would never fill.
         let per_layer = ((budget / layers as u64 / record) as usize)
@@ -164,7 +164,9 @@ impl GpuBackend {
                 ),
             });
         }
-        let need = sizes.layer_bytes(per_layer, record) * layers as u64;
+        // One layer's state, plus 1 MiB for its per-step scratch.
+        let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: per_layer };
+        let need = (StateBytes::of(&spec, cap).total() + (1 << 20)) * layers as u64;
         if need > free {
             return Err(RuntimeError::GpuOutOfMemory { requested: need, available: free });
         }
@@ -430,35 +432,16 @@ struct Sizes {
     need_slots: usize,
     /// Groups of all rows at max_seq_len (more slots would never fill).
     all_groups: usize,
-    /// Device bytes of one layer apart from the slot cache.
-    fixed_bytes: u64,
 }
 
 impl Sizes {
-    fn of(spec: &ValidSpec, kernels: &DecodeKernels, max_seq_len: usize, rows: usize) -> Sizes {
-        let (r, d) = (spec.routing(), spec.head_dim());
-        let lp = &kernels.generated().launch;
-        let (kvh, qh) = (spec.model().kv_heads as usize, spec.model().q_heads as usize);
+    fn of(spec: &ValidSpec, max_seq_len: usize, rows: usize) -> Sizes {
+        let r = spec.routing();
+        let kvh = spec.model().kv_heads as usize;
         let chunks = max_seq_len.div_ceil(r.chunk as usize);
-        let groups = chunks * spec.groups_per_chunk();
         let kce = (r.top_chunks as usize).min(chunks);
         let kge = (r.top_groups as usize).min(kce * spec.groups_per_chunk());
         let ucap = if r.sharing == Sharing::PerKvHead { kge } else { spec.gqa() * kge };
-        // Per row: bf16 summary tables, the window, the per-group slot index and record addresses,
-        // chunk scores and masses.
-        let sums = kvh * (chunks + groups) * lp.summary_vectors as usize * d * 2;
-        let window = 2 * kvh * lp.window_chunks as usize * r.chunk as usize * d * 2;
-        let tables = kvh * groups * (4 + 8) + (qh + kvh) * chunks * 4;
-        let per_row = (sums + window + tables) as u64;
-        Sizes {
-            need_slots: rows * kvh * ucap,
-            all_groups: rows * kvh * groups,
-            fixed_bytes: per_row.saturating_mul(rows as u64) + (1 << 20),
-        }
-    }
-
-    /// Device bytes of one layer with `slots` slots of `record` bytes.
-    fn layer_bytes(&self, slots: usize, record: u64) -> u64 {
-        self.fixed_bytes.saturating_add(slots as u64 * (record + 8))
+        Sizes { need_slots: rows * kvh * ucap, all_groups: rows * kvh * chunks * spec.groups_per_chunk() }
     }
 }

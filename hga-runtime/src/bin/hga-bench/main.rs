@@ -44,7 +44,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, StateBytes};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
 use rayon::prelude::*;
@@ -542,23 +542,16 @@ fn run(a: Args) -> Res<()> {
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     if mode == "steady" {
-                        // bf16 summary tables; per group a slot index (4 B) and a host record address
-                        // (8 B); per slot its owner and stamp; f32 chunk scores (and masses).
-                        let sums = (cs + gs) * 2;
-                        let window = 2 * win * 2;
-                        let slot_bytes = slots * (record as usize + 8);
-                        let tables =
-                            bsz * kvh * cap_chunks * gpc * 12 + bsz * qh * cap_chunks * 4 + bsz * kvh * cap_chunks * 4;
+                        let state = StateBytes::of(kernels.spec(), cap);
                         let dense = bsz * n * kvh * d * 2 * 2;
-                        let state = sums + window + slot_bytes + tables;
                         result["memory"] = json!({
-                            "state_bytes": state,
+                            "state_bytes": state.total(),
                             "state_bytes_measured": free0.saturating_sub(free1),
-                            "summary_bytes": sums,
-                            "window_bytes": window,
-                            "slot_bytes": slot_bytes,
+                            "summary_bytes": state.summaries,
+                            "window_bytes": state.window,
+                            "slot_bytes": state.slots,
                             "dense_kv_bytes": dense,
-                            "state_over_dense": state as f64 / dense as f64,
+                            "state_over_dense": state.total() as f64 / dense as f64,
                         });
                     }
                     drop(b);
