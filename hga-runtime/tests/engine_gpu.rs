@@ -34,10 +34,7 @@ fn gpu_cache(config: CacheConfig) -> Option<HgaCache> {
             Some(c)
         }
         Err(RuntimeError::NoGpu { reason }) => {
-            if std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("HGA_REQUIRE_GPU=1 but no GPU: {reason}");
-            }
-            eprintln!("SKIPPED: no GPU ({reason})");
+            common::skip_without_gpu(&reason);
             None
         }
         Err(e) => panic!("GPU backend failed: {e}"),

@@ -25,7 +25,6 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// GPU; panics instead when `HGA_REQUIRE_GPU=1`.
 pub fn gpu_or_skip() -> Option<(hga_runtime::cuda::Gpu, hga_runtime::jit::Jit)> {
     use hga_runtime::cuda::{driver_present, Gpu};
-    let required = std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1");
     let gpu = if driver_present() { Gpu::open(0).map_err(|e| e.to_string()) } else { Err("no CUDA driver".into()) };
     match gpu {
         Ok(g) => {
@@ -34,12 +33,19 @@ pub fn gpu_or_skip() -> Option<(hga_runtime::cuda::Gpu, hga_runtime::jit::Jit)> 
                 .unwrap_or_else(|| std::env::temp_dir().join("hga-gpu-test-jit"));
             Some((g, hga_runtime::jit::Jit::with_cache_dir(dir)))
         }
-        Err(e) if required => panic!("HGA_REQUIRE_GPU=1 but no GPU: {e}"),
         Err(e) => {
-            eprintln!("SKIPPED: no GPU ({e})");
+            skip_without_gpu(&e);
             None
         }
     }
+}
+
+/// Prints "SKIPPED: no GPU (reason)", or panics when `HGA_REQUIRE_GPU=1` (on the GPU machine).
+pub fn skip_without_gpu(reason: &str) {
+    if std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("HGA_REQUIRE_GPU=1 but no GPU: {reason}");
+    }
+    eprintln!("SKIPPED: no GPU ({reason})");
 }
 
 /// Random bf16 values in (-scale, scale): (bits, the same values as f32).
