@@ -9,6 +9,8 @@ use cudarc::driver::{
 use hga_dsl::codegen::LaunchParams;
 use hga_dsl::{Sharing, ValidSpec};
 
+mod io;
+
 /// How much a [`DecodeBatch`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
