@@ -1,13 +1,25 @@
 //! Device state of a batch of sequences for one layer, and the launches of one decode step.
+//!
+//! Memory: the summary tables (`chunk_sum`, `group_sum`) and the per-group tables (`slot_of`,
+//! `group_addr`) are [`GrowableBuffer`]s: their whole `[B][KVH][cap][..]` address range is reserved at
+//! creation and pages are mapped as rows grow, inside the batch's own methods ([`DecodeBatch::set_rows`],
+//! [`DecodeBatch::append_block_device`], [`DecodeBatch::set_group_addrs`], [`DecodeBatch::upload_summaries`],
+//! ...), so a row of `n` tokens holds the pages of its first `ceil(n / chunk)` chunks only. Pages stay
+//! mapped when a row is reset for a new sequence ([`DecodeBatch::reset_row`]: they are reused). The
+//! per-step scratch lives in a [`StepScratch`] that the batches of all layers may share.
 
 use super::kernels::{HgaParams, Kernel};
+use super::layout::Layout;
+use super::scratch::StepScratch;
+use super::state_bytes::StateBytes;
+use super::vmm::GrowableBuffer;
 use super::{CudaError, DecodeKernels, Gpu};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CU_MEMHOSTALLOC_DEVICEMAP};
 use cudarc::driver::{
     CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use hga_dsl::codegen::LaunchParams;
-use hga_dsl::{Sharing, ValidSpec};
+use std::sync::Arc;
 
 mod io;
 
@@ -24,45 +36,6 @@ pub struct Capacity {
     pub n_slots: usize,
 }
 
-/// GPU bytes of a batch's attention state by kind, from its spec and capacity: what
-/// [`DecodeBatch::new`] allocates for them. Per-step scratch (selection lists, split partials) is left
-/// out; the per-chunk f32 scores of the step are counted with the tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateBytes {
-    /// bf16 chunk and group summary tables.
-    pub summaries: u64,
-    /// Keys and values of the sinks, the local window and the current chunk.
-    pub window: u64,
-    /// The slot cache: one group record per slot, plus its owner and stamp.
-    pub slots: u64,
-    /// Per group its slot index and host record address; per chunk the step's f32 scores (per query
-    /// head) and masses (per KV head).
-    pub tables: u64,
-}
-
-impl StateBytes {
-    /// The state of a batch of `spec` with capacity `cap`.
-    pub fn of(spec: &ValidSpec, cap: Capacity) -> StateBytes {
-        let lp = hga_dsl::codegen::launch_params(spec);
-        let (r, d) = (spec.routing(), spec.head_dim() as u64);
-        let (rows, kvh, qh) = (cap.batch as u64, spec.model().kv_heads as u64, spec.model().q_heads as u64);
-        let chunks = cap.max_context.div_ceil(r.chunk as usize) as u64;
-        let groups = chunks * spec.groups_per_chunk() as u64;
-        let record = 2 * 2 * r.group as u64 * d;
-        StateBytes {
-            summaries: rows * kvh * (chunks + groups) * lp.summary_vectors as u64 * d * 2,
-            window: rows * 2 * kvh * lp.window_chunks as u64 * r.chunk as u64 * d * 2,
-            slots: cap.n_slots as u64 * (record + 8),
-            tables: rows * (kvh * groups * (4 + 8) + (qh + kvh) * chunks * 4),
-        }
-    }
-
-    /// All of it.
-    pub fn total(&self) -> u64 {
-        self.summaries + self.window + self.slots + self.tables
-    }
-}
-
 /// Device buffers and launches of one layer's decode step for a batch of sequences. All work goes to
 /// the [`Gpu`]'s stream; nothing synchronizes except the read-back methods.
 pub struct DecodeBatch<'k> {
@@ -73,6 +46,12 @@ pub struct DecodeBatch<'k> {
     pos_host: Vec<i32>,
     p: HgaParams,
     b: Buffers,
+    layout: Layout,
+    /// chunk_sum, group_sum, slot_of, group_addr ([`Layout::batch_tables`] order).
+    tables: [GrowableBuffer; 4],
+    /// Chunks each row's tables hold (mapped): the most any of its sequences needed.
+    grown: Vec<usize>,
+    scratch: Arc<StepScratch>,
     _own_store: Option<CudaSlice<u16>>,
     _pinned_store: Option<PinnedHostSlice<u16>>,
     /// Staging buffers of block appends (keys, values), grown on demand.
@@ -92,6 +71,7 @@ pub struct StepGraph {
     candidate_capacity: u32,
 }
 
+/// The batch's own buffers (the growable tables and the shared scratch apart).
 struct Buffers {
     pos: CudaSlice<i32>,
     close: CudaSlice<i32>,
@@ -99,26 +79,19 @@ struct Buffers {
     v_new: CudaSlice<u16>,
     win_k: CudaSlice<u16>,
     win_v: CudaSlice<u16>,
-    chunk_sum: CudaSlice<u16>,
-    group_sum: CudaSlice<u16>,
     q: CudaSlice<u16>,
-    chunk_score: CudaSlice<f32>,
-    sel_chunk: CudaSlice<i32>,
-    n_sel_chunk: CudaSlice<i32>,
     sel_group: CudaSlice<i32>,
     n_sel_group: CudaSlice<i32>,
     uni_group: CudaSlice<i32>,
     uni_slot: CudaSlice<i32>,
     n_uni: CudaSlice<i32>,
     n_att: CudaSlice<i32>,
-    slot_of: CudaSlice<i32>,
     slot_owner: CudaSlice<i32>,
     slot_stamp: CudaSlice<i32>,
     part_state: CudaSlice<i32>,
-    group_addr: CudaSlice<u64>,
     error: CudaSlice<i32>,
     out: CudaSlice<u16>,
-    _rest: Vec<Box<dyn std::any::Any>>,
+    slots: CudaSlice<u16>,
 }
 
 /// An extra kernel argument after the params.
@@ -132,154 +105,233 @@ fn ptr<T>(s: &CudaSlice<T>, gpu: &Gpu) -> u64 {
 }
 
 impl<'k> DecodeBatch<'k> {
-    /// Allocates the state of `cap.batch` empty sequences.
+    /// Allocates the state of `cap.batch` empty sequences, with a step scratch of its own. Rows are
+    /// inactive until [`DecodeBatch::set_rows`] gives them a position.
     pub fn new(gpu: &Gpu, kernels: &'k DecodeKernels, cap: Capacity) -> Result<DecodeBatch<'k>, CudaError> {
-        let spec = kernels.spec();
-        let (m, r) = (spec.model(), spec.routing());
+        let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
+        layout.check(cap)?;
+        let scratch = Arc::new(StepScratch::with_layout(gpu, kernels, layout)?);
+        Self::build(gpu, kernels, cap, layout, scratch)
+    }
+
+    /// Like [`DecodeBatch::new`], with a step scratch shared with other batches (one per layer of a
+    /// model: make it with [`StepScratch::new`] for the same spec and capacity). Batches that share a
+    /// scratch must run on the same stream, one step at a time (the engine runs layers one after
+    /// another); the read-backs of the scratch ([`DecodeBatch::chunk_scores`],
+    /// [`DecodeBatch::selected_chunks`]) show the last step run on it. A scratch of another stream, or
+    /// sized for another spec, batch or `max_context` (in chunks), is a typed error.
+    pub fn with_scratch(
+        gpu: &Gpu,
+        kernels: &'k DecodeKernels,
+        cap: Capacity,
+        scratch: Arc<StepScratch>,
+    ) -> Result<DecodeBatch<'k>, CudaError> {
+        let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
+        layout.check(cap)?;
+        scratch.check_compatible(gpu, &layout)?;
+        Self::build(gpu, kernels, cap, layout, scratch)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        kernels: &'k DecodeKernels,
+        cap: Capacity,
+        l: Layout,
+        scratch: Arc<StepScratch>,
+    ) -> Result<DecodeBatch<'k>, CudaError> {
         let lp = kernels.generated().launch.clone();
-        let (bsz, qh, kvh, d) = (cap.batch, m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
-        let (c, g, gpc, gqa) = (r.chunk as usize, r.group as usize, spec.groups_per_chunk(), spec.gqa());
-        let invalid = |field, value: usize, rule: String| CudaError::Invalid { field, value: value.to_string(), rule };
-        if bsz == 0 || bsz > 65535 {
-            return Err(invalid("batch", bsz, "must be in 1..=65535".into()));
-        }
-        if cap.max_context == 0 || cap.max_context > (1 << 28) {
-            return Err(invalid("max_context", cap.max_context, "must be in 1..=2^28".into()));
-        }
-        let cap_chunks = cap.max_context.div_ceil(c);
-        let cap_groups = cap_chunks * gpc;
-        let kce = (r.top_chunks as usize).min(cap_chunks);
-        let kge = (r.top_groups as usize).min(kce * gpc);
-        let shared = r.sharing == Sharing::PerKvHead;
-        let ucap = if shared { kge } else { gqa * kge };
-        let units = lp.units as usize;
-        let need = bsz * kvh * ucap;
-        if cap.n_slots < need || cap.n_slots > i32::MAX as usize {
-            return Err(invalid(
-                "n_slots",
-                cap.n_slots,
-                format!("must be >= batch × kv_heads × opened groups per KV head = {need}"),
-            ));
-        }
-        let flat = bsz * kvh * cap_groups;
-        if (flat * 2 * g * d) as u128 > i64::MAX as u128 || bsz * kvh * ucap > i32::MAX as usize {
-            return Err(invalid("max_context", cap.max_context, "too large for 32-bit union indices".into()));
-        }
-        let part_slots = cap.n_slots / (bsz * kvh);
+        let (bsz, qh, kvh, d) = (l.bsz, l.qh, l.kvh, l.d);
         let st = gpu.stream();
-        let z = |n: usize| -> Result<CudaSlice<f32>, CudaError> { Ok(st.alloc_zeros::<f32>(n.max(1))?) };
         let zi = |n: usize| -> Result<CudaSlice<i32>, CudaError> { Ok(st.alloc_zeros::<i32>(n.max(1))?) };
         let zh = |n: usize| -> Result<CudaSlice<u16>, CudaError> { Ok(st.alloc_zeros::<u16>(n.max(1))?) };
-        let sv = lp.summary_vectors as usize;
-        let sk = lp.split_k as usize;
-        let mw = lp.mask_words as usize;
-        let win = bsz * kvh * lp.window_chunks as usize * c * d;
-        let chunk_mass = z(bsz * kvh * cap_chunks)?;
-        let group_cand = zi(bsz * units * kce * gpc)?;
-        let group_score = z(bsz * qh * kce * gpc)?;
-        let group_mass = z(bsz * kvh * kce * gpc)?;
-        let uni_mask = st.alloc_zeros::<u32>((bsz * kvh * ucap * mw).max(1))?;
-        let miss_list = zi(bsz * kvh * ucap)?;
-        let slots = zh(bsz * kvh * part_slots * 2 * g * d)?;
-        let part_ml = z(bsz * qh * sk * 2)?;
-        let part_acc = z(bsz * qh * sk * d)?;
-        let done = zi(bsz * kvh * lp.head_tiles as usize)?;
+        let win = bsz * kvh * l.window_chunks * l.chunk * d;
+        let ucap = l.ucap;
+        let [cs, gs, so, ga] = l.batch_tables();
+        // Summaries read as 0 and groups as uncached (-1) and without a record (0) until written.
+        let tables = [
+            GrowableBuffer::new(gpu, cs.bytes(), 0)?,
+            GrowableBuffer::new(gpu, gs.bytes(), 0)?,
+            GrowableBuffer::new(gpu, so.bytes(), 0xFF)?,
+            GrowableBuffer::new(gpu, ga.bytes(), 0)?,
+        ];
         let b = Buffers {
-            pos: zi(bsz)?,
+            pos: st.clone_htod(&vec![-1i32; bsz])?,
             close: st.clone_htod(&vec![-1i32; bsz])?,
             k_new: zh(bsz * kvh * d)?,
             v_new: zh(bsz * kvh * d)?,
             win_k: zh(win)?,
             win_v: zh(win)?,
-            chunk_sum: zh(bsz * kvh * cap_chunks * sv * d)?,
-            group_sum: zh(bsz * kvh * cap_groups * sv * d)?,
             q: zh(bsz * qh * d)?,
-            chunk_score: z(bsz * qh * cap_chunks)?,
-            sel_chunk: zi(bsz * units * kce)?,
-            n_sel_chunk: zi(bsz * units)?,
-            sel_group: zi(bsz * units * kge)?,
-            n_sel_group: zi(bsz * units)?,
+            sel_group: zi(bsz * l.units * l.kge)?,
+            n_sel_group: zi(bsz * l.units)?,
             uni_group: zi(bsz * kvh * ucap)?,
             uni_slot: zi(bsz * kvh * ucap)?,
             n_uni: zi(bsz * kvh)?,
             n_att: zi(bsz * kvh)?,
-            slot_of: st.clone_htod(&vec![-1i32; flat])?,
-            slot_owner: st.clone_htod(&vec![-1i32; (bsz * kvh * part_slots).max(1)])?,
-            slot_stamp: st.clone_htod(&vec![-1i32; (bsz * kvh * part_slots).max(1)])?,
+            slot_owner: st.clone_htod(&vec![-1i32; (bsz * kvh * l.part_slots).max(1)])?,
+            slot_stamp: st.clone_htod(&vec![-1i32; (bsz * kvh * l.part_slots).max(1)])?,
             part_state: zi(bsz * kvh * 4)?,
-            group_addr: st.alloc_zeros::<u64>(flat.max(1))?,
             error: zi(1)?,
             out: zh(bsz * qh * d)?,
-            _rest: Vec::new(),
+            slots: zh(bsz * kvh * l.part_slots * 2 * l.group * d)?,
         };
+        let sp = &scratch.plain_ptrs;
         let p = HgaParams {
             pos: ptr(&b.pos, gpu),
             win_k: ptr(&b.win_k, gpu),
             win_v: ptr(&b.win_v, gpu),
-            chunk_sum: ptr(&b.chunk_sum, gpu),
-            group_sum: ptr(&b.group_sum, gpu),
+            chunk_sum: tables[0].ptr(),
+            group_sum: tables[1].ptr(),
             q: ptr(&b.q, gpu),
-            chunk_score: ptr(&b.chunk_score, gpu),
-            chunk_mass: ptr(&chunk_mass, gpu),
-            sel_chunk: ptr(&b.sel_chunk, gpu),
-            n_sel_chunk: ptr(&b.n_sel_chunk, gpu),
-            group_cand: ptr(&group_cand, gpu),
-            group_score: ptr(&group_score, gpu),
-            group_mass: ptr(&group_mass, gpu),
+            chunk_score: scratch.chunk_score_ptr,
+            chunk_mass: scratch.chunk_mass_ptr,
+            sel_chunk: sp[3],
+            n_sel_chunk: sp[4],
+            group_cand: sp[0],
+            group_score: sp[1],
+            group_mass: sp[2],
             sel_group: ptr(&b.sel_group, gpu),
             n_sel_group: ptr(&b.n_sel_group, gpu),
             uni_group: ptr(&b.uni_group, gpu),
             uni_slot: ptr(&b.uni_slot, gpu),
-            uni_mask: ptr(&uni_mask, gpu),
+            uni_mask: sp[5],
             n_uni: ptr(&b.n_uni, gpu),
             n_att: ptr(&b.n_att, gpu),
-            slot_of: ptr(&b.slot_of, gpu),
+            slot_of: tables[2].ptr(),
             slot_owner: ptr(&b.slot_owner, gpu),
             slot_stamp: ptr(&b.slot_stamp, gpu),
             part_state: ptr(&b.part_state, gpu),
-            miss_list: ptr(&miss_list, gpu),
-            group_addr: ptr(&b.group_addr, gpu),
-            slots: ptr(&slots, gpu),
-            part_ml: ptr(&part_ml, gpu),
-            part_acc: ptr(&part_acc, gpu),
-            done: ptr(&done, gpu),
+            miss_list: sp[6],
+            group_addr: tables[3].ptr(),
+            slots: ptr(&b.slots, gpu),
+            part_ml: sp[7],
+            part_acc: sp[8],
+            done: sp[9],
             error: ptr(&b.error, gpu),
             out: ptr(&b.out, gpu),
             batch: bsz as i32,
-            cap_chunks: cap_chunks as i32,
-            cap_groups: cap_groups as i32,
-            part_slots: part_slots as i32,
-            kce: kce as i32,
-            kge: kge as i32,
+            cap_chunks: l.cap_chunks as i32,
+            cap_groups: l.cap_groups as i32,
+            part_slots: l.part_slots as i32,
+            kce: l.kce as i32,
+            kge: l.kge as i32,
             ucap: ucap as i32,
         };
-        let mut b = b;
-        b._rest = vec![
-            Box::new(chunk_mass),
-            Box::new(group_cand),
-            Box::new(group_score),
-            Box::new(group_mass),
-            Box::new(uni_mask),
-            Box::new(miss_list),
-            Box::new(slots),
-            Box::new(part_ml),
-            Box::new(part_acc),
-            Box::new(done),
-        ];
         Ok(DecodeBatch {
             gpu: gpu.clone(),
             kernels,
             lp,
             cap,
-            pos_host: vec![0; bsz],
+            pos_host: vec![-1; bsz],
             p,
             b,
+            layout: l,
+            tables,
+            grown: vec![0; bsz],
+            scratch,
             _own_store: None,
             _pinned_store: None,
             staging: None,
             capture_cands: None,
             pdl: gpu.arch().cc() >= 90 && std::env::var("HGA_PDL").as_deref() == Ok("1"),
         })
+    }
+
+    /// Maps the table pages (and the scratch's chunk-score pages) rows `need` = (row, chunks) use
+    /// beyond what they hold, all or nothing: on an error (out of memory: the message names
+    /// `CUDA_ERROR_OUT_OF_MEMORY`) nothing is mapped and the batch is as it was. New pages are filled
+    /// on the stream before any later work.
+    fn grow(&mut self, need: &[(usize, usize)]) -> Result<(), CudaError> {
+        let need: Vec<(usize, usize)> =
+            need.iter().map(|&(r, c)| (r, c.min(self.layout.cap_chunks))).filter(|&(r, c)| c > self.grown[r]).collect();
+        if need.is_empty() {
+            return Ok(());
+        }
+        let (rows, specs) = (self.cap.batch, self.layout.batch_tables());
+        let mut mapped = Ok(());
+        'map: for &(row, chunks) in &need {
+            for (buf, t) in self.tables.iter_mut().zip(&specs) {
+                for r in t.row_ranges(rows, row, chunks) {
+                    mapped = buf.map(r).map(|_| ());
+                    if mapped.is_err() {
+                        break 'map;
+                    }
+                }
+            }
+        }
+        let mut scratch = self.scratch.growable();
+        if mapped.is_ok() {
+            mapped = scratch.map(&need);
+        }
+        if let Err(e) = mapped {
+            for buf in &mut self.tables {
+                buf.rollback();
+            }
+            return Err(e);
+        }
+        for buf in &mut self.tables {
+            buf.commit()?;
+        }
+        scratch.commit(&need)?;
+        for &(row, chunks) in &need {
+            self.grown[row] = chunks;
+        }
+        Ok(())
+    }
+
+    /// Maps every row's tables for `max_context` now (what an eager allocation holds), so that no step
+    /// maps pages later; all or nothing.
+    pub fn commit_all(&mut self) -> Result<(), CudaError> {
+        let need: Vec<(usize, usize)> = (0..self.cap.batch).map(|r| (r, self.layout.cap_chunks)).collect();
+        self.grow(&need)
+    }
+
+    /// Chunks whose table pages row `row` holds (the most any sequence of the row needed).
+    pub fn grown_chunks(&self, row: usize) -> usize {
+        self.grown.get(row).copied().unwrap_or(0)
+    }
+
+    /// Whether the tables are growable (CUDA virtual memory management); false on devices without it
+    /// (or with `HGA_NO_VMM=1`), where they are allocated whole.
+    pub fn uses_vmm(&self) -> bool {
+        !self.tables[0].is_plain()
+    }
+
+    /// The device's page size of the growable tables.
+    pub fn page_bytes(&self) -> u64 {
+        self.tables[0].page_bytes()
+    }
+
+    /// The GPU bytes this batch holds now, by kind, from its buffers and page bookkeeping; `layers`:
+    /// the batches sharing its scratch (1 for its own). With VMM it equals
+    /// `StateBytes::at_rows(spec, cap, &[grown rows' tokens], layers, page_bytes())` when the scratch
+    /// grew with this batch alone.
+    pub fn state_bytes(&self, layers: usize) -> StateBytes {
+        let l = &self.layout;
+        let scratch_shared = self.scratch.committed_bytes();
+        let layers = layers.max(1) as u64;
+        let full = vec![l.cap_chunks; l.bsz];
+        let scratch_full: u64 = l.scratch_tables().iter().map(|t| t.committed(&full, self.page_bytes())).sum::<u64>()
+            + l.scratch_plain_bytes();
+        StateBytes {
+            summaries: self.tables[0].committed_bytes() + self.tables[1].committed_bytes(),
+            window: l.window_bytes(),
+            slots: l.slot_bytes(),
+            tables: self.tables[2].committed_bytes() + self.tables[3].committed_bytes(),
+            step: l.step_bytes(),
+            scratch: scratch_shared.div_ceil(layers),
+            scratch_shared,
+            reserved: self.tables.iter().map(|t| t.reserved_bytes()).sum::<u64>()
+                + l.window_bytes()
+                + l.slot_bytes()
+                + l.step_bytes()
+                + scratch_full.div_ceil(layers),
+        }
+    }
+
+    /// The step scratch this batch uses (shared or its own).
+    pub fn scratch(&self) -> &Arc<StepScratch> {
+        &self.scratch
     }
 
     /// The capacity.
@@ -326,8 +378,16 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be < max_context ({})", self.cap.max_context),
             });
         }
-        self.pos_host = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
-        self.gpu.stream().memcpy_htod(&self.pos_host, &mut self.b.pos)?;
+        // Tokens 0..=pos exist: the tables must hold the chunk of pos.
+        let need: Vec<(usize, usize)> = pos
+            .iter()
+            .enumerate()
+            .filter_map(|(r, p)| p.map(|p| (r, self.layout.chunks_for(p as usize + 1))))
+            .collect();
+        self.grow(&need)?;
+        let pos_host: Vec<i32> = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
+        self.gpu.stream().memcpy_htod(&pos_host, &mut self.b.pos)?;
+        self.pos_host = pos_host;
         let close = self.closing_chunks();
         self.upload_close(&close)
     }
@@ -339,8 +399,17 @@ impl<'k> DecodeBatch<'k> {
     }
 
     /// Sets the chunks `hga_summarize` builds (per sequence, -1 for none); [`DecodeBatch::set_positions`]
-    /// sets the chunks the new tokens close.
+    /// sets the chunks the new tokens close. Each chunk must be one its row's tables hold (a position
+    /// in it was set, or a block appended).
     pub fn upload_close(&mut self, close: &[i32]) -> Result<(), CudaError> {
+        if let Some((row, &c)) = close.iter().enumerate().find(|&(r, &c)| c >= 0 && c as usize >= self.grown_chunks(r))
+        {
+            return Err(CudaError::Invalid {
+                field: "close",
+                value: format!("chunk {c} of row {row}"),
+                rule: format!("must be -1 or a chunk the row's tables hold (< {})", self.grown_chunks(row)),
+            });
+        }
         upload(&self.gpu, "close", close, &mut self.b.close)
     }
 
@@ -357,10 +426,22 @@ impl<'k> DecodeBatch<'k> {
 
     /// Uploads summary tables (`[B][kv_heads][cap_chunks][vectors·d]` and the group table alike), as
     /// f32 values; the GPU keeps them in bf16 (rounded to nearest even, as the CPU backend stores them).
+    /// Maps every row's tables for `max_context`.
     pub fn upload_summaries(&mut self, chunk: &[f32], group: &[f32]) -> Result<(), CudaError> {
+        for (field, x, t) in [("chunk_sum", chunk, 0), ("group_sum", group, 1)] {
+            let n = (self.tables[t].bytes() / 2) as usize;
+            if x.len() != n {
+                return Err(CudaError::Invalid {
+                    field,
+                    value: format!("{} elements", x.len()),
+                    rule: format!("must have {n} elements"),
+                });
+            }
+        }
+        self.commit_all()?;
         let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect() };
-        upload(&self.gpu, "chunk_sum", &bits(chunk), &mut self.b.chunk_sum)?;
-        upload(&self.gpu, "group_sum", &bits(group), &mut self.b.group_sum)
+        self.tables[0].write(0, &bits(chunk))?;
+        self.tables[1].write(0, &bits(group))
     }
 
     /// Points every group's host record at a flat host store: `[B][kv_heads][cap_groups][2][group][d]`
@@ -369,16 +450,21 @@ impl<'k> DecodeBatch<'k> {
     ///
     /// # Safety
     /// The memory must stay valid and hold that many elements while this batch launches steps.
+    ///
+    /// Maps every row's tables for `max_context` (a flat store is for tests and benchmarks; engines set
+    /// addresses per group as rows grow: [`DecodeBatch::set_group_addrs`]).
     pub unsafe fn set_host_store(&mut self, device_ptr: u64) -> Result<(), CudaError> {
+        self.commit_all()?;
         let rec = self.record_bytes();
-        let addrs: Vec<u64> = (0..self.b.group_addr.len() as u64).map(|i| device_ptr + i * rec).collect();
-        self.gpu.stream().memcpy_htod(&addrs, &mut self.b.group_addr)?;
-        Ok(())
+        let n = self.tables[3].bytes() / 8;
+        let addrs: Vec<u64> = (0..n).map(|i| device_ptr + i * rec).collect();
+        self.tables[3].write(0, &addrs)
     }
 
     /// Sets the host records of groups `first_group..` of (row, KV head): device addresses of
     /// `2 × group × d` elements each (keys then values; 0 = no record: a routed group without one is
-    /// read as absent and counted by [`DecodeBatch::host_record_errors`]).
+    /// read as absent and counted by [`DecodeBatch::host_record_errors`]). Maps the row's tables up to
+    /// the chunk of the last group.
     ///
     /// # Safety
     /// Each record must stay valid while this batch launches steps that may route or append to it.
@@ -398,10 +484,12 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be within {} rows, {kvh} KV heads, {cap_groups} groups", self.cap.batch),
             });
         }
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        self.grow(&[(row, (first_group + addrs.len()).div_ceil(self.layout.gpc))])?;
         let at = (row * kvh + kv_head) * cap_groups + first_group;
-        let mut dst = self.b.group_addr.slice_mut(at..at + addrs.len());
-        self.gpu.stream().memcpy_htod(addrs, &mut dst)?;
-        Ok(())
+        self.tables[3].write(at as u64 * 8, addrs)
     }
 
     /// Bytes of one group's host record (keys then values).
@@ -411,7 +499,7 @@ impl<'k> DecodeBatch<'k> {
 
     /// Elements of the flat host store layout of [`DecodeBatch::set_host_store`].
     pub fn host_store_len(&self) -> usize {
-        self.b.group_addr.len() * self.record_bytes() as usize / 2
+        (self.tables[3].bytes() / 8) as usize * self.record_bytes() as usize / 2
     }
 
     /// Uses a device buffer holding `store` (host store layout) as the host store; for tests.
@@ -437,6 +525,7 @@ impl<'k> DecodeBatch<'k> {
 
     /// Forgets what row `row` held (for a new sequence in it): its slot-cache index and partition,
     /// its host record addresses. Its window and summaries are rewritten as the new sequence appends.
+    /// The row's table pages stay mapped (reused by the new sequence; [`DecodeBatch::grown_chunks`]).
     pub fn reset_row(&mut self, row: usize) -> Result<(), CudaError> {
         if row >= self.cap.batch {
             return Err(CudaError::Invalid {
@@ -446,18 +535,20 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         let kvh = self.kernels.spec().model().kv_heads as usize;
-        let (cg, ps) = (self.p.cap_groups as usize, self.p.part_slots as usize);
+        let ps = self.p.part_slots as usize;
         let st = self.gpu.stream().clone();
         let fill = |buf: &mut CudaSlice<i32>, at: usize, n: usize, v: i32| -> Result<(), CudaError> {
             st.memcpy_htod(&vec![v; n], &mut buf.slice_mut(at..at + n))?;
             Ok(())
         };
-        fill(&mut self.b.slot_of, row * kvh * cg, kvh * cg, -1)?;
+        // slot_of back to -1 and group_addr to 0 where mapped (unmapped pages are filled when mapped).
+        for t in 2..4 {
+            let span = self.layout.batch_tables()[t].row_span(self.cap.batch, row);
+            self.tables[t].refill(span)?;
+        }
         fill(&mut self.b.slot_owner, row * kvh * ps, kvh * ps, -1)?;
         fill(&mut self.b.slot_stamp, row * kvh * ps, kvh * ps, -1)?;
         fill(&mut self.b.part_state, row * kvh * 4, kvh * 4, 0)?;
-        let at = row * kvh * cg;
-        st.memcpy_htod(&vec![0u64; kvh * cg], &mut self.b.group_addr.slice_mut(at..at + kvh * cg))?;
         Ok(())
     }
 
@@ -617,6 +708,7 @@ impl<'k> DecodeBatch<'k> {
                 ),
             });
         }
+        self.grow(&[(row, self.layout.chunks_for(p0 + n))])?;
         let (_, _, kvh, d) = self.dims();
         // Chunks whose last token (c·(i+1) − 1) is in the block: p0 / c ..< (p0 + n) / c.
         let (first, end) = (p0 / c, (p0 + n) / c);
@@ -775,9 +867,11 @@ impl<'k> DecodeBatch<'k> {
         Ok(self.gpu.stream().clone_dtoh(&self.b.out)?)
     }
 
-    /// Selected chunks per routing unit, ascending (synchronizes): `[B][units]` lists.
+    /// Selected chunks per routing unit, ascending (synchronizes): `[B][units]` lists. They live in the
+    /// step scratch: with a shared scratch, those of the last step run on it.
     pub fn selected_chunks(&self) -> Result<Vec<Vec<usize>>, CudaError> {
-        self.lists(&self.b.sel_chunk, &self.b.n_sel_chunk, self.p.kce as usize)
+        let (s, n) = self.scratch.selected_chunk_lists()?;
+        Ok(to_lists(&s, &n, self.p.kce as usize))
     }
 
     /// Opened groups per routing unit, ascending (synchronizes): `[B][units]` lists.
@@ -836,16 +930,18 @@ impl<'k> DecodeBatch<'k> {
         Ok(self.gpu.stream().clone_dtoh(&self.b.error)?[0] as usize)
     }
 
-    /// Raw chunk scores `[B][q_heads][cap_chunks]` (candidate index order; synchronizes).
+    /// Raw chunk scores `[B][q_heads][cap_chunks]` (candidate index order; synchronizes; 0 where no
+    /// page is mapped). They live in the step scratch: with a shared scratch, those of the last step
+    /// run on it.
     pub fn chunk_scores(&self) -> Result<Vec<f32>, CudaError> {
-        Ok(self.gpu.stream().clone_dtoh(&self.b.chunk_score)?)
+        self.scratch.chunk_scores()
     }
 
-    /// Summary tables (chunk, group) as the GPU holds them, widened to f32 (synchronizes).
+    /// Summary tables (chunk, group) as the GPU holds them, widened to f32 (synchronizes; 0 where no
+    /// page is mapped).
     pub fn summaries(&self) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-        let st = self.gpu.stream();
         let wide = |x: Vec<u16>| -> Vec<f32> { x.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect() };
-        Ok((wide(st.clone_dtoh(&self.b.chunk_sum)?), wide(st.clone_dtoh(&self.b.group_sum)?)))
+        Ok((wide(self.tables[0].read::<u16>()?), wide(self.tables[1].read::<u16>()?)))
     }
 
     /// The window as the GPU holds it (keys, values; synchronizes).
@@ -857,11 +953,13 @@ impl<'k> DecodeBatch<'k> {
     fn lists(&self, sel: &CudaSlice<i32>, n: &CudaSlice<i32>, k: usize) -> Result<Vec<Vec<usize>>, CudaError> {
         let st = self.gpu.stream();
         let (s, n) = (st.clone_dtoh(sel)?, st.clone_dtoh(n)?);
-        Ok(n.iter()
-            .enumerate()
-            .map(|(i, &c)| s[i * k..i * k + c as usize].iter().map(|&x| x as usize).collect())
-            .collect())
+        Ok(to_lists(&s, &n, k))
     }
+}
+
+/// Lists of `n[i]` entries at `s[i·k..]`.
+fn to_lists(s: &[i32], n: &[i32], k: usize) -> Vec<Vec<usize>> {
+    n.iter().enumerate().map(|(i, &c)| s[i * k..i * k + c as usize].iter().map(|&x| x as usize).collect()).collect()
 }
 
 fn upload<T: DeviceRepr + ValidAsZeroBits>(
@@ -879,26 +977,4 @@ fn upload<T: DeviceRepr + ValidAsZeroBits>(
     }
     gpu.stream().memcpy_htod(src, dst)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hga_dsl::{presets, Spec};
-
-    #[test]
-    fn state_bytes_of_qwen3_30b_at_1m() {
-        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
-        let s = StateBytes::of(&spec, Capacity { batch: 1, max_context: 1 << 20, n_slots: 2048 });
-        // 16384 chunks and 65536 groups per KV head, 4 KV heads, one 128-dim bf16 vector each.
-        assert_eq!(s.summaries, 4 * (16384 + 65536) * 128 * 2);
-        // 2 sinks + 8 local + 1 current chunk of 64 tokens, keys and values.
-        assert_eq!(s.window, 2 * 4 * 11 * 64 * 128 * 2);
-        assert_eq!(s.slots, 2048 * (8192 + 8));
-        assert_eq!(s.tables, 4 * 65536 * 12 + (32 + 4) * 16384 * 4);
-        assert_eq!(s.total(), s.summaries + s.window + s.slots + s.tables);
-        let b8 = StateBytes::of(&spec, Capacity { batch: 8, max_context: 1 << 20, n_slots: 2048 });
-        assert_eq!(b8.summaries, 8 * s.summaries);
-        assert_eq!(b8.slots, s.slots);
-    }
 }

@@ -30,9 +30,15 @@
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
 //!   append + summarize, reported apart (an engine's new token is already on the GPU).
-//! - Memory: the GPU bytes of the attention state per layer (window, summary tables, slot pool, index
-//!   tables) by the buffers' sizes, against the dense K/V size. The `cuMemGetInfo` delta is recorded
-//!   too, but cudarc allocates from a stream-ordered pool that reuses freed blocks, so it undercounts.
+//! - Memory: the GPU bytes of the attention state per layer ([`StateBytes`]: window, slot pool, per-step
+//!   buffers, and the summary and index tables as committed for the context: they are growable, mapped
+//!   page by page as sequences grow), against the dense K/V size. The step scratch (chunk scores, split
+//!   partials, ...) is shared by the model's layers, which run one after another: `state/dense` counts
+//!   its per-layer share (scratch / layers), `unshared/dense` the whole scratch in every layer. The
+//!   `cuMemGetInfo` delta and the bytes the batch really mapped are recorded too (the bench uploads
+//!   whole summary tables, so it maps them for `max_context` = context + the steps it runs; cudarc
+//!   allocates the plain buffers from a stream-ordered pool that reuses freed blocks, so the delta
+//!   undercounts).
 //! - Dense: PyTorch SDPA (`--sdpa` script, run through `python3` first, same shapes), and this bench's
 //!   own split-K flash-decoding kernel (`dense.cu`; the codegen has none yet), run beforehand as
 //!   `hga-bench --mode dense --json dense.json` (its own process, checked against the CPU oracle before
@@ -474,6 +480,7 @@ fn run(a: Args) -> Res<()> {
     let spacer = gpu.stream().alloc_zeros::<u8>(512 << 20)?;
     let mut bench = Bench { gpu: &gpu, spec: &spec, spacer, ev };
     let units = if r.sharing == Sharing::PerKvHead { 1 } else { spec.gqa() };
+    let layers = presets::find(&a.model)?.layers as usize;
 
     let mut rows = Vec::new();
     let mut report = json!({
@@ -542,16 +549,26 @@ fn run(a: Args) -> Res<()> {
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     if mode == "steady" {
-                        let state = StateBytes::of(kernels.spec(), cap);
+                        // Every row at the context, the step scratch shared by the model's layers.
+                        let state = StateBytes::at(kernels.spec(), cap, n, layers);
                         let dense = bsz * n * kvh * d * 2 * 2;
                         result["memory"] = json!({
+                            "layers_sharing_scratch": layers,
                             "state_bytes": state.total(),
+                            "state_bytes_unshared": state.unshared_total(),
+                            "state_bytes_reserved": state.reserved,
                             "state_bytes_measured": free0.saturating_sub(free1),
+                            "state_bytes_mapped_in_run": b.state_bytes(1).unshared_total(),
                             "summary_bytes": state.summaries,
                             "window_bytes": state.window,
                             "slot_bytes": state.slots,
+                            "table_bytes": state.tables,
+                            "step_bytes": state.step,
+                            "scratch_bytes_per_layer": state.scratch,
+                            "scratch_bytes_shared": state.scratch_shared,
                             "dense_kv_bytes": dense,
                             "state_over_dense": state.total() as f64 / dense as f64,
+                            "unshared_over_dense": state.unshared_total() as f64 / dense as f64,
                         });
                     }
                     drop(b);
@@ -623,20 +640,26 @@ impl Store<'_> {
 fn print_table(report: &Value) {
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| if x.is_nan() { "-".into() } else { format!("{x:.1}") });
     let pct = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    // Memory shares near the 5% target need two decimals.
+    let pct2 = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
     println!(
         "\n{} · routing {} (kernel parameters per row: see the JSON) · one layer, decode step (µs, medians)",
         report["device"].as_str().unwrap_or("?"),
         report["routing"].as_str().unwrap_or("?")
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense |"
+        "state: one layer's GPU attention state with its tables committed for the context; state/dense counts \
+         the step scratch's per-layer share (shared by the model's layers), unshared/dense the whole scratch"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report["results"].as_array().into_iter().flatten() {
         let (s, c, m) = (&r["steady"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -655,7 +678,8 @@ fn print_table(report: &Value) {
             f(&r["sdpa_us"]),
             mib(&m["state_bytes"]),
             mib(&m["dense_kv_bytes"]),
-            pct(&m["state_over_dense"]),
+            pct2(&m["state_over_dense"]),
+            pct2(&m["unshared_over_dense"]),
         );
     }
 }
