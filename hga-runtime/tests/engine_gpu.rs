@@ -1,14 +1,16 @@
 //! The engine API on the GPU backend against the CPU backend fed the same (bf16-rounded) inputs: full
 //! budget and routed outputs, batches of sequences of different lengths in one call (any subset of the
 //! rows), a removed sequence's row reused, block appends against token-by-token ones, working-set hits
-//! on a repeated step, the host budget, typed errors. Skips visibly without a GPU; fails instead when
+//! on a repeated step, the host budget, typed errors; every attend path (host slices or device buffers,
+//! CUDA graph on or off, telemetry full or off) bit for bit against the others, and the one-copy counter
+//! read-back against the batch's per-buffer read-backs. Skips visibly without a GPU; fails instead when
 //! HGA_REQUIRE_GPU=1.
 
 mod common;
 use common::{rel_err, rng};
 
-use hga_dsl::{ModelShape, Routing, Spec, ValidSpec};
-use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, SeqId};
+use hga_dsl::{ModelShape, Routing, Sharing, Spec, ValidSpec};
+use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, SeqId, StepTelemetry, TelemetryLevel};
 use hga_runtime::offload::{bf16_to_f32, f32_to_bf16};
 use hga_runtime::RuntimeError;
 use rand::Rng;
@@ -66,11 +68,18 @@ fn fill(rng: &mut impl Rng, caches: [&mut HgaCache; 2], lens: &[usize]) -> [Vec<
 /// for routing flips between candidates whose scores tie within rounding (summation order differs on the
 /// GPU); 0 at full budget, where nothing is selected.
 fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64, tie_share: f64) {
+    for graph in [true, false] {
+        check_against_cpu_with(routing.clone(), lens, bound, tie_share, graph);
+    }
+}
+
+/// [`check_against_cpu`] with the GPU backend's CUDA graph on or off.
+fn check_against_cpu_with(routing: Routing, lens: &[usize], bound: f64, tie_share: f64, graph: bool) {
     let mut rng = rng();
     let spec = spec(routing);
     let mut config = CacheConfig::new(spec, 1, 4096);
     config.max_sequences = 4;
-    let Some(mut gpu) = gpu_cache(config.clone()) else { return };
+    let Some(mut gpu) = gpu_cache(config.clone().with_cuda_graph(graph)) else { return };
     let mut cpu = HgaCache::new(config, BackendChoice::Cpu).unwrap();
     let [gids, cids] = fill(&mut rng, [&mut gpu, &mut cpu], lens);
     let l = gpu.layout();
@@ -90,18 +99,31 @@ fn check_against_cpu(routing: Routing, lens: &[usize], bound: f64, tie_share: f6
         assert_eq!(again.misses, 0, "{again:?}");
         assert_eq!(again.hits, tg.hits + tg.misses);
         assert_eq!(again.bytes_h2d, 0);
-        assert!(tg.stages.route.as_nanos() > 0 && tg.stages.attend.as_nanos() > 0);
+        check_stage_times(&tg, graph);
     }
     let over = errs.iter().filter(|&&e| e >= bound).count();
     let mut sorted = errs.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     eprintln!(
-        "{} head outputs: median rel err {:.2e}, max {:.2e}; {over} over {bound:.0e}",
+        "graph {graph}: {} head outputs: median rel err {:.2e}, max {:.2e}; {over} over {bound:.0e}",
         errs.len(),
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
     );
     assert!(over as f64 <= tie_share * errs.len() as f64, "{over} of {} heads over {bound}", errs.len());
+}
+
+/// Stage times of a step with full telemetry: per stage on separate launches, the whole chain only on a
+/// graph replay.
+fn check_stage_times(t: &StepTelemetry, graph: bool) {
+    let s = &t.stages;
+    assert_eq!(t.graph_replay, graph, "{t:?}");
+    assert!(s.device.as_nanos() > 0, "{s:?}");
+    if graph {
+        assert!(s.route.is_zero() && s.fetch.is_zero() && s.attend.is_zero(), "{s:?}");
+    } else {
+        assert!(s.route.as_nanos() > 0 && s.fetch.as_nanos() > 0 && s.attend.as_nanos() > 0, "{s:?}");
+    }
 }
 
 #[test]
@@ -183,6 +205,255 @@ fn device_buffers_match_host_slices() {
     let short = st.clone_htod(&vec![0x3f80u16; row - 1]).unwrap();
     assert!(matches!(cache.append_device(a, 0, &short, &short), Err(RuntimeError::ShapeMismatch { field: "k", .. })));
     assert_eq!(cache.seq_len(a, 0).unwrap(), 1001);
+    // Attend: queries or outputs of the wrong length, a sequence twice, an unknown one: typed errors,
+    // and the output buffer untouched.
+    let qd = st.clone_htod(&bits(&q)).unwrap();
+    let poison = vec![0xffffu16; qrow];
+    let mut od = st.clone_htod(&poison).unwrap();
+    let mut long = st.clone_htod(&vec![0u16; qrow + 1]).unwrap();
+    let short_q = st.clone_htod(&vec![0u16; qrow - 1]).unwrap();
+    let err = |r: Result<_, RuntimeError>| r.unwrap_err();
+    assert!(matches!(
+        err(cache.attend_device(0, &[b], &short_q, &mut od)),
+        RuntimeError::ShapeMismatch { field: "q", .. }
+    ));
+    assert!(matches!(
+        err(cache.attend_device(0, &[b], &qd, &mut long)),
+        RuntimeError::ShapeMismatch { field: "out", .. }
+    ));
+    assert!(matches!(err(cache.attend_device(0, &[b, b], &qd, &mut od)), RuntimeError::DuplicateSequence { .. }));
+    assert!(matches!(
+        err(cache.attend_device(0, &[SeqId(99)], &qd, &mut od)),
+        RuntimeError::UnknownSequence { id: 99 }
+    ));
+    assert!(matches!(err(cache.attend_device(2, &[b], &qd, &mut od)), RuntimeError::IndexOutOfRange { .. }));
+    assert_eq!(st.clone_dtoh(&od).unwrap(), poison);
+}
+
+/// One way of calling attend: queries and outputs in host slices or device buffers, the layer's launch
+/// chain as a CUDA graph or separate launches, full telemetry or none.
+#[derive(Debug, Clone, Copy)]
+struct AttendPath {
+    device: bool,
+    graph: bool,
+    telemetry: TelemetryLevel,
+}
+
+/// What full telemetry counts (everything but the times).
+fn counts(t: &StepTelemetry) -> (usize, u64, u64, u64, Vec<usize>, u64) {
+    (t.sequences, t.bytes_h2d, t.hits, t.misses, t.groups_per_kv_head.clone(), t.attended_tokens)
+}
+
+/// Every attend path on caches fed the same appends and queries gives the reference path's (host
+/// slices, separate launches, full telemetry) outputs bit for bit, and the same counts with full
+/// telemetry: batches of consecutive rows (kernels pointed at the device buffers) and of rows out of
+/// order or with gaps (device-to-device copies), decode appends between steps, and a block append that
+/// outgrows the captured chunk-score grid (the graph is captured again). Per-query-head and shared
+/// routing; two layers (one graph each).
+#[test]
+fn gpu_attend_paths_agree_bit_for_bit() {
+    use TelemetryLevel::{Full, Off};
+    let paths = [
+        AttendPath { device: false, graph: false, telemetry: Full },
+        AttendPath { device: false, graph: true, telemetry: Full },
+        AttendPath { device: true, graph: false, telemetry: Full },
+        AttendPath { device: true, graph: true, telemetry: Full },
+        AttendPath { device: true, graph: true, telemetry: Off },
+        AttendPath { device: true, graph: false, telemetry: Off },
+        AttendPath { device: false, graph: true, telemetry: Off },
+    ];
+    for routing in [routing(), Routing { sharing: Sharing::PerKvHead, ..routing() }] {
+        let mut rng = rng();
+        let layers = 2;
+        let mut config = CacheConfig::new(spec(routing.clone()), layers, 8192);
+        config.max_sequences = 5;
+        let mut caches = Vec::new();
+        for p in &paths {
+            let Some(c) = gpu_cache(config.clone().with_cuda_graph(p.graph).with_telemetry(p.telemetry)) else {
+                return;
+            };
+            caches.push(c);
+        }
+        let gpu = hga_runtime::cuda::Gpu::open(0).unwrap();
+        let st = gpu.stream();
+        let l = caches[0].layout();
+        let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+        let append = |rng: &mut rand::rngs::StdRng, caches: &mut [HgaCache], id: SeqId, n: usize| {
+            for layer in 0..layers {
+                let (k, v) = (randv(rng, n * kvrow), randv(rng, n * kvrow));
+                for c in caches.iter_mut() {
+                    c.append(id, layer, &k, &v).unwrap();
+                }
+            }
+        };
+        // Four sequences in rows 0..4 (row 4 stays free); ids are the same in every cache.
+        let mut ids = Vec::new();
+        for len in [700, 1500, 64, 1000] {
+            let id = caches[0].add_sequence().unwrap();
+            for c in &mut caches[1..] {
+                assert_eq!(c.add_sequence().unwrap(), id);
+            }
+            append(&mut rng, &mut caches, id, len);
+            ids.push(id);
+        }
+        let subsets: [&[usize]; 7] = [&[0, 1, 2, 3], &[1, 2], &[2, 0], &[3], &[0, 2, 3], &[3, 2, 1, 0], &[1]];
+        for (step, subset) in subsets.iter().cycle().take(10).enumerate() {
+            if step == 5 {
+                // 1500 + 5 + 4000 tokens: more candidate chunks than one chunk-score block covers (64).
+                append(&mut rng, &mut caches, ids[1], 4000);
+            }
+            let seqs: Vec<SeqId> = subset.iter().map(|&i| ids[i]).collect();
+            for layer in 0..layers {
+                let q = randv(&mut rng, seqs.len() * qrow);
+                let mut reference: Option<(Vec<u16>, StepTelemetry)> = None;
+                for (c, p) in caches.iter_mut().zip(&paths) {
+                    let (o, t) = if p.device {
+                        let qd = st.clone_htod(&q.iter().map(|&x| f32_to_bf16(x)).collect::<Vec<_>>()).unwrap();
+                        let mut od = st.clone_htod(&vec![0xffffu16; q.len()]).unwrap();
+                        let t = c.attend_device(layer, &seqs, &qd, &mut od).unwrap();
+                        (st.clone_dtoh(&od).unwrap(), t)
+                    } else {
+                        let mut o = vec![f32::NAN; q.len()];
+                        let t = c.attend(layer, &seqs, &q, &mut o).unwrap();
+                        (o.iter().map(|&x| f32_to_bf16(x)).collect(), t)
+                    };
+                    let label = format!("{:?} routing, step {step}, layer {layer}, {subset:?}, {p:?}", routing.sharing);
+                    assert!(o.iter().all(|&x| bf16_to_f32(x).is_finite()), "{label}: every output written");
+                    assert_eq!(t.sequences, seqs.len(), "{label}");
+                    match (&reference, p.telemetry) {
+                        (None, _) => {
+                            assert_eq!(t.hits + t.misses, t.groups_per_kv_head.iter().sum::<usize>() as u64);
+                            assert_eq!(t.groups_per_kv_head.len(), seqs.len() * l.kv_heads);
+                            assert!(t.attended_tokens > 0);
+                            check_stage_times(&t, false);
+                            reference = Some((o, t));
+                        }
+                        (Some((ro, rt)), Full) => {
+                            assert!(o == *ro, "{label}: output differs from the reference path");
+                            assert_eq!(counts(&t), counts(rt), "{label}");
+                            check_stage_times(&t, p.graph);
+                        }
+                        (Some((ro, _)), Off) => {
+                            assert!(o == *ro, "{label}: output differs from the reference path");
+                            let none = StepTelemetry { sequences: seqs.len(), ..StepTelemetry::default() };
+                            assert_eq!(counts(&t), counts(&none), "{label}");
+                            assert!(!t.graph_replay && t.stages.device.is_zero(), "{label}");
+                        }
+                    }
+                }
+            }
+            // Decoding: each sequence of the step appends its next token.
+            for &i in subset.iter() {
+                append(&mut rng, &mut caches, ids[i], 1);
+            }
+        }
+    }
+}
+
+/// The counters one step gathers into one buffer and reads back with one copy equal the batch's
+/// per-buffer read-backs (union, misses, attended tokens, selected groups, host-record errors), on
+/// separate launches and on a graph replay of a second batch fed the same appends (whose outputs and
+/// counters equal the first's bit for bit); a graph whose chunk-score grid the rows outgrew does not
+/// replay (a typed error) and is captured again. Per-query-head and shared routing.
+#[test]
+fn gpu_counters_match_per_buffer_readbacks() {
+    use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels};
+    let Some((gpu, jit)) = common::gpu_or_skip() else { return };
+    for routing in [routing(), Routing { sharing: Sharing::PerKvHead, ..routing() }] {
+        let mut rng = rng();
+        let spec = spec(routing.clone());
+        let kernels = DecodeKernels::load(&gpu, &jit, &spec).unwrap();
+        let (kvh, qh, d, gqa) = (4usize, 32usize, 128usize, spec.gqa());
+        let ucap = if routing.sharing == Sharing::PerKvHead { 1 } else { gqa } * routing.top_groups as usize;
+        let rows = 3;
+        let cap = Capacity { batch: rows, max_context: 8192, n_slots: rows * kvh * ucap * 2 };
+        let mut launched = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+        let mut replayed = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+        for b in [&mut launched, &mut replayed] {
+            b.use_device_store(&vec![0u16; b.host_store_len()]).unwrap();
+        }
+        let units = launched.units();
+        let mut lens = [0usize; 3];
+        let append = |rng: &mut rand::rngs::StdRng, bs: [&mut DecodeBatch; 2], lens: &mut [usize; 3], row, n| {
+            let (k, _) = common::random_bf16(rng, n * kvh * d, 1.0);
+            let (v, _) = common::random_bf16(rng, n * kvh * d, 1.0);
+            for b in bs {
+                b.append_block(row, lens[row], &k, &v).unwrap();
+            }
+            lens[row] += n;
+        };
+        // Rows 0 and 2 hold sequences; row 1 stays empty.
+        append(&mut rng, [&mut launched, &mut replayed], &mut lens, 0, 1500);
+        append(&mut rng, [&mut launched, &mut replayed], &mut lens, 2, 3000);
+        let mut counters = launched.counter_buffer().unwrap();
+        let mut graph = None;
+        let mut captures = 0;
+        for step in 0..6 {
+            if step == 3 {
+                // 4500 more tokens in row 0: more candidate chunks than the captured grid covers.
+                append(&mut rng, [&mut launched, &mut replayed], &mut lens, 0, 4500);
+                let g = graph.as_ref().unwrap();
+                replayed.set_rows(&[Some(lens[0] as u32 - 1), None, Some(lens[2] as u32 - 1)]).unwrap();
+                assert!(!replayed.attend_graph_fits(g), "{g:?}: {} candidates", replayed.max_candidates());
+                assert!(replayed.launch_attend_graph(g).is_err());
+            }
+            let active = [step % 3 != 1, false, step % 3 != 2];
+            let pos: Vec<Option<u32>> = (0..rows).map(|r| active[r].then(|| lens[r] as u32 - 1)).collect();
+            let (q, _) = common::random_bf16(&mut rng, rows * qh * d, 1.0);
+            for b in [&mut launched, &mut replayed] {
+                b.set_rows(&pos).unwrap();
+                b.upload_q(&q).unwrap();
+                b.poison_output().unwrap();
+            }
+            launched.launch_route().unwrap();
+            launched.launch_fetch().unwrap();
+            launched.launch_attend().unwrap();
+            launched.gather_counters(&mut counters).unwrap();
+            let c = counters.read().unwrap();
+            if !graph.as_ref().is_some_and(|g| replayed.attend_graph_fits(g)) {
+                let buf = match graph.take() {
+                    Some(g) => hga_runtime::cuda::AttendGraph::into_counters(g).unwrap(),
+                    None => replayed.counter_buffer().unwrap(),
+                };
+                let g = replayed.capture_attend(replayed.candidate_bucket(), Some(buf)).unwrap();
+                assert!(g.candidate_capacity() >= replayed.max_candidates());
+                graph = Some(g);
+                captures += 1;
+            }
+            let g = graph.as_ref().unwrap();
+            replayed.launch_attend_graph(g).unwrap();
+            let cg = g.counters().unwrap().read().unwrap();
+            let label = format!("{:?} routing, step {step}, rows {pos:?}", routing.sharing);
+            let out = launched.output().unwrap();
+            assert!(out == replayed.output().unwrap(), "{label}: graph output differs from launches");
+            assert_eq!(cg, c, "{label}: graph counters differ from launches'");
+            for (b, c) in [(&launched, &c), (&replayed, &cg)] {
+                let (union, misses) = (b.union().unwrap(), b.miss_counts().unwrap());
+                let (attended, selected) = (b.attended_tokens().unwrap(), b.selected_groups().unwrap());
+                assert_eq!(c.host_record_errors(), b.host_record_errors().unwrap(), "{label}");
+                assert_eq!(c.host_record_errors(), 0, "{label}");
+                for r in (0..rows).filter(|&r| active[r]) {
+                    let row = &out[r * qh * d..(r + 1) * qh * d];
+                    assert!(row.iter().all(|&x| bf16_to_f32(x).is_finite()), "{label}: row {r} written");
+                    for kv in 0..kvh {
+                        let bk = r * kvh + kv;
+                        assert_eq!(c.union_len(r, kv), union[bk].len(), "{label}: union of row {r}, KV head {kv}");
+                        assert_eq!(c.misses(r, kv), misses[bk], "{label}: misses of row {r}, KV head {kv}");
+                        assert_eq!(c.attended(r, kv), attended[bk], "{label}: attended of row {r}, KV head {kv}");
+                        assert!(c.attended(r, kv) > 0, "{label}");
+                    }
+                    for u in 0..units {
+                        assert_eq!(c.selected_groups(r, u), selected[r * units + u].len(), "{label}: unit {u}");
+                    }
+                }
+            }
+            // Decoding: the active rows append their next token.
+            for r in (0..rows).filter(|&r| active[r]) {
+                append(&mut rng, [&mut launched, &mut replayed], &mut lens, r, 1);
+            }
+        }
+        assert_eq!(captures, 2, "captured once, then again when the candidates outgrew the grid");
+    }
 }
 
 /// The GPU backend resolves its kernel parameters from the checked-in tuned configs and says which rule

@@ -208,4 +208,22 @@ mod tests {
         assert_eq!(small.summaries, 2 * 4 * (256 << 10) + 2 * 4 * MIB);
         assert!(small.total() < two.total());
     }
+
+    #[test]
+    fn regions_off_page_boundaries_commit_a_partial_page_more() {
+        // max_context 1M + 1000: 16400 chunks per region, so regions are not page multiples and the 1M
+        // tokens of each row's regions straddle one page more. Chunk summaries: regions of 4,198,400
+        // bytes using 4 MiB each cover pages 0..=8; group summaries (16,793,600 bytes, 16 MiB used)
+        // pages 0..=32; slot_of 4 × 262,400 bytes: one page; group_addr 4 × 524,800: two.
+        let spec = qwen();
+        let cap = Capacity { batch: 1, max_context: (1 << 20) + 1000, n_slots: 2048 };
+        let s = StateBytes::at(&spec, cap, 1 << 20, 48);
+        assert_eq!(s.summaries, 9 * 2 * MIB + 33 * 2 * MIB);
+        assert_eq!(s.tables, 2 * MIB + 2 * 2 * MIB);
+        // chunk scores: 32 regions of 65,600 bytes: two pages.
+        let plain = scratch_plain(&spec, &hga_dsl::codegen::launch_params(&spec), 1);
+        assert_eq!(s.scratch_shared, 2 * 2 * MIB + plain);
+        let aligned = StateBytes::at(&spec, Capacity { max_context: 1 << 20, ..cap }, 1 << 20, 48);
+        assert_eq!(s.total() - aligned.total(), 4 * MIB + 2 * MIB + (s.scratch - aligned.scratch));
+    }
 }

@@ -238,16 +238,7 @@ impl HgaCache {
         out: &mut [f32],
     ) -> Result<StepTelemetry, RuntimeError> {
         let t0 = Instant::now();
-        self.check_layer(layer)?;
-        let mut seen = HashSet::with_capacity(seqs.len());
-        for &id in seqs {
-            if !seen.insert(id) {
-                return Err(RuntimeError::DuplicateSequence { id: id.0 });
-            }
-            if self.lens(id)?[layer] == 0 {
-                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
-            }
-        }
+        self.check_batch(layer, seqs)?;
         let l = self.layout;
         HeadLayout::exact("q", q, seqs.len() * l.q_heads * l.head_dim)?;
         l.tokens("q", q, l.q_heads)?;
@@ -261,6 +252,21 @@ impl HgaCache {
         tel.stages.total = t0.elapsed();
         self.totals.add(&tel);
         Ok(tel)
+    }
+
+    /// Checks a batch of an attend call: the layer, each sequence known, once, with a token in `layer`.
+    fn check_batch(&self, layer: usize, seqs: &[SeqId]) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let mut seen = HashSet::with_capacity(seqs.len());
+        for &id in seqs {
+            if !seen.insert(id) {
+                return Err(RuntimeError::DuplicateSequence { id: id.0 });
+            }
+            if self.lens(id)?[layer] == 0 {
+                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
+            }
+        }
+        Ok(())
     }
 
     /// [`HgaCache::append`] from device buffers of bf16 bits (`[n][kv_heads][head_dim]`), on either
@@ -304,8 +310,18 @@ impl HgaCache {
         self.append(id, layer, &k, &v)
     }
 
-    /// [`HgaCache::attend`] with the queries and outputs in device buffers of bf16 bits, staged through
-    /// host memory as in [`HgaCache::append_device`]. `out` is written only on success.
+    /// [`HgaCache::attend`] with the queries and outputs in device buffers of bf16 bits
+    /// (`[batch][q_heads][head_dim]` each). The GPU backend never moves them through the host: the
+    /// kernels read `q` and write `out` in place, or device-to-device copies move them (see
+    /// `GpuBackend::attend_device`); the values of `q` are not checked for being finite. Its work is
+    /// ordered after what was queued on the buffers' streams, and their later work after it. With
+    /// [`TelemetryLevel::Full`] it waits for the step (to read the telemetry back: one copy); with
+    /// [`TelemetryLevel::Off`] it returns once the step is queued, `out` being complete in its stream's
+    /// order. The CPU backend stages both through host memory. Bad input is an error before anything
+    /// is queued; `out` is written only on success.
+    ///
+    /// [`TelemetryLevel::Full`]: super::TelemetryLevel::Full
+    /// [`TelemetryLevel::Off`]: super::TelemetryLevel::Off
     #[cfg(feature = "cuda")]
     pub fn attend_device(
         &mut self,
@@ -314,18 +330,45 @@ impl HgaCache {
         q: &cudarc::driver::CudaSlice<u16>,
         out: &mut cudarc::driver::CudaSlice<u16>,
     ) -> Result<StepTelemetry, RuntimeError> {
-        let q = device_to_f32("q", q)?;
-        if out.len() != q.len() {
-            return Err(RuntimeError::ShapeMismatch { field: "out", expected: q.len().to_string(), got: out.len() });
+        let t0 = Instant::now();
+        if let Backend::Cpu(_) = self.backend {
+            let q = device_to_f32("q", q)?;
+            if out.len() != q.len() {
+                return Err(RuntimeError::ShapeMismatch {
+                    field: "out",
+                    expected: q.len().to_string(),
+                    got: out.len(),
+                });
+            }
+            let mut o = vec![0.0f32; q.len()];
+            let tel = self.attend(layer, seqs, &q, &mut o)?;
+            let bits: Vec<u16> = o.iter().map(|&x| crate::offload::f32_to_bf16(x)).collect();
+            let stream = out.stream().clone();
+            stream
+                .memcpy_htod(&bits, out)
+                .map_err(|e| RuntimeError::Cuda { op: "copy output", message: format!("{e:?}") })?;
+            stream.synchronize().map_err(|e| RuntimeError::Cuda { op: "synchronize", message: format!("{e:?}") })?;
+            return Ok(tel);
         }
-        let mut o = vec![0.0f32; q.len()];
-        let tel = self.attend(layer, seqs, &q, &mut o)?;
-        let bits: Vec<u16> = o.iter().map(|&x| crate::offload::f32_to_bf16(x)).collect();
-        let stream = out.stream().clone();
-        stream
-            .memcpy_htod(&bits, out)
-            .map_err(|e| RuntimeError::Cuda { op: "copy output", message: format!("{e:?}") })?;
-        stream.synchronize().map_err(|e| RuntimeError::Cuda { op: "synchronize", message: format!("{e:?}") })?;
+        self.check_batch(layer, seqs)?;
+        let want = seqs.len() * self.layout.q_heads * self.layout.head_dim;
+        for (field, got) in [("q", q.len()), ("out", out.len())] {
+            if got != want {
+                let expected = format!(
+                    "{want} ({} sequences × {} heads × {})",
+                    seqs.len(),
+                    self.layout.q_heads,
+                    self.layout.head_dim
+                );
+                return Err(RuntimeError::ShapeMismatch { field, expected, got });
+            }
+        }
+        let mut tel = StepTelemetry { sequences: seqs.len(), ..StepTelemetry::default() };
+        if let Backend::Gpu(b) = &mut self.backend {
+            b.attend_device(layer, seqs, q, out, &mut tel)?;
+        }
+        tel.stages.total = t0.elapsed();
+        self.totals.add(&tel);
         Ok(tel)
     }
 

@@ -6,10 +6,24 @@
 //! A sequence takes a free row when added (the row is reset first when an earlier sequence used it:
 //! slot-cache partition and host record addresses forgotten) and gives it back when removed. An attend
 //! call sets the rows of its sequences active and every other row inactive (the kernels leave inactive
-//! rows' state and output untouched), uploads all the queries at once, and launches route → fetch →
-//! attend once for the whole batch; the output and the telemetry are read back once. So a step costs a
-//! fixed number of launches whatever the batch, and every sequence keeps its own slot-cache partition
-//! (`n_slots` is split evenly over (row, KV head)) across steps.
+//! rows' state and output untouched) and runs route → fetch → attend once for the whole batch. So a
+//! step costs a fixed number of launches whatever the batch, and every sequence keeps its own
+//! slot-cache partition (`n_slots` is split evenly over (row, KV head)) across steps.
+//!
+//! **Attend I/O.** Host queries go up in one copy and outputs come back in one (the rows between the
+//! first and the last used). Device queries and outputs never pass through the host: with separate
+//! launches and consecutive rows the kernels read and write the engine's buffers in place, otherwise
+//! device-to-device copies (one per run of consecutive rows) move them. With `CacheConfig::cuda_graph`
+//! each layer's route → fetch → attend (and the telemetry gather) is one CUDA graph, captured on first
+//! use and again only when the batch's buffers change or the longest sequence outgrows the captured
+//! chunk-score grid ([`DecodeBatch::candidate_bucket`]: about 1/8 headroom); a replay reads positions
+//! and queries from the batch's buffers, so any subset of rows replays the same graph.
+//!
+//! **Telemetry** (`TelemetryLevel::Full`): the step's counters (union sizes, misses, attended tokens,
+//! groups selected per routing unit, the host-record error count) are gathered on the device into one
+//! buffer and read back with one copy; stage times come from CUDA events (the whole chain only, on a
+//! graph replay). `TelemetryLevel::Off` reads nothing back, so a device-buffer attend returns without
+//! waiting for the GPU.
 //!
 //! **Host records.** The store ([`HostStore`] over [`PinnedSource`] arena blocks) grows by whole blocks
 //! that never move, within `CacheConfig::host_budget_bytes`; nothing is reserved for `max_seq_len` up
@@ -26,19 +40,20 @@
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
 //! summaries of every chunk the block closes, then the window rows that stay and the host records).
 
-use super::config::CacheConfig;
+use super::config::{CacheConfig, TelemetryLevel};
 use super::telemetry::StepTelemetry;
 use super::SeqId;
-use crate::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes};
+use crate::cuda::{AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes};
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
 use crate::RuntimeError;
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
 use hga_dsl::tuned::{resolve, Query, Resolved};
 use hga_dsl::{Sharing, ValidSpec};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Maps the CUDA backend's errors onto the runtime's.
@@ -86,6 +101,8 @@ struct Seq {
 
 /// Every layer's batch, the host store, and which sequence holds which row.
 pub(crate) struct GpuBackend {
+    /// Per layer: counter buffer and attend graph.
+    io: Vec<LayerIo>,
     // Dropped in field order: the batches (whose tables hold record addresses) before the store.
     batches: Vec<DecodeBatch<'static>>,
     store: HostStore<PinnedSource>,
@@ -98,6 +115,9 @@ pub(crate) struct GpuBackend {
     /// The kernel parameters in use (boxed: the spec is large and rarely read).
     resolved: Box<Resolved>,
     record_bytes: u64,
+    telemetry: TelemetryLevel,
+    cuda_graph: bool,
+    events: StageEvents,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -185,6 +205,10 @@ impl GpuBackend {
         let kvh = spec.model().kv_heads as usize;
         let store = HostStore::new(PinnedSource::new(&gpu), layout, kvh, per_block, config.host_budget_bytes)?;
         Ok(GpuBackend {
+            io: (0..layers).map(|_| LayerIo::default()).collect(),
+            events: StageEvents::new(&gpu)?,
+            telemetry: config.telemetry,
+            cuda_graph: config.cuda_graph,
             batches,
             store,
             gpu,
@@ -325,7 +349,159 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Decode attention of each sequence's newest query: one launch sequence for the whole batch.
+    /// Sets the rows of `seqs` active at their newest token (every other row sits the step out) and
+    /// returns them in batch order.
+    fn activate(&mut self, layer: usize, seqs: &[SeqId]) -> Result<Vec<usize>, RuntimeError> {
+        let mut pos = vec![None; self.rows.len()];
+        let mut rows = Vec::with_capacity(seqs.len());
+        for id in seqs {
+            let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+            let len = s.lens[layer];
+            if len == 0 {
+                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
+            }
+            pos[s.row] = Some((len - 1) as u32);
+            rows.push(s.row);
+        }
+        self.batches[layer].set_rows(&pos).map_err(cuda_err("set rows"))?;
+        Ok(rows)
+    }
+
+    fn full_telemetry(&self) -> bool {
+        self.telemetry == TelemetryLevel::Full
+    }
+
+    /// Route → fetch → attend of `layer` over the active rows, reading the queries from and writing the
+    /// outputs to the batch's own buffers, then (with full telemetry) the counter gather: replayed from
+    /// the layer's graph with `cuda_graph` (captured again when it no longer fits), else launched.
+    fn launch_chain(&mut self, layer: usize) -> Result<(), RuntimeError> {
+        if self.cuda_graph {
+            return self.replay_graph(layer);
+        }
+        self.launch_stages(layer, None)?;
+        self.gather(layer)
+    }
+
+    /// The layer's attend chain as a graph replay (timed as a whole with full telemetry).
+    fn replay_graph(&mut self, layer: usize) -> Result<(), RuntimeError> {
+        let full = self.full_telemetry();
+        let (batch, io) = (&mut self.batches[layer], &mut self.io[layer]);
+        if !io.graph.as_ref().is_some_and(|g| batch.attend_graph_fits(g)) {
+            // The counter buffer moves into the new graph (its replays write it).
+            let counters = match io.graph.take() {
+                Some(g) => g.into_counters(),
+                None => io.counters.take(),
+            };
+            let counters = match (full, counters) {
+                (false, _) => None,
+                (true, Some(c)) => Some(c),
+                (true, None) => Some(batch.counter_buffer().map_err(cuda_err("allocate counters"))?),
+            };
+            let bucket = batch.candidate_bucket();
+            io.graph = Some(batch.capture_attend(bucket, counters).map_err(cuda_err("capture attend graph"))?);
+        }
+        let graph = io.graph.as_ref().expect("captured above");
+        let stream = self.gpu.stream();
+        if full {
+            self.events.record(0, stream)?;
+        }
+        batch.launch_attend_graph(graph).map_err(cuda_err("attend graph"))?;
+        if full {
+            self.events.record(3, stream)?;
+        }
+        Ok(())
+    }
+
+    /// Route, fetch and attend as separate launches, between stage events with full telemetry;
+    /// `at`: queries and outputs read and written in place at these device addresses for this run of
+    /// rows ([`DecodeBatch::with_io_at`]).
+    fn launch_stages(&mut self, layer: usize, at: Option<(u64, u64, Range<usize>)>) -> Result<(), RuntimeError> {
+        let events = self.full_telemetry().then_some(&self.events);
+        let stream = self.gpu.stream().clone();
+        let stages = |b: &mut DecodeBatch<'static>| -> Result<(), RuntimeError> {
+            let rec = |i| events.map_or(Ok(()), |e| e.record(i, &stream));
+            rec(0)?;
+            b.launch_route().map_err(cuda_err("route"))?;
+            rec(1)?;
+            b.launch_fetch().map_err(cuda_err("fetch"))?;
+            rec(2)?;
+            b.launch_attend().map_err(cuda_err("attend"))?;
+            rec(3)
+        };
+        let batch = &mut self.batches[layer];
+        match at {
+            // SAFETY: the caller's buffers hold the run's rows and outlive the launches (its streams wait
+            // for ours), and the launches activate no other row.
+            Some((q, out, rows)) => {
+                unsafe { batch.with_io_at(q, out, rows, stages) }.map_err(cuda_err("redirect io"))?
+            }
+            None => stages(batch),
+        }
+    }
+
+    /// Gathers the step's counters (separate launches; a graph gathers them itself).
+    fn gather(&mut self, layer: usize) -> Result<(), RuntimeError> {
+        if !self.full_telemetry() {
+            return Ok(());
+        }
+        let (batch, io) = (&self.batches[layer], &mut self.io[layer]);
+        if io.counters.is_none() {
+            io.counters = Some(batch.counter_buffer().map_err(cuda_err("allocate counters"))?);
+        }
+        batch.gather_counters(io.counters.as_mut().expect("set above")).map_err(cuda_err("gather counters"))
+    }
+
+    /// Reads the step's counters back (one copy, already queued; waits for the step) and fills the
+    /// telemetry of `rows` (batch order): per (sequence, KV head) the union and its misses, the tokens in
+    /// each query head's softmax, and the stage times.
+    fn read_telemetry(&self, layer: usize, rows: &[usize], tel: &mut StepTelemetry) -> Result<(), RuntimeError> {
+        let io = &self.io[layer];
+        let buf = if self.cuda_graph { io.graph.as_ref().and_then(|g| g.counters()) } else { io.counters.as_ref() };
+        let c = buf.expect("gathered with full telemetry").read().map_err(cuda_err("read counters"))?;
+        let missing = c.host_record_errors();
+        if missing > 0 {
+            return Err(RuntimeError::Cuda {
+                op: "attend",
+                message: format!("{missing} routed groups had no host record (a backend bug)"),
+            });
+        }
+        let ms = |a, b| self.events.elapsed(a, b);
+        tel.stages.device = ms(0, 3)?;
+        if self.cuda_graph {
+            tel.graph_replay = true;
+        } else {
+            (tel.stages.route, tel.stages.fetch, tel.stages.attend) = (ms(0, 1)?, ms(1, 2)?, ms(2, 3)?);
+        }
+        let kvh = self.spec().model().kv_heads as usize;
+        let (gqa, units) = (self.spec().gqa(), self.batches[layer].units());
+        let group = self.spec().routing().group as u64;
+        for &row in rows {
+            for kv in 0..kvh {
+                let (m, routed) = (c.misses(row, kv).0 as u64, c.union_len(row, kv) as u64);
+                tel.groups_per_kv_head.push(routed as usize);
+                tel.misses += m;
+                tel.hits += routed - m.min(routed);
+                // The kernel spans the KV head's union; a query head's softmax holds only its own
+                // routed groups (every group of a closed chunk is full).
+                let span = c.attended(row, kv) as u64;
+                if units == kvh {
+                    tel.attended_tokens += span * gqa as u64;
+                } else {
+                    for h in 0..gqa {
+                        let own = c.selected_groups(row, kv * gqa + h) as u64;
+                        tel.attended_tokens += span - (routed - own.min(routed)) * group;
+                    }
+                }
+            }
+        }
+        tel.bytes_h2d = tel.misses * self.record_bytes;
+        Ok(())
+    }
+
+    /// Decode attention of each sequence's newest query (`q`, `out`: host f32, `[seqs][q_heads][d]`):
+    /// the queries of the rows between the first and the last used go up in one copy, one launch chain
+    /// runs for the whole batch, and the outputs come back in one copy (waiting for the step), with the
+    /// counters read back alongside.
     pub(crate) fn attend(
         &mut self,
         layer: usize,
@@ -334,95 +510,122 @@ impl GpuBackend {
         out: &mut [f32],
         tel: &mut StepTelemetry,
     ) -> Result<(), RuntimeError> {
-        let (qh, kvh, d) =
-            (self.spec().model().q_heads as usize, self.spec().model().kv_heads as usize, self.spec().head_dim());
-        let qrow = qh * d;
-        let mut pos = vec![None; self.rows.len()];
-        let mut qb = vec![0u16; self.rows.len() * qrow];
-        let mut rows = Vec::with_capacity(seqs.len());
-        for (i, id) in seqs.iter().enumerate() {
-            let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
-            let len = s.lens[layer];
-            if len == 0 {
-                return Err(RuntimeError::PositionOutOfRange { field: "pos", pos: 0, len: 0 });
+        let qrow = self.spec().model().q_heads as usize * self.spec().head_dim();
+        let rows = self.activate(layer, seqs)?;
+        let (Some(&lo), Some(&hi)) = (rows.iter().min(), rows.iter().max()) else { return Ok(()) };
+        // Rows in between that sit the step out get zeros: no kernel reads them.
+        let mut qb = vec![0u16; (hi + 1 - lo) * qrow];
+        for (i, &row) in rows.iter().enumerate() {
+            let dst = &mut qb[(row - lo) * qrow..(row - lo + 1) * qrow];
+            for (d, &s) in dst.iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
+                *d = f32_to_bf16(s);
             }
-            pos[s.row] = Some((len - 1) as u32);
-            for (dst, &src) in qb[s.row * qrow..(s.row + 1) * qrow].iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
-                *dst = f32_to_bf16(src);
-            }
-            rows.push(s.row);
         }
+        self.batches[layer].upload_q_rows(lo, &qb).map_err(cuda_err("upload q"))?;
+        self.launch_chain(layer)?;
+        let o = self.batches[layer].read_output_rows(lo..hi + 1).map_err(cuda_err("read output"))?;
+        if self.full_telemetry() {
+            self.read_telemetry(layer, &rows, tel)?;
+        }
+        for (i, &row) in rows.iter().enumerate() {
+            for (d, &s) in out[i * qrow..(i + 1) * qrow].iter_mut().zip(&o[(row - lo) * qrow..(row - lo + 1) * qrow]) {
+                *d = bf16_to_f32(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode attention with queries and outputs in device buffers of bf16 bits (`[seqs][q_heads][d]`,
+    /// lengths validated by the caller), never through the host. With separate launches and the rows of
+    /// `seqs` consecutive in batch order, the kernels read `q` and write `out` in place; otherwise
+    /// device-to-device copies (one per run of consecutive rows) move them to and from the batch's rows.
+    /// Ordered with the buffers' streams both ways (event waits); with full telemetry it then waits for
+    /// the step to read the counters back, else it returns without waiting.
+    pub(crate) fn attend_device(
+        &mut self,
+        layer: usize,
+        seqs: &[SeqId],
+        q: &CudaSlice<u16>,
+        out: &mut CudaSlice<u16>,
+        tel: &mut StepTelemetry,
+    ) -> Result<(), RuntimeError> {
+        let rows = self.activate(layer, seqs)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stream = self.gpu.stream().clone();
+        let driver = |op| move |e: DriverError| RuntimeError::Cuda { op, message: format!("{e:?}") };
+        // The buffers' streams other than ours, each once.
+        let mut others: Vec<Arc<CudaStream>> = Vec::new();
+        for s in [q.stream(), out.stream()] {
+            if s.cu_stream() != stream.cu_stream() && others.iter().all(|o| o.cu_stream() != s.cu_stream()) {
+                others.push(s.clone());
+            }
+        }
+        // Our launches read what was queued on the buffers before; later work on them waits for ours.
+        for s in &others {
+            stream.join(s).map_err(driver("stream wait"))?;
+        }
+        let result = (|| {
+            let (qp, _q_guard) = q.device_ptr(&stream);
+            let (op, _out_guard) = out.device_ptr_mut(&stream);
+            let first = rows[0];
+            let consecutive = rows.iter().enumerate().all(|(i, &r)| r == first + i);
+            if consecutive && !self.cuda_graph {
+                self.launch_stages(layer, Some((qp, op, first..first + rows.len())))?;
+                return self.gather(layer);
+            }
+            // SAFETY: `q` and `out` hold rows.len() rows (checked by the caller) and live until their
+            // streams, which wait for ours below, free them.
+            unsafe { self.batches[layer].copy_q_from_device(qp, &rows) }.map_err(cuda_err("copy q"))?;
+            self.launch_chain(layer)?;
+            unsafe { self.batches[layer].copy_out_to_device(op, &rows) }.map_err(cuda_err("copy output"))
+        })();
+        for s in &others {
+            s.join(&stream).map_err(driver("stream wait"))?;
+        }
+        result?;
+        if self.full_telemetry() {
+            self.read_telemetry(layer, &rows, tel)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per layer, what attend keeps between calls.
+#[derive(Default)]
+struct LayerIo {
+    /// The counter buffer of separate launches (a graph holds its own).
+    counters: Option<CounterBuffer>,
+    /// The captured attend chain, with `cuda_graph`.
+    graph: Option<AttendGraph>,
+}
+
+/// CUDA events at the stage boundaries of a step: 0 before route, 1 before fetch, 2 before attend,
+/// 3 after it (a graph replay records 0 and 3 only). Made once: creating events per call costs driver
+/// calls.
+struct StageEvents([CudaEvent; 4]);
+
+impl StageEvents {
+    fn new(gpu: &Gpu) -> Result<StageEvents, RuntimeError> {
         let ev = || {
-            self.gpu
-                .context()
+            gpu.context()
                 .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| RuntimeError::Cuda { op: "cuEventCreate", message: format!("{e:?}") })
         };
-        let events = [ev()?, ev()?, ev()?, ev()?];
-        let stream = self.gpu.stream().clone();
-        let rec = |i: usize| {
-            events[i].record(&stream).map_err(|e| RuntimeError::Cuda { op: "cuEventRecord", message: format!("{e:?}") })
-        };
-        let ms = |a: usize, b: usize| -> Result<Duration, RuntimeError> {
-            let t = events[a]
-                .elapsed_ms(&events[b])
-                .map_err(|e| RuntimeError::Cuda { op: "cuEventElapsedTime", message: format!("{e:?}") })?;
-            Ok(Duration::from_secs_f64(t as f64 / 1e3))
-        };
-        let batch = &mut self.batches[layer];
-        batch.set_rows(&pos).map_err(cuda_err("set rows"))?;
-        batch.upload_q(&qb).map_err(cuda_err("upload q"))?;
-        rec(0)?;
-        batch.launch_route().map_err(cuda_err("route"))?;
-        rec(1)?;
-        batch.launch_fetch().map_err(cuda_err("fetch"))?;
-        rec(2)?;
-        batch.launch_attend().map_err(cuda_err("attend"))?;
-        rec(3)?;
-        let o = batch.output().map_err(cuda_err("read output"))?;
-        let missing = batch.host_record_errors().map_err(cuda_err("read errors"))?;
-        if missing > 0 {
-            return Err(RuntimeError::Cuda {
-                op: "attend",
-                message: format!("{missing} routed groups had no host record (a backend bug)"),
-            });
-        }
-        for (i, &row) in rows.iter().enumerate() {
-            for (dst, &src) in out[i * qrow..(i + 1) * qrow].iter_mut().zip(&o[row * qrow..(row + 1) * qrow]) {
-                *dst = bf16_to_f32(src);
-            }
-        }
-        tel.stages.route += ms(0, 1)?;
-        tel.stages.fetch += ms(1, 2)?;
-        tel.stages.attend += ms(2, 3)?;
-        let misses = batch.miss_counts().map_err(cuda_err("read misses"))?;
-        let union = batch.union().map_err(cuda_err("read union"))?;
-        let attended = batch.attended_tokens().map_err(cuda_err("read attended tokens"))?;
-        let routed_groups = batch.selected_groups().map_err(cuda_err("read routed groups"))?;
-        let (gqa, units) = (self.resolved.spec.gqa(), batch.units());
-        let group = self.resolved.spec.routing().group as u64;
-        for &row in &rows {
-            for bk in row * kvh..(row + 1) * kvh {
-                let (m, routed) = (misses[bk].0 as u64, union[bk].len() as u64);
-                tel.groups_per_kv_head.push(union[bk].len());
-                tel.misses += m;
-                tel.hits += routed - m.min(routed);
-                // The kernel spans the KV head's union; a query head's softmax holds only its own
-                // routed groups (every group of a closed chunk is full).
-                let span = attended[bk] as u64;
-                if units == kvh {
-                    tel.attended_tokens += span * gqa as u64;
-                } else {
-                    let kv = bk - row * kvh;
-                    for h in 0..gqa {
-                        let own = routed_groups[row * units + kv * gqa + h].len() as u64;
-                        tel.attended_tokens += span - (routed - own.min(routed)) * group;
-                    }
-                }
-            }
-        }
-        tel.bytes_h2d += tel.misses * self.record_bytes;
-        Ok(())
+        Ok(StageEvents([ev()?, ev()?, ev()?, ev()?]))
+    }
+
+    fn record(&self, i: usize, stream: &CudaStream) -> Result<(), RuntimeError> {
+        self.0[i].record(stream).map_err(|e| RuntimeError::Cuda { op: "cuEventRecord", message: format!("{e:?}") })
+    }
+
+    /// Device time from event `a` to event `b` (both recorded and complete).
+    fn elapsed(&self, a: usize, b: usize) -> Result<Duration, RuntimeError> {
+        let t = self.0[a]
+            .elapsed_ms(&self.0[b])
+            .map_err(|e| RuntimeError::Cuda { op: "cuEventElapsedTime", message: format!("{e:?}") })?;
+        Ok(Duration::from_secs_f64(t as f64 / 1e3))
     }
 }
 

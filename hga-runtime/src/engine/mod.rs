@@ -34,5 +34,5 @@ mod gpu_backend;
 mod telemetry;
 
 pub use cache::{BackendChoice, BackendKind, HgaCache, SeqId};
-pub use config::CacheConfig;
+pub use config::{CacheConfig, TelemetryLevel};
 pub use telemetry::{StageTimes, StepTelemetry, Totals};

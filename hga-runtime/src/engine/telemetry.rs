@@ -4,7 +4,10 @@ use std::time::Duration;
 
 /// Time spent in each stage of one decode step: wall clock on the CPU backend (which reports routing and
 /// attention together as `attend`); CUDA events on the GPU backend (`attend` includes the split-K merge,
-/// which is launched with it, so `merge` stays zero).
+/// which is launched with it, so `merge` stays zero). When the GPU backend replays the launch chain as a
+/// CUDA graph (`CacheConfig::cuda_graph`), events cannot mark the stages inside it: `route`, `fetch`
+/// and `attend` stay zero and `device` times the whole chain. With `TelemetryLevel::Off` only `total`
+/// is set.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
     /// Scoring chunk and group summaries and choosing the groups.
@@ -15,7 +18,11 @@ pub struct StageTimes {
     pub attend: Duration,
     /// Merging split-K partial results.
     pub merge: Duration,
-    /// The whole step, validation included.
+    /// GPU backend: device time of the whole launch chain, route through merge (on separate launches
+    /// the sum of `route`, `fetch` and `attend`; on a graph replay the only device time). Zero on the
+    /// CPU backend.
+    pub device: Duration,
+    /// The whole step on the host, validation included.
     pub total: Duration,
 }
 
@@ -38,6 +45,8 @@ pub struct StepTelemetry {
     pub attended_tokens: u64,
     /// Time per stage.
     pub stages: StageTimes,
+    /// The GPU backend replayed the launch chain as a CUDA graph (see [`StageTimes`]).
+    pub graph_replay: bool,
 }
 
 impl StepTelemetry {
@@ -82,6 +91,7 @@ impl Totals {
         a.fetch += b.fetch;
         a.attend += b.attend;
         a.merge += b.merge;
+        a.device += b.device;
         a.total += b.total;
     }
 

@@ -34,7 +34,8 @@
 //!   buffers, and the summary and index tables as committed for the context: they are growable, mapped
 //!   page by page as sequences grow), against the dense K/V size. The step scratch (chunk scores, split
 //!   partials, ...) is shared by the model's layers, which run one after another: `state/dense` counts
-//!   its per-layer share (scratch / layers), `unshared/dense` the whole scratch in every layer. The
+//!   its per-layer share (scratch / layers), `unshared/dense` the whole scratch in every layer; both for
+//!   a layer whose `max_context` is the context (the JSON has the figure at this run's capacity too). The
 //!   `cuMemGetInfo` delta and the bytes the batch really mapped are recorded too (the bench uploads
 //!   whole summary tables, so it maps them for `max_context` = context + the steps it runs; cudarc
 //!   allocates the plain buffers from a stream-ordered pool that reuses freed blocks, so the delta
@@ -549,14 +550,20 @@ fn run(a: Args) -> Res<()> {
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     if mode == "steady" {
-                        // Every row at the context, the step scratch shared by the model's layers.
-                        let state = StateBytes::at(kernels.spec(), cap, n, layers);
+                        // Every row at the context, the step scratch shared by the model's layers, for a
+                        // layer whose max_context is the context (this run's batches hold `extra` more
+                        // tokens for their steps; their regions are then not page multiples, which
+                        // commits a partial page more per region: `state_bytes_run_capacity`).
+                        let model_cap = Capacity { max_context: n, ..cap };
+                        let state = StateBytes::at(kernels.spec(), model_cap, n, layers);
+                        let run_state = StateBytes::at(kernels.spec(), cap, n, layers);
                         let dense = bsz * n * kvh * d * 2 * 2;
                         result["memory"] = json!({
                             "layers_sharing_scratch": layers,
                             "state_bytes": state.total(),
                             "state_bytes_unshared": state.unshared_total(),
                             "state_bytes_reserved": state.reserved,
+                            "state_bytes_run_capacity": run_state.total(),
                             "state_bytes_measured": free0.saturating_sub(free1),
                             "state_bytes_mapped_in_run": b.state_bytes(1).unshared_total(),
                             "summary_bytes": state.summaries,
