@@ -34,14 +34,26 @@
 //! group record addresses ([`DecodeBatch::set_group_addrs`]; any device-readable memory: mapped pinned
 //! arena blocks in production, one flat buffer in tests via [`DecodeBatch::set_host_store`]); the append
 //! kernels write each token into its record, so the host copy is the GPU's, bit for bit.
+//!
+//! Memory: a batch's summary and group tables reserve address space for `max_context` and map pages
+//! ([`vmm::GrowableBuffer`], CUDA virtual memory management) as its rows grow, so a layer commits what
+//! its sequences use ([`StateBytes::at`]). The per-step scratch ([`StepScratch`]) can serve every layer of
+//! a model: make one with [`StepScratch::new`] and the layers' batches with [`DecodeBatch::with_scratch`].
 
 mod attend_io;
 mod batch;
 mod kernels;
+mod layout;
+mod scratch;
+mod state_bytes;
+pub mod vmm;
 
 pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
-pub use batch::{Capacity, DecodeBatch, StateBytes, StepGraph};
+pub use batch::{Capacity, DecodeBatch, StepGraph};
 pub use kernels::{DecodeKernels, FuncAttributes};
+pub use scratch::StepScratch;
+pub use state_bytes::StateBytes;
+pub use vmm::GrowableBuffer;
 
 use crate::jit::{Arch, JitError};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError};
