@@ -3,7 +3,10 @@
 //! An engine creates the cache for its model ([`CacheConfig`]: spec, layers, maximum sequence length,
 //! memory budgets) on a backend ([`BackendChoice`]), adds a sequence per request, appends each new
 //! token's post-RoPE keys and values per layer, and asks per layer for the attention output of a batch
-//! of sequences' newest queries. Each step returns [`StepTelemetry`]. Bad input returns a typed
+//! of sequences' newest queries. Each step returns [`StepTelemetry`] ([`TelemetryLevel`] says how
+//! much). On the GPU backend, keys, values, queries and outputs may also live in device buffers
+//! (`append_device`, `attend_device`: never staged through the host), and each layer's attend runs as
+//! one CUDA graph unless `CacheConfig::cuda_graph` is off. Bad input returns a typed
 //! [`crate::RuntimeError`] and leaves the cache unchanged.
 //!
 //! ```
