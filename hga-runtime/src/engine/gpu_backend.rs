@@ -554,7 +554,6 @@ impl GpuBackend {
             return Ok(());
         }
         let stream = self.gpu.stream().clone();
-        let driver = |op| move |e: DriverError| RuntimeError::Cuda { op, message: format!("{e:?}") };
         // The buffers' streams other than ours, each once.
         let mut others: Vec<Arc<CudaStream>> = Vec::new();
         for s in [q.stream(), out.stream()] {
@@ -564,7 +563,7 @@ impl GpuBackend {
         }
         // Our launches read what was queued on the buffers before; later work on them waits for ours.
         for s in &others {
-            stream.join(s).map_err(driver("stream wait"))?;
+            self.events.join(&stream, s)?;
         }
         let result = (|| {
             let (qp, _q_guard) = q.device_ptr(&stream);
@@ -582,7 +581,7 @@ impl GpuBackend {
             unsafe { self.batches[layer].copy_out_to_device(op, &rows) }.map_err(cuda_err("copy output"))
         })();
         for s in &others {
-            s.join(&stream).map_err(driver("stream wait"))?;
+            self.events.join(s, &stream)?;
         }
         result?;
         if self.full_telemetry() {
@@ -601,29 +600,44 @@ struct LayerIo {
     graph: Option<AttendGraph>,
 }
 
-/// CUDA events at the stage boundaries of a step: 0 before route, 1 before fetch, 2 before attend,
-/// 3 after it (a graph replay records 0 and 3 only). Made once: creating events per call costs driver
-/// calls.
-struct StageEvents([CudaEvent; 4]);
+/// CUDA events made once (creating events per call costs driver calls): the stage boundaries of a step
+/// (0 before route, 1 before fetch, 2 before attend, 3 after it; a graph replay records 0 and 3 only),
+/// and one without timing that orders streams.
+struct StageEvents {
+    stages: [CudaEvent; 4],
+    join: CudaEvent,
+}
 
 impl StageEvents {
     fn new(gpu: &Gpu) -> Result<StageEvents, RuntimeError> {
-        let ev = || {
+        let ev = |flags| {
             gpu.context()
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .new_event(Some(flags))
                 .map_err(|e| RuntimeError::Cuda { op: "cuEventCreate", message: format!("{e:?}") })
         };
-        Ok(StageEvents([ev()?, ev()?, ev()?, ev()?]))
+        let timed = CUevent_flags::CU_EVENT_DEFAULT;
+        Ok(StageEvents {
+            stages: [ev(timed)?, ev(timed)?, ev(timed)?, ev(timed)?],
+            join: ev(CUevent_flags::CU_EVENT_DISABLE_TIMING)?,
+        })
     }
 
     fn record(&self, i: usize, stream: &CudaStream) -> Result<(), RuntimeError> {
-        self.0[i].record(stream).map_err(|e| RuntimeError::Cuda { op: "cuEventRecord", message: format!("{e:?}") })
+        self.stages[i].record(stream).map_err(|e| RuntimeError::Cuda { op: "cuEventRecord", message: format!("{e:?}") })
+    }
+
+    /// Makes `waiter`'s later work wait for what is queued on `on` now (no host wait). One event serves
+    /// every join: a wait takes the event's state when it is queued.
+    fn join(&self, waiter: &CudaStream, on: &CudaStream) -> Result<(), RuntimeError> {
+        let err = |op| move |e: DriverError| RuntimeError::Cuda { op, message: format!("{e:?}") };
+        self.join.record(on).map_err(err("cuEventRecord"))?;
+        waiter.wait(&self.join).map_err(err("cuStreamWaitEvent"))
     }
 
     /// Device time from event `a` to event `b` (both recorded and complete).
     fn elapsed(&self, a: usize, b: usize) -> Result<Duration, RuntimeError> {
-        let t = self.0[a]
-            .elapsed_ms(&self.0[b])
+        let t = self.stages[a]
+            .elapsed_ms(&self.stages[b])
             .map_err(|e| RuntimeError::Cuda { op: "cuEventElapsedTime", message: format!("{e:?}") })?;
         Ok(Duration::from_secs_f64(t as f64 / 1e3))
     }
