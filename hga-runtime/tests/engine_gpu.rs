@@ -684,3 +684,80 @@ fn gpu_host_budget_error_leaves_state_unchanged() {
     assert!(matches!(gpu.append(g, 0, &k2[..kvrow], &v2[..kvrow]), Err(RuntimeError::HostOutOfMemory { .. })));
     assert_eq!(gpu.seq_len(g, 0).unwrap(), 640);
 }
+
+/// Host wall time per attend of one layer in the steady state (the same query again: every routed group
+/// a hit) on each path, printed for the record (`-- --nocapture`): separate launches or one graph, host
+/// slices or device buffers, full telemetry or none (the latter timed up to the output's stream having
+/// run every step). Every path's output equals the first's bit for bit.
+#[test]
+fn gpu_attend_time_per_path() {
+    use std::time::Instant;
+    use TelemetryLevel::{Full, Off};
+    let paths = [
+        AttendPath { device: false, graph: false, telemetry: Full },
+        AttendPath { device: false, graph: true, telemetry: Full },
+        AttendPath { device: true, graph: false, telemetry: Full },
+        AttendPath { device: true, graph: true, telemetry: Full },
+        AttendPath { device: true, graph: false, telemetry: Off },
+        AttendPath { device: true, graph: true, telemetry: Off },
+    ];
+    // Skip before making the inputs (tens of millions of values).
+    let Some((gpu, _)) = common::gpu_or_skip() else { return };
+    let st = gpu.stream();
+    for (batch, len) in [(1usize, 32768usize), (4, 8192)] {
+        let mut rng = rng();
+        let mut config = CacheConfig::new(spec(routing()), 1, len + 64);
+        config.max_sequences = batch;
+        let l = config.layout();
+        let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+        let (k, v) = (randv(&mut rng, len * kvrow), randv(&mut rng, len * kvrow));
+        let q = randv(&mut rng, batch * qrow);
+        let mut reference: Option<Vec<u16>> = None;
+        for p in &paths {
+            let Some(mut cache) = gpu_cache(config.clone().with_cuda_graph(p.graph).with_telemetry(p.telemetry)) else {
+                return;
+            };
+            let ids: Vec<SeqId> = (0..batch)
+                .map(|_| {
+                    let id = cache.add_sequence().unwrap();
+                    cache.append(id, 0, &k, &v).unwrap();
+                    id
+                })
+                .collect();
+            let qd = st.clone_htod(&q.iter().map(|&x| f32_to_bf16(x)).collect::<Vec<_>>()).unwrap();
+            let mut od = st.clone_htod(&vec![0xffffu16; q.len()]).unwrap();
+            let mut oh = vec![f32::NAN; q.len()];
+            let (warm, n) = (5, 200);
+            let mut device = Vec::with_capacity(n);
+            let mut t0 = Instant::now();
+            for i in 0..warm + n {
+                if i == warm {
+                    st.synchronize().unwrap();
+                    t0 = Instant::now();
+                }
+                let t = if p.device {
+                    cache.attend_device(0, &ids, &qd, &mut od).unwrap()
+                } else {
+                    cache.attend(0, &ids, &q, &mut oh).unwrap()
+                };
+                if i >= warm {
+                    device.push(t.stages.device.as_secs_f64() * 1e6);
+                }
+            }
+            st.synchronize().unwrap();
+            let per = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+            device.sort_by(|a, b| a.total_cmp(b));
+            eprintln!(
+                "B={batch} context {len}: {p:?}: {per:.1} us per attend (host wall), device {:.1} us (median)",
+                device[n / 2]
+            );
+            let o: Vec<u16> =
+                if p.device { st.clone_dtoh(&od).unwrap() } else { oh.iter().map(|&x| f32_to_bf16(x)).collect() };
+            assert!(o.iter().all(|&x| bf16_to_f32(x).is_finite()), "{p:?}: every output written");
+            match &reference {
+                None => reference = Some(o),
+                Some(r) => assert!(o == *r, "B={batch} context {len}: {p:?} output differs from the first path"),
+            }
+        }
+    }
+}
