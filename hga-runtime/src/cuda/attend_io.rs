@@ -53,8 +53,8 @@ impl std::fmt::Debug for CounterBuffer {
 }
 
 impl CounterBuffer {
-    /// Waits for the stream (so for the last [`super::DecodeBatch::gather_counters`]) and returns a copy of the
-    /// counters.
+    /// Waits for the stream (so for the last [`super::DecodeBatch::gather_counters`]) and returns a
+    /// copy of the counters.
     pub fn read(&self) -> Result<StepCounters, CudaError> {
         self.stream.synchronize()?;
         // SAFETY: `host_addr` points at `host`'s `layout.len()` elements, alive with `self`; the stream
@@ -76,34 +76,35 @@ impl StepCounters {
     fn at(&self, i: usize) -> usize {
         self.data[i].max(0) as usize
     }
-    fn bk(&self, row: usize, kv_head: usize) -> usize {
-        assert!(row < self.layout.rows && kv_head < self.layout.kv_heads, "row {row}, KV head {kv_head} out of range");
-        row * self.layout.kv_heads + kv_head
+    fn bk(&self, row: usize, kv_head: usize) -> Option<usize> {
+        (row < self.layout.rows && kv_head < self.layout.kv_heads).then(|| row * self.layout.kv_heads + kv_head)
     }
     /// Routed groups found without a host record since the batch was made (as
     /// [`super::DecodeBatch::host_record_errors`]; should stay 0).
     pub fn host_record_errors(&self) -> usize {
         self.at(CounterLayout::ERROR)
     }
-    /// Distinct groups routed to (row, KV head) (the length of its [`super::DecodeBatch::union`] entry).
-    pub fn union_len(&self, row: usize, kv_head: usize) -> usize {
-        self.at(CounterLayout::N_UNI + self.bk(row, kv_head))
+    /// Distinct groups routed to (row, KV head) (the length of its [`super::DecodeBatch::union`]
+    /// entry); `None` past the batch's rows or KV heads.
+    pub fn union_len(&self, row: usize, kv_head: usize) -> Option<usize> {
+        Some(self.at(CounterLayout::N_UNI + self.bk(row, kv_head)?))
     }
     /// (misses, those read from host without a free slot) of (row, KV head), as
-    /// [`super::DecodeBatch::miss_counts`].
-    pub fn misses(&self, row: usize, kv_head: usize) -> (usize, usize) {
-        let at = self.layout.part_state() + 4 * self.bk(row, kv_head);
-        (self.at(at + 2), self.at(at + 3))
+    /// [`super::DecodeBatch::miss_counts`]; `None` past the batch's rows or KV heads.
+    pub fn misses(&self, row: usize, kv_head: usize) -> Option<(usize, usize)> {
+        let at = self.layout.part_state() + 4 * self.bk(row, kv_head)?;
+        Some((self.at(at + 2), self.at(at + 3)))
     }
-    /// Tokens (row, KV head)'s attention spanned, as [`super::DecodeBatch::attended_tokens`].
-    pub fn attended(&self, row: usize, kv_head: usize) -> usize {
-        self.at(self.layout.n_att() + self.bk(row, kv_head))
+    /// Tokens (row, KV head)'s attention spanned, as [`super::DecodeBatch::attended_tokens`]; `None`
+    /// past the batch's rows or KV heads.
+    pub fn attended(&self, row: usize, kv_head: usize) -> Option<usize> {
+        Some(self.at(self.layout.n_att() + self.bk(row, kv_head)?))
     }
-    /// Groups routing unit `unit` of `row` opened (the length of its [`super::DecodeBatch::selected_groups`]
-    /// entry).
-    pub fn selected_groups(&self, row: usize, unit: usize) -> usize {
-        assert!(row < self.layout.rows && unit < self.layout.units, "row {row}, unit {unit} out of range");
-        self.at(self.layout.n_sel_group() + row * self.layout.units + unit)
+    /// Groups routing unit `unit` of `row` opened (the length of its
+    /// [`super::DecodeBatch::selected_groups`] entry); `None` past the batch's rows or units.
+    pub fn selected_groups(&self, row: usize, unit: usize) -> Option<usize> {
+        (row < self.layout.rows && unit < self.layout.units)
+            .then(|| self.at(self.layout.n_sel_group() + row * self.layout.units + unit))
     }
 }
 
@@ -254,9 +255,12 @@ mod tests {
         data[0] = 7;
         let c = StepCounters { layout: l, data };
         assert_eq!(c.host_record_errors(), 7);
-        assert_eq!(c.union_len(2, 3), 12);
-        assert_eq!(c.misses(1, 0), (13 + 16 + 2, 13 + 16 + 3));
-        assert_eq!(c.attended(0, 1), 62);
-        assert_eq!(c.selected_groups(2, 31), 73 + 95);
+        assert_eq!(c.union_len(2, 3), Some(12));
+        assert_eq!(c.union_len(3, 0), None);
+        assert_eq!(c.union_len(0, 4), None);
+        assert_eq!(c.misses(1, 0), Some((13 + 16 + 2, 13 + 16 + 3)));
+        assert_eq!(c.attended(0, 1), Some(62));
+        assert_eq!(c.selected_groups(2, 31), Some(73 + 95));
+        assert_eq!(c.selected_groups(2, 32), None);
     }
 }

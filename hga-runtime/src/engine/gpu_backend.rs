@@ -475,20 +475,23 @@ impl GpuBackend {
         let kvh = self.spec().model().kv_heads as usize;
         let (gqa, units) = (self.spec().gqa(), self.batches[layer].units());
         let group = self.spec().routing().group as u64;
+        let bad =
+            || RuntimeError::Cuda { op: "read counters", message: "a row outside the batch (a backend bug)".into() };
         for &row in rows {
             for kv in 0..kvh {
-                let (m, routed) = (c.misses(row, kv).0 as u64, c.union_len(row, kv) as u64);
+                let (m, routed) =
+                    (c.misses(row, kv).ok_or_else(bad)?.0 as u64, c.union_len(row, kv).ok_or_else(bad)? as u64);
                 tel.groups_per_kv_head.push(routed as usize);
                 tel.misses += m;
                 tel.hits += routed - m.min(routed);
                 // The kernel spans the KV head's union; a query head's softmax holds only its own
                 // routed groups (every group of a closed chunk is full).
-                let span = c.attended(row, kv) as u64;
+                let span = c.attended(row, kv).ok_or_else(bad)? as u64;
                 if units == kvh {
                     tel.attended_tokens += span * gqa as u64;
                 } else {
                     for h in 0..gqa {
-                        let own = c.selected_groups(row, kv * gqa + h) as u64;
+                        let own = c.selected_groups(row, kv * gqa + h).ok_or_else(bad)? as u64;
                         tel.attended_tokens += span - (routed - own.min(routed)) * group;
                     }
                 }
