@@ -318,7 +318,7 @@ impl HgaCache {
     /// [`TelemetryLevel::Full`] it waits for the step (to read the telemetry back: one copy); with
     /// [`TelemetryLevel::Off`] it returns once the step is queued, `out` being complete in its stream's
     /// order. The CPU backend stages both through host memory. Bad input is an error before anything
-    /// is queued; `out` is written only on success.
+    /// is queued (`out` untouched).
     ///
     /// [`TelemetryLevel::Full`]: super::TelemetryLevel::Full
     /// [`TelemetryLevel::Off`]: super::TelemetryLevel::Off
