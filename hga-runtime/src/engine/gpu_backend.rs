@@ -286,22 +286,23 @@ impl GpuBackend {
     ) -> Result<(), RuntimeError> {
         let n = k.len() / (self.spec().model().kv_heads as usize * self.spec().head_dim());
         let stream = self.gpu.stream().clone();
-        self.append_with(id, layer, n, |b, row, p0| {
-            // The buffers' streams and the batch's are ordered both ways (event waits, no host sync):
-            // the launches read what was queued before, and later work on the buffers waits for them.
-            for s in [k.stream(), v.stream()] {
-                stream.join(s)?;
-            }
+        // The buffers' streams and the batch's are ordered both ways (event waits, no host sync): the
+        // launches read what was queued before, and later work on the buffers waits for them.
+        let others = other_streams(&stream, [k.stream(), v.stream()]);
+        for s in &others {
+            self.events.join(&stream, s)?;
+        }
+        let appended = self.append_with(id, layer, n, |b, row, p0| {
             let (kp, _) = k.device_ptr(&stream);
             let (vp, _) = v.device_ptr(&stream);
             // SAFETY: `k` and `v` hold n tokens and live until their streams, which wait for this
             // one below, free them.
-            unsafe { b.append_block_device(row, p0, n, kp, vp) }?;
-            for s in [k.stream(), v.stream()] {
-                s.join(&stream)?;
-            }
-            Ok(())
-        })
+            unsafe { b.append_block_device(row, p0, n, kp, vp) }
+        });
+        for s in &others {
+            self.events.join(s, &stream)?;
+        }
+        appended
     }
 
     /// Takes the records of the groups the `n` new tokens start, points the batch at them, then runs
@@ -557,13 +558,7 @@ impl GpuBackend {
             return Ok(());
         }
         let stream = self.gpu.stream().clone();
-        // The buffers' streams other than ours, each once.
-        let mut others: Vec<Arc<CudaStream>> = Vec::new();
-        for s in [q.stream(), out.stream()] {
-            if s.cu_stream() != stream.cu_stream() && others.iter().all(|o| o.cu_stream() != s.cu_stream()) {
-                others.push(s.clone());
-            }
-        }
+        let others = other_streams(&stream, [q.stream(), out.stream()]);
         // Our launches read what was queued on the buffers before; later work on them waits for ours.
         for s in &others {
             self.events.join(&stream, s)?;
@@ -592,6 +587,17 @@ impl GpuBackend {
         }
         Ok(())
     }
+}
+
+/// The streams of `bufs` other than `ours`, each once.
+fn other_streams(ours: &CudaStream, bufs: [&Arc<CudaStream>; 2]) -> Vec<Arc<CudaStream>> {
+    let mut others: Vec<Arc<CudaStream>> = Vec::new();
+    for s in bufs {
+        if s.cu_stream() != ours.cu_stream() && others.iter().all(|o| o.cu_stream() != s.cu_stream()) {
+            others.push(s.clone());
+        }
+    }
+    others
 }
 
 /// Per layer, what attend keeps between calls.
