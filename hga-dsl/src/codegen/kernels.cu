@@ -188,13 +188,6 @@ __device__ __forceinline__ void pair_dims(int i, int* a, int* bdim) {
 #endif
 }
 
-
-__device__ __forceinline__ int warp_sum_int(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // bf16 bits of summary tables (f32 range for sums of many keys, whatever the model's element type).
 __device__ __forceinline__ float bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
@@ -229,16 +222,6 @@ __device__ int block_excl_scan(int v, int* total) {
 
 __device__ __forceinline__ int block_prefix_count(bool ok, int* total) { return block_excl_scan(ok ? 1 : 0, total); }
 
-__device__ int block_sum_int(int v) {
-    __shared__ int red[32];
-    v = warp_sum_int(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    int t = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += red[w];
-    return t;
-}
 
 // Unsigned key with the order of the float (for finite values and infinities).
 __device__ __forceinline__ unsigned order_key(float v) {
@@ -273,7 +256,7 @@ __device__ int block_select_radix(const float* vals, int n, int k, int* out, int
 #pragma unroll
         for (int j = 0; j < SEL_VPT; ++j) c += (j < m) && ((key[j] & mask) == want);
         for (int j = SEL_VPT; j < m; ++j) c += (order_key(vals[i0 + j]) & mask) == want;
-        c = block_sum_int(c);
+        block_excl_scan(c, &c);  // the block's total
         if (c >= need) prefix = want;
         else need -= c;
     }
@@ -973,18 +956,44 @@ typedef uint2 vec_t;
 typedef unsigned vec_t;
 #endif
 constexpr int WORDS_PER_VEC = VW / 2;
-constexpr int KROW = D / 2 + 1;  // K tile row in 32-bit words, padded: conflict-free column reads
+// K and V tile rows in 32-bit words, padded by 16 bytes: the 8 rows an mma fragment or an ldmatrix
+// reads fall in distinct banks, and rows stay 16-byte aligned for vector stores and ldmatrix.
+constexpr int KROW = D / 2 + 4;
+constexpr int NWARPS = NT / 32;
+constexpr int KSTEPS = D / 16;                        // k steps of Q·Kᵀ
+constexpr int DTILES = D / 8;                         // n tiles of P·V (8 dimensions each)
+constexpr int DT_PW = (DTILES + NWARPS - 1) / NWARPS;  // P·V n tiles per warp
+
+// Tensor-core tiles (sm_80+): D(16x8, f32) += A(16x16, row) · B(16x8, col), elements bf16 or f16.
+// Fragments (g = lane / 4, t = lane % 4): a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g,
+// k 2t+8..), a3 (row g+8, k 2t+8..); b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g); c0/c1 (row g, cols
+// 2t, 2t+1), c2/c3 (row g+8). The query heads of a block (HT <= 8) are rows 0..7; rows 8..15 are zero.
+__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+#if ELEM_BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#endif
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+// Two floats as the element pair of one 32-bit word (lo = first).
+__device__ __forceinline__ unsigned pack_elems(float lo, float hi) {
+    return (unsigned)st_elem(lo) | ((unsigned)st_elem(hi) << 16);
+}
 
 extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     STEP_PROLOGUE();
-    __shared__ float q_s[HT][D];
-    __shared__ unsigned k_s[TT][KROW];
-    __shared__ __align__(16) unsigned v_s[TT][D / 2];
-    __shared__ float p_s[HT][TT];
+    __shared__ __align__(16) unsigned k_s[TT][KROW];
+    __shared__ __align__(16) unsigned v_s[TT][KROW];
+    __shared__ __align__(16) float p_s[HT][TT];
     __shared__ float alpha_s[HT];
     __shared__ float m_s[HT], l_s[HT];
     __shared__ unsigned char keep_s[HT][TT];
     __shared__ int last_s;
+    __shared__ float2 ml_s[HT][SK];
+    __shared__ float wgt_s[HT][SK];
     const int split = blockIdx.x, kvh = blockIdx.y / HTILES, h0 = (blockIdx.y % HTILES) * HT, b = blockIdx.z;
     const int pos = P.pos[b];
     if (pos < 0) return;
@@ -998,19 +1007,24 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     const int per = (tiles + SK - 1) / SK;
     const int t_begin = split * per * TT, t_end = min(n_total, (split + 1) * per * TT);
     if (split == 0 && h0 == 0 && threadIdx.x == 0) P.n_att[bk] = n_total;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
 
+    // This lane's A fragments of the queries (row fg = head h0 + fg), straight from global memory.
+    unsigned qa[KSTEPS][2];
+    {
+        const unsigned* qw = (const unsigned*)(P.q + ((long long)b * QH + kvh * GQA + h0 + fg) * D);
 #pragma unroll
-    for (int x = threadIdx.x; x < HT * D; x += NT)
-        q_s[x / D][x % D] = ld_elem(P.q[((long long)b * QH + kvh * GQA + h0 + x / D) * D + x % D]);
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+            qa[ks][0] = fg < HT ? qw[ks * 8 + ft] : 0u;
+            qa[ks][1] = fg < HT ? qw[ks * 8 + 4 + ft] : 0u;
+        }
+    }
     if (threadIdx.x < HT) { m_s[threadIdx.x] = NEG_INF; l_s[threadIdx.x] = 0.f; }
 
-    // Output items: (head, dimension pair); ITEMS_PT per thread.
-    constexpr int ITEMS = HT * (D / 2);
-    constexpr int ITEMS_PT = (ITEMS + NT - 1) / NT;
-    float acc[ITEMS_PT][2];
+    // P·V accumulators: n tiles warp, warp + NWARPS, ... (rows 8..15 of each are padding).
+    float acc[DT_PW][4];
 #pragma unroll
-    for (int i = 0; i < ITEMS_PT; ++i) { acc[i][0] = 0.f; acc[i][1] = 0.f; }
-
+    for (int i = 0; i < DT_PW; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     constexpr int VPR = D / VW;  // vectors per row
     constexpr int LOADS = (TT * VPR + NT - 1) / NT;
     // The next tile's keys and values, loaded into registers while the current tile is computed, and
@@ -1061,9 +1075,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             const int x = threadIdx.x + l * NT;
             if ((TT * VPR) % NT == 0 || x < TT * VPR) {
                 const int r = x / VPR, c = x % VPR;
-                const unsigned* kw = (const unsigned*)&kr[l];
-#pragma unroll
-                for (int j = 0; j < WORDS_PER_VEC; ++j) k_s[r][c * WORDS_PER_VEC + j] = kw[j];
+                *(vec_t*)&k_s[r][c * WORDS_PER_VEC] = kr[l];
                 *(vec_t*)&v_s[r][c * WORDS_PER_VEC] = vr[l];
                 if (fill_r[l] >= 0) {
                     *(vec_t*)(P.slots + fill_r[l]) = kr[l];
@@ -1078,21 +1090,21 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
         }
         __syncthreads();
         if (t0 + TT < t_end) load_tile(t0 + TT);
-        // Scores: item = (head, token), token fastest so a warp reads distinct K rows.
-        for (int x = threadIdx.x; x < HT * TT; x += NT) {
-            const int h = x / TT, r = x % TT;
-            float s = 0.f;
-#pragma unroll 8
-            for (int j = 0; j < D / 2; ++j) {
-                const unsigned kw = k_s[r][j];
-                s += q_s[h][2 * j] * lo_elem(kw) + q_s[h][2 * j + 1] * hi_elem(kw);
+        // Scores S = Q·Kᵀ: n tile of 8 tokens per warp, k over the head dimension.
+        for (int nt = warp; nt < TT / 8; nt += NWARPS) {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            const unsigned* kr0 = &k_s[nt * 8 + fg][ft];
+#pragma unroll
+            for (int ks = 0; ks < KSTEPS; ++ks) mma_16816(c, qa[ks][0], qa[ks][1], kr0[ks * 8], kr0[ks * 8 + 4]);
+            if (fg < HT) {
+                const int r = nt * 8 + 2 * ft;
+                p_s[fg][r] = keep_s[fg][r] ? c[0] * SCALE : NEG_INF;
+                p_s[fg][r + 1] = keep_s[fg][r + 1] ? c[1] * SCALE : NEG_INF;
             }
-            p_s[h][r] = keep_s[h][r] ? s * SCALE : NEG_INF;
         }
         __syncthreads();
         // Online softmax per head: one warp per head.
-        for (int h = threadIdx.x >> 5; h < HT; h += NT / 32) {
-            const int lane = threadIdx.x & 31;
+        for (int h = warp; h < HT; h += NWARPS) {
             float mx = NEG_INF;
             for (int r = lane; r < TT; r += 32) mx = fmaxf(mx, p_s[h][r]);
             mx = warp_max(mx);
@@ -1113,32 +1125,44 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             }
         }
         __syncthreads();
+        // O += P·V: the probabilities as elements (A, rows = heads), V through ldmatrix.trans (B).
+        {
+            const float a = fg < HT ? alpha_s[fg] : 0.f;
 #pragma unroll
-        for (int i = 0; i < ITEMS_PT; ++i) {
-            const int it = threadIdx.x + i * NT;
-            if (ITEMS % NT == 0 || it < ITEMS) {
-                const int h = it / (D / 2), dp = it % (D / 2);
-                const float a = alpha_s[h];
-                float a0 = acc[i][0] * a, a1 = acc[i][1] * a;
-                for (int r = 0; r < TT; ++r) {
-                    const float p = p_s[h][r];
-                    const unsigned vw = v_s[r][dp];
-                    a0 += p * lo_elem(vw);
-                    a1 += p * hi_elem(vw);
+            for (int i = 0; i < DT_PW; ++i) { acc[i][0] *= a; acc[i][1] *= a; }
+            // ldmatrix row addresses: lanes 0..7 rows k0 + 0..7, lanes 8..15 rows k0 + 8..15.
+            const int lrow = lane & 15;
+#pragma unroll
+            for (int k0 = 0; k0 < TT; k0 += 16) {
+                unsigned pa0 = 0u, pa2 = 0u;
+                if (fg < HT) {
+                    const float2 x = *(const float2*)&p_s[fg][k0 + 2 * ft];
+                    const float2 y = *(const float2*)&p_s[fg][k0 + 8 + 2 * ft];
+                    pa0 = pack_elems(x.x, x.y);
+                    pa2 = pack_elems(y.x, y.y);
                 }
-                acc[i][0] = a0;
-                acc[i][1] = a1;
+#pragma unroll
+                for (int i = 0; i < DT_PW; ++i) {
+                    const int dt = warp + i * NWARPS;
+                    if (DTILES % NWARPS == 0 || dt < DTILES) {
+                        const unsigned addr = (unsigned)__cvta_generic_to_shared(&v_s[k0 + lrow][dt * 4]);
+                        unsigned b0, b1;
+                        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                                     : "=r"(b0), "=r"(b1)
+                                     : "r"(addr));
+                        mma_16816(acc[i], pa0, pa2, b0, b1);
+                    }
+                }
             }
         }
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < ITEMS_PT; ++i) {
-        const int it = threadIdx.x + i * NT;
-        if (ITEMS % NT == 0 || it < ITEMS) {
-            const int h = it / (D / 2), dp = it % (D / 2);
-            const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK + split;
-            *(float2*)&P.part_acc[row * D + 2 * dp] = make_float2(acc[i][0], acc[i][1]);
+    for (int i = 0; i < DT_PW; ++i) {
+        const int dt = warp + i * NWARPS;
+        if (fg < HT && (DTILES % NWARPS == 0 || dt < DTILES)) {
+            const long long row = ((long long)b * QH + kvh * GQA + h0 + fg) * SK + split;
+            *(float2*)&P.part_acc[row * D + dt * 8 + 2 * ft] = make_float2(acc[i][0], acc[i][1]);
         }
     }
     if (threadIdx.x < HT) {
@@ -1153,21 +1177,33 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     __syncthreads();
     if (!last_s) return;
     __threadfence();
+    // Each head's split weights exp(m_s - m) / l once, then every output element in one round of
+    // independent loads (SK is a compile-time constant).
+    for (int x = threadIdx.x; x < HT * SK; x += NT) {
+        const long long row = ((long long)b * QH + kvh * GQA + h0 + x / SK) * SK + x % SK;
+        ml_s[x / SK][x % SK] = __ldcg((const float2*)&P.part_ml[row * 2]);
+    }
+    __syncthreads();
+    if (threadIdx.x < HT) {
+        const int h = threadIdx.x;
+        float m = NEG_INF;
+        for (int s = 0; s < SK; ++s) m = fmaxf(m, ml_s[h][s].x);
+        float l = 0.f;
+        for (int s = 0; s < SK; ++s) {
+            const float e = ml_s[h][s].x == NEG_INF ? 0.f : expf(ml_s[h][s].x - m);
+            wgt_s[h][s] = e;
+            l += e * ml_s[h][s].y;
+        }
+        for (int s = 0; s < SK; ++s) wgt_s[h][s] /= l;
+    }
+    __syncthreads();
     for (int x = threadIdx.x; x < HT * D; x += NT) {
         const int h = x / D, d = x % D;
         const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK;
-        float m = NEG_INF;
-#pragma unroll 8
-        for (int s = 0; s < SK; ++s) m = fmaxf(m, __ldcg(&P.part_ml[(row + s) * 2]));
-        float l = 0.f, o = 0.f;
-#pragma unroll 8
-        for (int s = 0; s < SK; ++s) {
-            const float ms = __ldcg(&P.part_ml[(row + s) * 2]);
-            const float wgt = ms == NEG_INF ? 0.f : expf(ms - m);
-            l += wgt * __ldcg(&P.part_ml[(row + s) * 2 + 1]);
-            o += wgt * __ldcg(&P.part_acc[(row + s) * D + d]);
-        }
-        P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o / l);
+        float o = 0.f;
+#pragma unroll
+        for (int s = 0; s < SK; ++s) o += wgt_s[h][s] * __ldcg(&P.part_acc[(row + s) * D + d]);
+        P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o);
     }
     if (threadIdx.x == 0) *done = 0;
 }

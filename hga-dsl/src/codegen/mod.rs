@@ -18,7 +18,7 @@
 //! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
 //! | `hga_select` | (units, B), block 256 | top `top_chunks`, their groups scored, top `top_groups` |
 //! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order) |
-//! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention (misses read from host and cached on the way), fp32 online softmax; the last split merges |
+//! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention on tensor cores (`mma.sync` m16n8k16: Q·Kᵀ and P·V, f32 accumulators; sm_80+), misses read from host and cached on the way, fp32 online softmax; the last split merges |
 //!
 //! A decode step is `append`, `summarize` (on chunk close), `chunk_score`, `select`, `resolve`,
 //! `attend`: six launches, four of them per step when no chunk closes in the route/attend part.
@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-2";
+pub const GENERATOR_VERSION: &str = "hga-codegen-3";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.
@@ -129,8 +129,10 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     let d = m.head_dim;
     let head_tile = (1..=gqa.min(8)).rev().find(|t| gqa % t == 0).unwrap_or(1);
     let mut tile_tokens = k.tile_tokens;
+    // K and V tiles (rows padded by 16 bytes), probabilities (f32) and masks, per-head softmax state,
+    // the merge's split maxima, sums and weights.
     let smem =
-        |tt: u32| head_tile * d * 4 + tt * (d / 2 + 1) * 4 + tt * d * 2 + head_tile * tt * 5 + head_tile * 12 + 4;
+        |tt: u32| 2 * tt * (d / 2 + 4) * 4 + head_tile * tt * 5 + head_tile * 12 + 4 + head_tile * k.split_k * 12;
     while smem(tile_tokens) > ATTEND_SMEM_LIMIT && tile_tokens > 16 {
         tile_tokens /= 2;
     }
