@@ -2,7 +2,10 @@
 //! summary tables, routing, slot cache, split-K attention) with a row per possible sequence, and one
 //! growable host store of pinned, device-mapped group records shared by every layer and sequence.
 //!
-//! **One batch per layer.** The batch has `max_sequences` rows, allocated when the cache is created.
+//! **One batch per layer.** The batch has `max_sequences` rows, created with the cache; its summary and
+//! index tables reserve address space for `max_seq_len` and map GPU memory as the rows grow (appends
+//! that cannot map fail with `GpuOutOfMemory`, state unchanged). All layers share one step scratch
+//! (per-step scores, candidate lists, split partials): they run one after another on one stream.
 //! A sequence takes a free row when added (the row is reset first when an earlier sequence used it:
 //! slot-cache partition and host record addresses forgotten) and gives it back when removed. An attend
 //! call sets the rows of its sequences active and every other row inactive (the kernels leave inactive
@@ -43,7 +46,9 @@
 use super::config::{CacheConfig, TelemetryLevel};
 use super::telemetry::StepTelemetry;
 use super::SeqId;
-use crate::cuda::{AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes};
+use crate::cuda::{
+    AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes, StepScratch,
+};
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
 use crate::RuntimeError;
@@ -184,9 +189,11 @@ impl GpuBackend {
                 ),
             });
         }
-        // One layer's state, plus 1 MiB for its per-step scratch.
+        // What the layers commit at creation (window, slot pool, per-step buffers, one step scratch
+        // shared by all layers). The summary and index tables grow with the sequences, a page at a time:
+        // an append that cannot map its pages fails with GpuOutOfMemory and changes nothing.
         let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: per_layer };
-        let need = (StateBytes::of(&spec, cap).total() + (1 << 20)) * layers as u64;
+        let need = StateBytes::at(&spec, cap, 0, layers).total() * layers as u64;
         if need > free {
             return Err(RuntimeError::GpuOutOfMemory { requested: need, available: free });
         }
@@ -198,8 +205,12 @@ impl GpuBackend {
             });
         }
         let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: per_layer };
+        // Layers run one after another on one stream, so one step scratch serves them all.
+        let scratch = StepScratch::new(&gpu, kernels, cap).map_err(cuda_err("allocate step scratch"))?;
         let batches = (0..layers)
-            .map(|_| DecodeBatch::new(&gpu, kernels, cap).map_err(cuda_err("allocate layer state")))
+            .map(|_| {
+                DecodeBatch::with_scratch(&gpu, kernels, cap, scratch.clone()).map_err(cuda_err("allocate layer state"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let per_block = (config.host_budget_bytes / record).clamp(1, MAX_RECORDS_PER_BLOCK) as usize;
         let kvh = spec.model().kv_heads as usize;
