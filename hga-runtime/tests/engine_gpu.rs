@@ -161,10 +161,13 @@ fn gpu_bad_input_is_a_typed_error() {
     gpu.attend(0, &[id], &q, &mut after).unwrap();
     assert_eq!(before, after);
     assert_eq!(gpu.seq_len(id, 0).unwrap(), 100);
-    // Batches too large for the GPU (every layer's rows are allocated with the cache): a typed error.
+    // A slot cache larger than the GPU (the slot pool is allocated with the cache): a typed error.
+    // (A long max_seq_len alone is not: the summary and index tables only reserve address space and
+    // map memory as sequences grow; gpu_memory covers growth that runs out of memory.)
     let mut huge = CacheConfig::new(spec(routing()), 1, 1 << 28);
     huge.host_budget_bytes = u64::MAX;
     huge.max_sequences = 64;
+    huge.gpu_budget_bytes = Some(u64::MAX / 2);
     let err = HgaCache::new(huge, BackendChoice::Gpu { ordinal: 0 }).unwrap_err();
     assert!(matches!(err, RuntimeError::GpuOutOfMemory { .. }), "{err}");
 }
