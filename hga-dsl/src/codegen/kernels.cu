@@ -46,7 +46,8 @@ struct HgaParams {
     elem_t* slots;
     float* part_ml;           // [B][QH][SK][2] running max and sum of each split
     float* part_acc;          // [B][QH][SK][D] unnormalized output of each split
-    int* done;                // [B][KVH*HTILES] finished splits (the last one merges; reset to 0)
+    int* done;                // [B][KVH*HTILES] finished splits (the last one merges), then [B][KVH]
+                              //   finished units of hga_select (the last one resolves); reset to 0
     int* error;               // [0] routed groups that had no host record (read as absent)
     elem_t* out;
     int batch;
@@ -680,10 +681,15 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
     __syncthreads();
 }
 
+template <int THREADS>
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh);
+
 // hga_select: routing of one unit (query head, or KV head when shared): the top TOP_CHUNKS candidate
 // chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
+// With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
+// launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
 // grid (UNITS, B), block SNT.
-extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P) {
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
     STEP_PROLOGUE();
     __shared__ float red[32];
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
@@ -727,9 +733,23 @@ extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P) {
     int* out = P.sel_group + ou * P.kge;
     const int cnt = block_select(gvals, n, P.kge, out, 0);
     __syncthreads();
-    // block_select wrote candidate positions (ascending); their groups are ascending too.
-    for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[out[r]];
+    // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
+    // through L2: no L1 line of the lists may go stale for the block that resolves below.)
+    for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[__ldcg(&out[r])];
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
+    if (!fuse_resolve) return;
+    // The last unit of the KV head to finish resolves it (its lists' writes are ordered before the
+    // counter update, as in hga_attend's merge).
+    __shared__ int last_s;
+    __threadfence();
+    __syncthreads();
+    int* done = P.done + (long long)P.batch * (KVH * HTILES) + bk_of(b, kvh);
+    if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    if (threadIdx.x == 0) *done = 0;
+    resolve_kv<SNT>(P, b, kvh);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -748,18 +768,19 @@ __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
 // mask of query heads that opened it), resolved against the row's partition of the slot cache: hits
 // are stamped with this step; misses get the slots not used this step, in clock order from the hand
 // (the previous owner loses its slot). Misses past the partition's free slots are read from host
-// memory by hga_attend without being cached. grid (KVH, B), block RNT.
-#define RESOLVE_SMEM 4096
+// memory by hga_attend without being cached. Run by hga_resolve (grid (KVH, B), block RNT), or fused
+// into hga_select by the last unit of the KV head to finish (block SNT). Lists written by other blocks
+// of the same kernel are read through L2 (__ldcg): L1 is not coherent within a kernel.
+#define RESOLVE_SMEM 1024
 #define HASH_CAP 1024
-extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
-    STEP_PROLOGUE();
+template <int THREADS>
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
     __shared__ int new_hand;
     __shared__ int lists_s[RESOLVE_SMEM];
     __shared__ int cnt_s[GQA];
     __shared__ int hkey[HASH_CAP];
     __shared__ int hfirst[HASH_CAP];
     __shared__ unsigned hmask[HASH_CAP];
-    const int kvh = blockIdx.x, b = blockIdx.y;
     if (P.pos[b] < 0) return;
     const long long bk = bk_of(b, kvh);
     const int kge = P.kge;
@@ -771,9 +792,9 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     // The units' lists, searched many times below: in shared memory when they fit.
     const bool staged = E <= RESOLVE_SMEM;
     if (staged) {
-        for (int e = threadIdx.x; e < E; e += RNT) lists_s[e] = sel_g[e];
+        for (int e = threadIdx.x; e < E; e += THREADS) lists_s[e] = __ldcg(&sel_g[e]);
     }
-    for (int h = threadIdx.x; h < n_units; h += RNT) cnt_s[h] = cnt_g[h];
+    for (int h = threadIdx.x; h < n_units; h += THREADS) cnt_s[h] = __ldcg(&cnt_g[h]);
     __syncthreads();
     const int* sel = staged ? lists_s : sel_g;
     const int* cnt = cnt_s;
@@ -791,7 +812,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     if (E <= HASH_CAP / 2) {
         int tb = 32;
         while (tb < 2 * E) tb <<= 1;
-        for (int x = threadIdx.x; x < tb; x += RNT) { hkey[x] = -1; hfirst[x] = 0x7fffffff; hmask[x] = 0u; }
+        for (int x = threadIdx.x; x < tb; x += THREADS) { hkey[x] = -1; hfirst[x] = 0x7fffffff; hmask[x] = 0u; }
         __syncthreads();
         auto slot_of_group = [&](int g) -> int {
             int x = (int)(((unsigned)g * 2654435761u) >> 7) & (tb - 1);
@@ -801,7 +822,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
                 x = (x + 1) & (tb - 1);
             }
         };
-        for (int e = threadIdx.x; e < E; e += RNT) {
+        for (int e = threadIdx.x; e < E; e += THREADS) {
             const int h = e / kge, r = e % kge;
             if (r >= cnt[h]) continue;
             const int x = slot_of_group(sel[e]);
@@ -809,7 +830,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
             atomicOr(&hmask[x], SHARED ? 0xffffffffu : 1u << (h & 31));
         }
         __syncthreads();
-        for (int e0 = 0; e0 < E; e0 += RNT) {
+        for (int e0 = 0; e0 < E; e0 += THREADS) {
             const int e = e0 + threadIdx.x;
             const int h = e / kge, r = e % kge;
             int x = -1;
@@ -833,7 +854,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
             }
         }
     } else {
-    for (int e0 = 0; e0 < E; e0 += RNT) {
+    for (int e0 = 0; e0 < E; e0 += THREADS) {
         const int e = e0 + threadIdx.x;
         const int h = e / kge, r = e % kge;
         const int g = e < E && r < cnt[h] ? sel[e] : -1;
@@ -860,7 +881,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     __syncthreads();
     // Hits keep their slot (stamped: not evictable this step); misses are listed.
     int n_miss = 0;
-    for (int i0 = 0; i0 < n_u; i0 += RNT) {
+    for (int i0 = 0; i0 < n_u; i0 += THREADS) {
         const int i = i0 + threadIdx.x;
         const int s = i < n_u ? slot_of[P.uni_group[ue0 + i]] : -1;
         const bool miss = i < n_u && s < 0;
@@ -880,7 +901,7 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     if (threadIdx.x == 0) new_hand = hand;
     __syncthreads();
     int assigned = 0;
-    for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += RNT) {
+    for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += THREADS) {
         const int off = scanned + threadIdx.x;
         const int s = (hand + off) % PS;
         const bool ok = off < PS && stamp[s] != step;
@@ -907,6 +928,11 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
         state[2] = n_miss;
         state[3] = n_miss - assigned;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
+    STEP_PROLOGUE();
+    resolve_kv<RNT>(P, blockIdx.y, blockIdx.x);
 }
 
 // ---------------------------------------------------------------------------------------------------

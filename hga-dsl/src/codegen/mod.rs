@@ -16,12 +16,12 @@
 //! | `hga_ingest_summarize` | (1 + groups per chunk, KVH, chunks), block D | summaries of the chunks a block append closes |
 //! | `hga_ingest` | (⌈n·KVH·D/8/threads⌉) | a block append of one row: host records, and the window rows that stay |
 //! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
-//! | `hga_select` | (units, B), block 256 | top `top_chunks`, their groups scored, top `top_groups` |
-//! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order) |
+//! | `hga_select` | (units, B), block 256 | top `top_chunks`, their groups scored, top `top_groups`; with `fuse_resolve` the last unit of each (row, KV head) to finish runs the resolve below |
+//! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order); standalone form of the fused resolve |
 //! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention on tensor cores (`mma.sync` m16n8k16: Q·Kᵀ and P·V, f32 accumulators; sm_80+), misses read from host and cached on the way, fp32 online softmax; the last split merges |
 //!
-//! A decode step is `append`, `summarize` (on chunk close), `chunk_score`, `select`, `resolve`,
-//! `attend`: six launches, four of them per step when no chunk closes in the route/attend part.
+//! A decode step is `append`, `summarize` (on chunk close), `chunk_score`, `select` (+ resolve),
+//! `attend`: five launches, three of them in the route/attend part.
 //!
 //! ```
 //! use hga_dsl::{codegen, presets, Spec};
@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-3";
+pub const GENERATOR_VERSION: &str = "hga-codegen-4";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.

@@ -58,6 +58,9 @@ pub struct DecodeBatch<'k> {
     staging: Option<(CudaSlice<u16>, CudaSlice<u16>)>,
     /// While capturing a graph: the candidate capacity the chunk-score grid is sized for.
     capture_cands: Option<u32>,
+    /// The last [`DecodeBatch::launch_route`] resolved too (fused into `hga_select`): the next
+    /// [`DecodeBatch::launch_fetch`] has nothing to launch.
+    route_resolved: bool,
     /// Launch with programmatic dependent launch (sm_90+, opt-in with `HGA_PDL=1`: on the H200 it made
     /// the graph-replayed step slower, 58.3 → 68.7 µs at 64K, so it is off by default).
     pdl: bool,
@@ -233,6 +236,7 @@ impl<'k> DecodeBatch<'k> {
             _pinned_store: None,
             staging: None,
             capture_cands: None,
+            route_resolved: false,
             pdl: gpu.arch().cc() >= 90 && std::env::var("HGA_PDL").as_deref() == Ok("1"),
         })
     }
@@ -724,10 +728,14 @@ impl<'k> DecodeBatch<'k> {
         self.launch(Kernel::Ingest, (blocks, 1, 1), nt as u32, &args)
     }
 
-    /// Routing: `hga_chunk_score`, `hga_select`.
+    /// Routing: `hga_chunk_score`, then `hga_select` with the fetch bookkeeping fused in (the last unit
+    /// of each (row, KV head) to finish resolves it: union, slot lookup, slots for the misses), so the
+    /// step is one launch shorter; the [`DecodeBatch::launch_fetch`] that follows launches nothing.
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
-        self.launch_select()
+        self.launch_select_kernel(true)?;
+        self.route_resolved = true;
+        Ok(())
     }
 
     /// Candidate chunks of the row with the most (the `hga_chunk_score` grid).
@@ -753,20 +761,32 @@ impl<'k> DecodeBatch<'k> {
         self.launch(Kernel::ChunkScore, grid, self.lp.score_threads, &[])
     }
 
-    /// `hga_select` alone: top chunks, their groups scored, top groups.
+    /// `hga_select` alone: top chunks, their groups scored, top groups (no resolve: see
+    /// [`DecodeBatch::launch_resolve`]).
     pub fn launch_select(&mut self) -> Result<(), CudaError> {
-        let b = self.cap.batch as u32;
-        self.launch(Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &[])
+        self.route_resolved = false;
+        self.launch_select_kernel(false)
     }
 
-    /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses). The misses'
-    /// bytes move inside `hga_attend`, which reads them from host memory.
+    fn launch_select_kernel(&mut self, fuse_resolve: bool) -> Result<(), CudaError> {
+        let b = self.cap.batch as u32;
+        let args = [Arg::Int(i32::from(fuse_resolve))];
+        self.launch(Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &args)
+    }
+
+    /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses), unless the
+    /// last [`DecodeBatch::launch_route`] already did it (it does: resolve is fused into its select).
+    /// The misses' bytes move inside `hga_attend`, which reads them from host memory.
     pub fn launch_fetch(&mut self) -> Result<(), CudaError> {
+        if std::mem::take(&mut self.route_resolved) {
+            return Ok(());
+        }
         self.launch_resolve()
     }
 
     /// `hga_resolve` alone; starts a new step id (slot stamps).
     pub fn launch_resolve(&mut self) -> Result<(), CudaError> {
+        self.route_resolved = false;
         let (b, _, kvh, _) = self.dims();
         self.launch(Kernel::Resolve, (kvh, b, 1), self.lp.resolve_threads, &[])
     }

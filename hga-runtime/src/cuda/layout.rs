@@ -177,7 +177,8 @@ impl Layout {
             ("miss_list", b * kvh * self.ucap),
             ("part_ml", b * self.qh * self.split_k * 2),
             ("part_acc", b * self.qh * self.split_k * self.d),
-            ("done", b * kvh * self.head_tiles),
+            // hga_attend's split counters, then hga_select's unit counters (fused resolve).
+            ("done", b * kvh * (self.head_tiles + 1)),
         ]
         .map(|(n, x)| (n, x.max(1)))
     }

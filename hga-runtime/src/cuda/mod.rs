@@ -21,8 +21,9 @@
 //! ```
 //!
 //! For the tuner: [`DecodeBatch`] exposes each stage as its own launch ([`DecodeBatch::launch_append`],
-//! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, select),
-//! [`DecodeBatch::launch_fetch`] (resolve: union, slot lookup, slots for the misses),
+//! [`DecodeBatch::launch_summarize`], [`DecodeBatch::launch_route`] (chunk score, then select with
+//! the resolve fused in: union, slot lookup, slots for the misses), [`DecodeBatch::launch_fetch`]
+//! (nothing after a route; `hga_resolve` after [`DecodeBatch::launch_select`] alone),
 //! [`DecodeBatch::launch_attend`] (split-K attention that reads the misses from host memory and merges));
 //! time them with [`Gpu::timer`] (CUDA events on the batch's stream). [`DecodeBatch::capture_step`]
 //! records a whole step as a CUDA graph ([`StepGraph`]), replayed with [`DecodeBatch::launch_graph`].

@@ -138,7 +138,7 @@ mod tests {
     }
 
     /// Hand-computed plain scratch of qwen3-30b (per query head routing): group candidates and scores,
-    /// selected chunks, union masks and misses, split partials, merge counters.
+    /// selected chunks, union masks and misses, split partials, merge and fused-resolve counters.
     fn scratch_plain(spec: &ValidSpec, lp: &hga_dsl::codegen::LaunchParams, b: u64) -> u64 {
         let r = spec.routing();
         let (qh, kvh, d, units) = (32u64, 4u64, 128u64, lp.units as u64);
@@ -156,7 +156,7 @@ mod tests {
             + b * kvh * ucap
             + b * qh * sk * 2
             + b * qh * sk * d
-            + b * kvh * lp.head_tiles as u64)
+            + b * kvh * (lp.head_tiles as u64 + 1))
     }
 
     #[test]

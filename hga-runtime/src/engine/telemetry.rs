@@ -10,9 +10,11 @@ use std::time::Duration;
 /// is set.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
-    /// Scoring chunk and group summaries and choosing the groups.
+    /// Scoring chunk and group summaries and choosing the groups. On the GPU backend also the fetch
+    /// bookkeeping (union, slot lookup, slots for the misses), which is fused into the select kernel.
     pub route: Duration,
-    /// Moving missed groups from the host store into working-set slots.
+    /// Moving missed groups from the host store into working-set slots. Zero on the GPU backend: its
+    /// misses are read from host memory inside `attend`, and the bookkeeping is part of `route`.
     pub fetch: Duration,
     /// Exact attention over sinks, local window, routed groups and the open chunk.
     pub attend: Duration,

@@ -12,9 +12,11 @@
 //! place: random bf16 K/V in one pinned, device-mapped host store (the group-contiguous layout the
 //! attention kernel reads misses from), random summary tables and window on the GPU. Then decode steps at positions
 //! `context − 1, context, …`, each appending a random token (append + summarize on chunk close) and
-//! running route (chunk score, select) → fetch (resolve: union, slot lookup and assignment) → attend
+//! running route (chunk score, then select with the resolve fused in: union, slot lookup and
+//! assignment) → fetch (nothing left to launch since codegen 4) → attend
 //! (split-K; missed groups read from host memory inside it and cached; the last split merges). Cold
-//! fetch bandwidth is therefore the missed bytes over resolve + attend.
+//! fetch bandwidth is therefore the missed bytes over the fetch and attend stages (resolve + attend
+//! up to codegen 3; attend alone since the resolve moved into route).
 //!
 //! - **Steady state**: queries correlated across steps as in real decoding: per head,
 //!   `q_t = normalize(ρ·q_{t−1} + (1−ρ)·n_t)·√D` with `n_t` standard normal, ρ = 0.9 (the cosine
