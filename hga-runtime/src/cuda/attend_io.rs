@@ -108,99 +108,6 @@ impl StepCounters {
     }
 }
 
-/// Every field of the kernel parameters: a graph replays the values it was captured with, so it is only
-/// valid while they are unchanged. (Destructured without `..`: a new field fails to compile here.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ParamsKey([u64; 39]);
-
-impl ParamsKey {
-    pub fn of(p: &HgaParams) -> ParamsKey {
-        let HgaParams {
-            pos,
-            win_k,
-            win_v,
-            chunk_sum,
-            group_sum,
-            q,
-            chunk_score,
-            chunk_mass,
-            sel_chunk,
-            n_sel_chunk,
-            group_cand,
-            group_score,
-            group_mass,
-            sel_group,
-            n_sel_group,
-            uni_group,
-            uni_slot,
-            uni_mask,
-            n_uni,
-            n_att,
-            slot_of,
-            slot_owner,
-            slot_stamp,
-            part_state,
-            miss_list,
-            group_addr,
-            slots,
-            part_ml,
-            part_acc,
-            done,
-            error,
-            out,
-            batch,
-            cap_chunks,
-            cap_groups,
-            part_slots,
-            kce,
-            kge,
-            ucap,
-        } = *p;
-        let i = |x: i32| x as u32 as u64;
-        ParamsKey([
-            pos,
-            win_k,
-            win_v,
-            chunk_sum,
-            group_sum,
-            q,
-            chunk_score,
-            chunk_mass,
-            sel_chunk,
-            n_sel_chunk,
-            group_cand,
-            group_score,
-            group_mass,
-            sel_group,
-            n_sel_group,
-            uni_group,
-            uni_slot,
-            uni_mask,
-            n_uni,
-            n_att,
-            slot_of,
-            slot_owner,
-            slot_stamp,
-            part_state,
-            miss_list,
-            group_addr,
-            slots,
-            part_ml,
-            part_acc,
-            done,
-            error,
-            out,
-            i(batch),
-            i(cap_chunks),
-            i(cap_groups),
-            i(part_slots),
-            i(kce),
-            i(kge),
-            i(ucap),
-        ])
-    }
-}
-
 /// Route → fetch → attend of one batch captured as a CUDA graph ([`super::DecodeBatch::capture_attend`]),
 /// with the counter gather when it was captured with a [`CounterBuffer`] (which the graph then owns: its
 /// replays write it).
@@ -208,7 +115,8 @@ pub struct AttendGraph {
     pub(super) step: StepGraph,
     /// The step graph's candidate capacity (its own field is private to the batch module).
     pub(super) candidate_capacity: u32,
-    pub(super) params: ParamsKey,
+    /// The kernel parameters it was captured with.
+    pub(super) params: HgaParams,
     pub(super) counters: Option<CounterBuffer>,
 }
 

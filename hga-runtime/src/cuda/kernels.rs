@@ -102,8 +102,10 @@ pub(super) enum Kernel {
 }
 
 /// Mirror of the generated `struct HgaParams` (same field order and C layout; raw device pointers).
+/// Comparable: a captured graph replays the values it was captured with, so it is valid only while
+/// they are unchanged.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct HgaParams {
     pub pos: u64,
     pub win_k: u64,

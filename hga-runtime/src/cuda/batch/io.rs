@@ -19,7 +19,7 @@
 //!   headroom so that growing contexts re-capture rarely).
 
 use super::{ptr, DecodeBatch, StepGraph};
-use crate::cuda::attend_io::{AttendGraph, CounterBuffer, CounterLayout, ParamsKey};
+use crate::cuda::attend_io::{AttendGraph, CounterBuffer, CounterLayout};
 use crate::cuda::CudaError;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{result, CudaSlice};
@@ -297,24 +297,19 @@ impl DecodeBatch<'_> {
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         launched?;
         let graph = graph?.ok_or_else(|| CudaError::Driver("stream capture produced no graph".into()))?;
-        Ok(AttendGraph {
-            step: StepGraph { graph, candidate_capacity },
-            candidate_capacity,
-            params: ParamsKey::of(&self.p),
-            counters,
-        })
+        Ok(AttendGraph { step: StepGraph { graph, candidate_capacity }, candidate_capacity, params: self.p, counters })
     }
 
     /// Whether `g` can replay this step: captured with the batch's current buffers and a grid that
     /// covers the step's candidate chunks.
     pub fn attend_graph_fits(&self, g: &AttendGraph) -> bool {
-        g.params == ParamsKey::of(&self.p) && self.max_candidates() <= g.candidate_capacity
+        g.params == self.p && self.max_candidates() <= g.candidate_capacity
     }
 
     /// Replays a graph of [`DecodeBatch::capture_attend`] for the current positions and queries; an error
     /// (nothing launched) when it does not fit ([`DecodeBatch::attend_graph_fits`]): capture a new one.
     pub fn launch_attend_graph(&self, g: &AttendGraph) -> Result<(), CudaError> {
-        if g.params != ParamsKey::of(&self.p) {
+        if g.params != self.p {
             return Err(CudaError::Invalid {
                 field: "graph",
                 value: "captured with other buffers".into(),
