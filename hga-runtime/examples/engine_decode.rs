@@ -1,0 +1,69 @@
+//! A decode loop through the engine API, as an inference engine drives it: one [`HgaCache`] for the
+//! model, a prefill appended as one block per layer, then per step and layer the new token's K/V
+//! appended and its query attended; telemetry per step and in total.
+//!
+//! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS]`
+//! (defaults: `qwen3-8b 16384 32`). Runs on the GPU when one is usable (kernel parameters from the
+//! checked-in tuned configs), else on the CPU backend. Keys, values and queries are random here; an
+//! engine passes its own (keys after RoPE), as host slices or, on the GPU, as device buffers
+//! (`append_device`, `attend_device`).
+
+use hga_dsl::{presets, Spec};
+use hga_runtime::engine::{BackendChoice, CacheConfig, HgaCache};
+use rand::{Rng, SeedableRng};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let preset = args.first().map_or("qwen3-8b", String::as_str);
+    let context: usize = args.get(1).map_or(Ok(16384), |s| s.parse())?;
+    let steps: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
+    let layers = 2;
+
+    // The model's shape and the reference router; `hga_dsl::HfModel::from_file("config.json")?.shape`
+    // reads a Hugging Face config instead of a preset.
+    let spec = Spec::new(presets::find(preset)?.shape).validate()?;
+    let config = CacheConfig::new(spec, layers, context + steps)
+        // Kernel parameters tuned per GPU, context and batch (kernels-generated/configs).
+        .with_tuned(kernels_generated::tuned::all()?);
+    let mut cache = HgaCache::new(config, BackendChoice::Auto)?;
+    println!("{preset}: backend {:?} ({})", cache.backend(), cache.device_name().unwrap_or("host"));
+    if let Some(k) = cache.kernels() {
+        println!("kernel parameters: {:?} (from {})", k.spec.kernel(), k.source);
+    }
+
+    let l = cache.layout();
+    let (kv_row, q_row) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+
+    let seq = cache.add_sequence()?;
+    // Prefill: the prompt's keys and values of each layer in one append (`[tokens][kv_heads][head_dim]`).
+    for layer in 0..layers {
+        cache.append(seq, layer, &random(context * kv_row), &random(context * kv_row))?;
+    }
+    // Decode: each step appends the new token to every layer and attends its query there.
+    let mut out = vec![0.0f32; q_row];
+    for step in 0..steps {
+        for layer in 0..layers {
+            cache.append(seq, layer, &random(kv_row), &random(kv_row))?;
+            let t = cache.attend(layer, &[seq], &random(q_row), &mut out)?;
+            if step + 1 == steps && layer == 0 {
+                println!(
+                    "last step, layer 0: {} tokens attended of {} visible per head, hit rate {}, {} bytes host → device, {:?}",
+                    t.attended_tokens / l.q_heads as u64,
+                    context + step + 1,
+                    t.hit_rate().map_or("-".into(), |h| format!("{:.1}%", 100.0 * h)),
+                    t.bytes_h2d,
+                    t.stages.total
+                );
+            }
+        }
+    }
+    let totals = cache.totals();
+    println!(
+        "{} attend calls: {} hits, {} misses, {} bytes host → device, {:?} on the host",
+        totals.steps, totals.hits, totals.misses, totals.bytes_h2d, totals.stages.total
+    );
+    assert!(out.iter().all(|x| x.is_finite()));
+    Ok(())
+}
