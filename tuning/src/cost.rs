@@ -2,8 +2,9 @@
 //! when that GPU is not present, and to order the candidates of a measured search.
 //!
 //! It follows the generated kernels (`hga_dsl::codegen`, the launch order in its module docs: `hga_append`,
-//! `hga_summarize` on chunk close, `hga_chunk_score`, `hga_select`, `hga_resolve`, `hga_attend`), one
-//! function per kernel. Each is charged a launch overhead plus its memory time (bytes over achieved
+//! `hga_summarize` on chunk close, `hga_chunk_score`, `hga_select` with the resolve fused into its last
+//! unit block per (row, KV head), `hga_attend`), one function per kernel (the fused resolve is priced
+//! apart, without a launch of its own). Each is charged a launch overhead plus its memory time (bytes over achieved
 //! bandwidth: HBM, or PCIe for cache misses) or its latency/issue time (serial steps × cycles × waves
 //! over the SMs, with occupancy from threads, shared memory and registers per block), whichever is
 //! longer unless the kernel's structure makes them add. Only `hga_attend` depends on the tuned
@@ -11,9 +12,9 @@
 //! waves once the blocks no longer fit; threads trade per-thread work against occupancy; tile tokens
 //! trade synchronisation rounds against padding; vector width changes load instructions.
 //!
-//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 2,
-//! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 512 split_k 32: step
-//! 64.2 / 78.9 µs launched; see `tests/cost_model.rs` for every figure it is checked against).
+//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 4,
+//! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 512 split_k 16: step
+//! 62.3 / 76.2 µs launched; see `tests/cost_model.rs` for every figure it is checked against).
 //!
 //! The model is deliberately monotone in context and batch (steady-state averages instead of per-step
 //! chunk-boundary effects), so a longer context is never modeled cheaper.
@@ -24,7 +25,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-4";
+pub const COST_MODEL_VERSION: &str = "hga-cost-5";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,14 +57,14 @@ pub struct Assumptions {
     /// memory round trips, arrival skew), cycles; calibrated on `hga_select` and `hga_resolve` (H200).
     pub block_round_cycles: f64,
     /// Fixed latency of one `hga_attend` block (the dependent loads before its first tile, the partials,
-    /// fence and counter after its last), in DRAM latencies; calibrated on the H200 (split_k 64 at 512
-    /// threads runs two waves of blocks: +12.8 µs over split_k 32).
+    /// fence and counter after its last), in DRAM latencies; calibrated on the H200 (codegen 4 attend at
+    /// 64K: 23.7 µs with 512 threads and 16 splits, together with the merge tail below).
     pub attend_block_rounds: f64,
     /// Fixed latency of the merge tail of `hga_attend` (the last split's wait for the others' partials
     /// and its loads of them), in DRAM latencies; calibrated on the H200.
     pub merge_fixed_rounds: f64,
-    /// Merge tail per split per output item of a thread (two passes over the split's partials in L2,
-    /// weights through `expf`), cycles; calibrated on the H200 (256 vs 512 threads at split_k 32 and 64).
+    /// Merge tail per split: the serial pass of a head's thread over the splits' maxima and sums in
+    /// shared memory (maximum, `expf`, sum, divide), cycles.
     pub merge_split_cycles: f64,
 }
 
@@ -80,8 +81,8 @@ impl Default for Assumptions {
             scan_unroll: 8.0,
             narrow_load_efficiency: (0.95, 0.85),
             block_round_cycles: 900.0,
-            attend_block_rounds: 16.0,
-            merge_fixed_rounds: 11.0,
+            attend_block_rounds: 20.0,
+            merge_fixed_rounds: 15.0,
             merge_split_cycles: 190.0,
         }
     }
@@ -166,16 +167,19 @@ pub struct Resources {
 }
 
 /// Modeled resources of `hga_attend`: the shared memory as the generator computes it; registers as a
-/// base plus the per-thread accumulators, the next tile's K/V vectors held in registers (double
-/// buffering) with their slot-fill offsets, and the keep flags, capped by `__launch_bounds__(threads)`.
+/// base plus the query fragments (two words per k step of 16 dimensions), the P·V accumulator tiles of
+/// the warp (four floats per n tile of 8 dimensions), the next tile's K/V vectors held in registers
+/// (double buffering) with their slot-fill offsets, and the keep flags, capped by
+/// `__launch_bounds__(threads)`.
 pub fn modeled_resources(spec: &ValidSpec) -> Resources {
     let lp = launch_params(spec);
     let d = spec.head_dim() as u32;
     let vw = spec.kernel().vec_width;
-    let items_pt = (lp.head_tile * (d / 2)).div_ceil(lp.threads);
+    let warps = lp.threads / 32;
+    let acc_tiles = (d / 8).div_ceil(warps);
     let loads = (lp.tile_tokens * (d / vw)).div_ceil(lp.threads);
     let keep_pt = (lp.head_tile * lp.tile_tokens).div_ceil(lp.threads);
-    let want = 40 + 2 * items_pt + vw + loads * (2 * (vw / 2) + 2) + keep_pt;
+    let want = 40 + 2 * (d / 16) + 4 * acc_tiles + vw + loads * (2 * (vw / 2) + 2) + keep_pt;
     let cap = (65536 / lp.threads).min(255);
     Resources {
         regs_per_thread: want.min(cap),
@@ -247,11 +251,15 @@ const SMEM_ITER_CYCLES: f64 = 40.0;
 /// One element of a strided pass over a list that is already in L1 (load, compare, count).
 const PASS_ELEM_CYCLES: f64 = 20.0;
 
+/// Issue slots of one dependent tensor-core step of `hga_attend`: its fragment loads from shared memory
+/// and the `mma.sync` (m16n8k16), whose results feed the next.
+const MMA_STEP_INSTR: f64 = 8.0;
+
 // Constants of the generated source that `LaunchParams` does not carry (kernels.cu): `block_select`'s
 // candidate buffer, `hga_resolve`'s hash table and its list staging, in entries.
 const SEL_CAND: f64 = 2048.0;
 const HASH_CAP: f64 = 1024.0;
-const RESOLVE_SMEM_INTS: f64 = 4096.0;
+const RESOLVE_SMEM_INTS: f64 = 1024.0;
 
 struct Ctx<'a> {
     gpu: &'a GpuSpec,
@@ -468,21 +476,24 @@ fn select(x: &Ctx, s: &Shape) -> Part {
     let bytes = s.b
         * units
         * (rt.candidates * 4.0 * unit_heads + n_groups * s.sv * s.d * 2.0 * passes + n_groups * 4.0 * unit_heads);
-    let smem = (snt * 8) as f64 + SEL_CAND * 9.0 + 8.0 * s.d * 4.0;
+    // block_select's buffers, the staged queries, and the fused resolve's lists and hash table.
+    let smem = (snt * 8) as f64 + SEL_CAND * 9.0 + 8.0 * s.d * 4.0 + (RESOLVE_SMEM_INTS + 3.0 * HASH_CAP) * 4.0;
     let res = blocks_per_sm(x.gpu, snt, 64, smem as u32);
     let us = x.latency_kernel(units * s.b, res, cycles, bytes);
     Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * n_groups * s.sv * s.d * 2.0 }
 }
 
-/// `hga_resolve`, grid (KVH, B), block 128: the union of the KV head's units' opened groups (a hash
-/// table in shared memory when the lists are short, else binary searches of the sorted lists), slot
-/// lookups (hits stamped), then slots for the misses in the (row, KV head)'s partition, in clock order.
-/// Every step is a block-wide scan over rounds of 128 entries: latency-bound, a few µs (calibrated: H200,
-/// 256 entries, ~180 distinct groups: 12.4 µs).
+/// The resolve, run inside `hga_select` by the last unit block of each (row, KV head) to finish (no
+/// launch of its own: an atomic counter, a fence, the other units' lists read through L2): the union of
+/// the KV head's units' opened groups (a hash table in shared memory when the lists are short, else
+/// binary searches of the sorted lists), slot lookups (hits stamped), then slots for the misses in the
+/// (row, KV head)'s partition, in clock order. Every step is a block-wide scan over rounds of 256
+/// entries: latency-bound (calibrated: H200, 256 entries, ~250 distinct groups: the step is 2.7 µs
+/// shorter than with `hga_resolve` launched apart at 12.8 µs).
 fn resolve(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
-    let rnt = lp.resolve_threads as f64;
+    let (threads, rnt) = (lp.select_threads, lp.select_threads as f64);
     let n_units = if r.sharing == Sharing::PerKvHead { 1.0 } else { s.gqa };
     let entries = n_units * r.top_groups as f64;
     let entry_rounds = (entries / rnt).ceil().max(1.0);
@@ -493,7 +504,7 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
         // A group opened by several units is inserted by each: their atomics on one key serialize.
         (table / rnt).ceil() * PASS_ELEM_CYCLES
             + entry_rounds * 3.0 * n_units * SMEM_ITER_CYCLES
-            + 2.0 * barrier_cycles(lp.resolve_threads)
+            + 2.0 * barrier_cycles(threads)
             + entry_rounds * (SMEM_ITER_CYCLES + a.block_round_cycles)
     } else {
         // Each entry searches the lists of the units before it (is it first?) and after it (its mask).
@@ -507,13 +518,16 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
     // Misses: per round, a scan over the partition's slots for unstamped ones, then the owner's
     // slot_of cleared and the new owner written.
     let assign_cycles = (rt.misses / rnt).ceil() * (2.0 * a.dram_latency_cycles + a.block_round_cycles);
-    // pos, the lists and counts, the partition state; at the end the state and the union's size.
-    let chain = 5.0 * a.dram_latency_cycles + a.l2_latency_cycles + 2.0 * barrier_cycles(lp.resolve_threads);
+    // Dependent global round trips outside the rounds below: the unit counter (fence, atomic), the
+    // lists and counts through L2, the partition state, the union written and read back, slot indices,
+    // host-record checks, stamps, the miss list, owners; at the end the state and the union's size
+    // (calibrated: ~12 memory latencies, the standalone kernel's 8.6 µs body on the H200).
+    let chain = 3.0 * a.l2_latency_cycles + 12.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(threads);
     let cycles = chain + union_cycles + lookup_cycles + assign_cycles;
     let bytes = s.b * s.kvh * (entries * 4.0 + rt.union * 16.0 + rt.misses * 16.0);
-    let smem = (RESOLVE_SMEM_INTS + 3.0 * HASH_CAP) * 4.0;
-    let res = blocks_per_sm(x.gpu, lp.resolve_threads, 48, smem as u32);
-    Part { us: x.latency_kernel(s.kvh * s.b, res, cycles, bytes), dram: bytes, pcie: 0.0, flops: 0.0 }
+    // One resolving block per (row, KV head), already resident: waves only past one block per SM.
+    let (waves, _) = x.waves(s.kvh * s.b, 1.0);
+    Part { us: x.us(waves * cycles).max(x.dram_us(bytes)), dram: bytes, pcie: 0.0, flops: 0.0 }
 }
 
 /// `hga_attend`, grid (split_k, KVH × head tiles, B), block `threads`. Per block: a fixed latency (the
@@ -522,9 +536,10 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
 /// registers while the previous one is computed (a tile costs the larger of a memory latency and its
 /// compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time overlaps
 /// the attention of the other splits: the body costs max(compute / HBM time, block latency + PCIe time +
-/// one tile). The last split of each (row, KV head, head tile) merges all splits: a serial tail on one
-/// block, per output item one pass over the splits (calibrated: H200, qwen3-30b at 64K, threads/split_k
-/// 512/32: 24.8 µs, 256/32: 31, 512/64: 37.6, 256/64: 40; every group missing: 135.7 µs for 730 groups).
+/// one tile). Scores and the weighted sum run on tensor cores (codegen 3). The last split of each (row,
+/// KV head, head tile) merges all splits: a serial tail on one block, the split weights once per head,
+/// then one round of loads per output item (calibrated: H200, qwen3-30b at 64K, threads/split_k 512/16:
+/// 23.7 µs, 256/16: 23.9, 256/32: 23.6; every group missing: 134.1 µs for 730 groups).
 fn attend(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
@@ -542,16 +557,17 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let grid = sk * s.kvh * lp.head_tiles as f64 * s.b;
     let res = blocks_per_sm(gpu, lp.threads, res_attend.regs_per_thread, res_attend.smem_bytes);
     let (waves, sharing) = x.waves(grid, res);
-    // Per tile and thread: stage K/V into shared memory (and slot fills), keep flags, scores (item =
-    // head × token, D/2 bf16 pairs each), online softmax (a warp per head), accumulate (item = head ×
-    // dimension pair, a pass over the tile's tokens).
+    // Per tile and thread: stage K/V into shared memory (and slot fills), keep flags, scores on tensor
+    // cores (a warp per n tile of 8 tokens: D/16 mma with their two fragment loads each), online softmax
+    // (a warp per head), P·V on tensor cores (per warp its n tiles of 8 dimensions: per k step of 16
+    // tokens an ldmatrix and an mma, the probabilities packed once per k step).
     let vpr = d / vw;
     let stage_instr = (tt * vpr / nt).ceil() * (26.0 + vw / 2.0 + 2.0);
     let keep_instr = (ht * tt / nt).ceil() * 10.0;
-    let score_instr = (ht * tt / nt).ceil() * (d / 2.0) * 5.0;
+    let score_instr = (tt / 8.0 / warps).ceil() * ((d / 16.0) * MMA_STEP_INSTR + 12.0);
     let softmax_instr = (ht / warps).ceil() * ((tt / 32.0).ceil() * 24.0 + 40.0);
-    let items_pt = (ht * d / 2.0 / nt).ceil();
-    let accum_instr = items_pt * tt * 6.0;
+    let acc_tiles = (d / 8.0 / warps).ceil();
+    let accum_instr = (tt / 16.0) * (12.0 + acc_tiles * MMA_STEP_INSTR) + acc_tiles * 4.0;
     let tile_instr = stage_instr + keep_instr + score_instr + softmax_instr + accum_instr;
     let tile_cycles =
         a.dram_latency_cycles.max(issue_cycles(tile_instr, sharing * warps)) + 4.0 * barrier_cycles(lp.threads);
@@ -568,9 +584,13 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let compute_us = flops / (gpu.fp32_tflops * 1e6);
     let body_us = x.us(waves * block_cycles).max(x.dram_us(kv_bytes / load_eff + partial_bytes)).max(compute_us);
     let pcie = s.b * s.kvh * rt.misses * 2.0 * r.group as f64 * d * s.elem;
-    // The merge: per item (head, dimension) of the tile, two passes over the splits' partials in L2.
+    // The merge: the splits' maxima and sums staged once, per head the split weights (a serial pass over
+    // the splits), then per item (head, dimension) one round of independent loads of the partials.
     let merge_items = (ht * d / nt).ceil();
-    let merge_cycles = a.merge_fixed_rounds * a.dram_latency_cycles + merge_items * sk * a.merge_split_cycles;
+    let merge_cycles = a.merge_fixed_rounds * a.dram_latency_cycles
+        + 2.0 * barrier_cycles(lp.threads)
+        + sk * a.merge_split_cycles
+        + merge_items * (a.l2_latency_cycles + sk * 4.0);
     // With misses, the blocks that read them still compute their last tile after its data arrives.
     let pcie_bound_us = if pcie > 0.0 { x.us(latency + tile_cycles) + x.pcie_us(pcie) } else { 0.0 };
     let us = a.launch_us + body_us.max(pcie_bound_us) + x.us(merge_cycles);

@@ -50,14 +50,14 @@ fn more_context_or_batch_is_never_cheaper() {
 }
 
 #[test]
-fn the_step_is_the_codegen_2_kernels_in_launch_order() {
+fn the_step_is_the_generated_kernels_in_launch_order() {
     let spec = qwen3_30b(512, 32);
     let s = step_cost(&h200(), &spec, Workload { context: 1 << 16, batch: 1 }, &Assumptions::default());
     let names: Vec<&str> = s.kernels.iter().map(|k| k.name).collect();
     assert_eq!(
         names,
         ["hga_append", "hga_summarize", "hga_chunk_score", "hga_select", "hga_resolve", "hga_attend"],
-        "the kernels of a decode step (hga_dsl::codegen)"
+        "the kernels of a decode step (hga_dsl::codegen; the resolve runs inside hga_select)"
     );
     for n in &names {
         assert!(hga_dsl::codegen::ENTRY_POINTS.contains(n), "{n} is not a generated entry point");
@@ -75,14 +75,16 @@ fn qwen3_30b(threads: u32, split_k: u32) -> ValidSpec {
         .unwrap()
 }
 
-/// The H200 runs of codegen 2 (commit 82f8de2; qwen3-30b shape, default routing, batch 1, CUDA events
-/// event to event so each kernel includes its ~4 µs launch gap; random queries and keys): distinct
+/// The H200 run of codegen 4 (`hga_kernel_bench --threads 512 --split-k 16`; qwen3-30b shape, default
+/// routing, batch 1, CUDA events event to event so each kernel includes its ~4.2 µs launch gap, except
+/// the resolve, fused into the select in a step: its standalone time less one launch; random queries
+/// and keys): distinct
 /// groups per KV head were ~730 / 4 at 64K and ~1002 / 4 at 1M (all of them missing with a fresh query
 /// every step, all hits with the same query).
 struct Measured {
     context: u64,
     distinct_groups_per_kv_head: f64,
-    /// µs, threads 512 split_k 32, all hits: chunk_score, select, resolve, attend, and the launched step.
+    /// µs, threads 512 split_k 16, all hits: chunk_score, select, resolve, attend, and the launched step.
     kernels: [(&'static str, f64); 4],
     step_launched: f64,
     step_graph: f64,
@@ -94,18 +96,28 @@ const MEASURED: [Measured; 2] = [
     Measured {
         context: 1 << 16,
         distinct_groups_per_kv_head: 730.0 / 4.0,
-        kernels: [("hga_chunk_score", 7.2), ("hga_select", 15.5), ("hga_resolve", 12.4), ("hga_attend", 24.8)],
-        step_launched: 64.2,
-        step_graph: 58.8,
-        attend_all_missing: 135.7,
+        kernels: [
+            ("hga_chunk_score", 7.26),
+            ("hga_select", 15.49),
+            ("hga_resolve", 12.80 - 4.24),
+            ("hga_attend", 23.65),
+        ],
+        step_launched: 62.30,
+        step_graph: 56.86,
+        attend_all_missing: 134.14,
     },
     Measured {
         context: 1 << 20,
         distinct_groups_per_kv_head: 1002.0 / 4.0,
-        kernels: [("hga_chunk_score", 16.2), ("hga_select", 18.4), ("hga_resolve", 12.8), ("hga_attend", 24.9)],
-        step_launched: 78.9,
-        step_graph: 72.7,
-        attend_all_missing: 179.2,
+        kernels: [
+            ("hga_chunk_score", 16.19),
+            ("hga_select", 19.36),
+            ("hga_resolve", 12.99 - 4.24),
+            ("hga_attend", 23.94),
+        ],
+        step_launched: 76.16,
+        step_graph: 71.74,
+        attend_all_missing: 176.96,
     },
 ];
 
@@ -134,7 +146,7 @@ fn rel(model: f64, measured: f64) -> f64 {
 #[test]
 fn the_h200_step_lands_near_the_measured_one() {
     for m in &MEASURED {
-        let s = modeled(m, 512, 32, 0.0);
+        let s = modeled(m, 512, 16, 0.0);
         eprintln!("{} tokens, modeled (µs): {:?}", m.context, s.kernels);
         // The steady step: every kernel but the chunk-close summaries.
         let step = s.total_us - s.kernel_us("hga_summarize").unwrap();
@@ -147,7 +159,7 @@ fn the_h200_step_lands_near_the_measured_one() {
         }
     }
     // The routing kernels grow with the candidates; attention does not (same tokens per KV head).
-    let (short, long) = (modeled(&MEASURED[0], 512, 32, 0.0), modeled(&MEASURED[1], 512, 32, 0.0));
+    let (short, long) = (modeled(&MEASURED[0], 512, 16, 0.0), modeled(&MEASURED[1], 512, 16, 0.0));
     for k in ["hga_chunk_score", "hga_select"] {
         assert!(long.kernel_us(k).unwrap() > short.kernel_us(k).unwrap() * 1.1, "{k} should grow from 64K to 1M");
     }
@@ -157,8 +169,8 @@ fn the_h200_step_lands_near_the_measured_one() {
 fn misses_cost_pcie_time_inside_attend() {
     let g = h200();
     for m in &MEASURED {
-        let hit = modeled(m, 512, 32, 0.0);
-        let miss = modeled(m, 512, 32, 1.0);
+        let hit = modeled(m, 512, 16, 0.0);
+        let miss = modeled(m, 512, 16, 1.0);
         let attend = miss.kernel_us("hga_attend").unwrap();
         eprintln!("{} tokens: attend all missing {attend:.1} modeled, {} measured", m.context, m.attend_all_missing);
         assert!(rel(attend, m.attend_all_missing) < 0.2, "{}: {attend} vs {}", m.context, m.attend_all_missing);
@@ -179,26 +191,21 @@ fn misses_cost_pcie_time_inside_attend() {
     let mut fractions: Vec<f64> = (0..20).map(|_| r.random_range(0.0..=1.0)).collect();
     fractions.sort_by(f64::total_cmp);
     for f in fractions {
-        let t = modeled(&MEASURED[1], 512, 32, f).kernel_us("hga_attend").unwrap();
+        let t = modeled(&MEASURED[1], 512, 16, f).kernel_us("hga_attend").unwrap();
         assert!(t >= last, "miss fraction {f}: {t} < {last}");
         last = t;
     }
 }
 
 #[test]
-fn ranks_the_measured_thread_and_split_pairs_as_the_h200_did() {
-    // hga_attend at 64K, all hits, in measured order: 512/32 24.8 µs, 256/32 ~31, 512/64 37.6, 256/64 ~40.
-    let measured = [((512, 32), 24.8), ((256, 32), 31.0), ((512, 64), 37.6), ((256, 64), 40.0)];
-    for m in &MEASURED {
-        let model: Vec<f64> = measured.iter().map(|&((t, sk), _)| modeled(m, t, sk, 0.0).total_us).collect();
-        eprintln!("{} tokens: steps {model:?}", m.context);
-        for w in model.windows(2) {
-            assert!(w[0] < w[1], "{}: modeled order {model:?} differs from the measured one", m.context);
-        }
-    }
+fn attend_lands_near_the_measured_thread_and_split_pairs() {
+    // hga_attend at 64K, all hits, codegen 3/4 kernels (H200, same session): 512/16 22.6 and 23.7 µs,
+    // 256/16 23.9, 256/32 23.6: with tensor cores the pairs are within noise of each other.
+    let measured = [((512, 16), 23.65), ((256, 16), 23.94), ((256, 32), 23.58)];
     let m = &MEASURED[0];
     for ((t, sk), want) in measured {
         let got = modeled(m, t, sk, 0.0).kernel_us("hga_attend").unwrap();
+        eprintln!("attend threads {t} split_k {sk}: modeled {got:.1} vs measured {want}");
         assert!(rel(got, want) < 0.2, "attend threads {t} split_k {sk}: modeled {got} vs measured {want}");
     }
 }
