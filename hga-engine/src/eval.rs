@@ -246,7 +246,7 @@ fn eval_document(
     let vocab = model.config().vocab;
     let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
     let n = tokens.len() - 1;
-    let mut seq = kind.new_sequence(model.config());
+    let mut seq = kind.new_sequence(model.config())?;
     let mut accs = vec![Acc::default(); buckets.len()];
     for start in (0..n).step_by(block) {
         let end = (start + block).min(n);

@@ -47,7 +47,7 @@ pub fn generate(
         return Err(EngineError::argument("--prompt", "\"\"", "must hold at least one token"));
     }
     let vocab = model.config().vocab;
-    let mut seq = kind.new_sequence(model.config());
+    let mut seq = kind.new_sequence(model.config())?;
     let t0 = Instant::now();
     let mut last = Vec::new();
     for block in prompt.chunks(PREFILL_BLOCK) {

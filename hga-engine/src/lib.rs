@@ -7,7 +7,7 @@
 //! use hga_engine::{AttentionKind, Model, PositionStats};
 //! let model = Model::load("../shared/models/tiny-code".as_ref())?;
 //! let tokens: Vec<u32> = b"import networkx as nx\n".iter().map(|&b| b as u32).collect();
-//! let mut seq = AttentionKind::Dense.new_sequence(model.config());
+//! let mut seq = AttentionKind::Dense.new_sequence(model.config())?;
 //! let mut stats = vec![PositionStats::default(); tokens.len()];
 //! let logits = model.forward(&tokens, seq.as_mut(), &mut stats)?; // [n][vocab]
 //! # Ok::<(), hga_engine::EngineError>(())
@@ -29,7 +29,9 @@ pub mod reference;
 pub mod routing;
 pub mod weights;
 
-pub use attention::{AttentionKind, DenseAttention, HgaAttention, PositionStats, SequenceAttention};
+pub use attention::{
+    AttentionKind, BackendChoice, CacheAttention, DenseAttention, HgaAttention, PositionStats, SequenceAttention,
+};
 pub use config::ModelConfig;
 pub use error::EngineError;
 pub use model::Model;

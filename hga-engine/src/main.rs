@@ -7,7 +7,7 @@ use hga_engine::eval::{self, EvalConfig, Progress, Run};
 use hga_engine::generate::generate;
 use hga_engine::reference::{check_logits, ReferenceLogits};
 use hga_engine::routing::{describe, spec_for_model, RoutingOverrides};
-use hga_engine::{AttentionKind, EngineError, Model};
+use hga_engine::{AttentionKind, BackendChoice, EngineError, Model};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,9 +64,36 @@ struct EvalArgs {
     spec: Vec<PathBuf>,
     #[command(flatten)]
     routing: RoutingArgs,
+    /// Run the HGA specs through the runtime's engine API (one `HgaCache` per document, positions
+    /// appended and attended one at a time as in decoding) on this backend, instead of the CPU
+    /// `LayerCache` directly: `gpu` evaluates the generated CUDA kernels.
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeArg>,
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// Backend of the engine API's cache (`--runtime`).
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    /// The CPU backend.
+    Cpu,
+    /// The GPU backend (device 0); an error without a usable GPU.
+    Gpu,
+    /// The GPU when one is usable, else the CPU.
+    Auto,
+}
+
+/// The HGA attention of `spec`: the CPU `LayerCache`, or the engine API's cache on `runtime`.
+fn hga_kind(spec: ValidSpec, runtime: Option<RuntimeArg>, max_seq_len: usize) -> AttentionKind {
+    let backend = match runtime {
+        None => return AttentionKind::Hga(spec),
+        Some(RuntimeArg::Cpu) => BackendChoice::Cpu,
+        Some(RuntimeArg::Gpu) => BackendChoice::Gpu { ordinal: 0 },
+        Some(RuntimeArg::Auto) => BackendChoice::Auto,
+    };
+    AttentionKind::HgaCache { spec, backend, max_seq_len }
 }
 
 #[derive(Args)]
@@ -87,6 +114,9 @@ struct GenerateArgs {
     spec: Option<PathBuf>,
     #[command(flatten)]
     routing: RoutingArgs,
+    /// Run HGA through the runtime's engine API on this backend (see `eval --runtime`).
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeArg>,
 }
 
 #[derive(Args)]
@@ -249,11 +279,12 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode, EngineError> {
     for path in &a.spec {
         let spec = load_spec(path, &model)?;
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        runs.push(Run { name, kind: AttentionKind::Hga(spec) });
+        runs.push(Run { name, kind: hga_kind(spec, a.runtime, cfg.doc_bytes) });
     }
     if a.routing.hga {
         let o = a.routing.overrides();
-        runs.push(Run { name: o.label(), kind: AttentionKind::Hga(o.spec(&model.config().attention)?) });
+        let kind = hga_kind(o.spec(&model.config().attention)?, a.runtime, cfg.doc_bytes);
+        runs.push(Run { name: o.label(), kind });
     }
     if runs.is_empty() {
         return Err(EngineError::argument("--no-dense", true, "leaves nothing to evaluate: give --spec FILE or --hga"));
@@ -303,9 +334,10 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, EngineError> {
         (None, None) => unreachable!("clap requires --prompt or --prompt-file"),
     };
     let model = load_model(&a.model.model)?;
+    let longest = prompt.len() + a.max_new;
     let kind = match (&a.spec, a.routing.hga) {
-        (Some(path), _) => AttentionKind::Hga(load_spec(path, &model)?),
-        (None, true) => AttentionKind::Hga(a.routing.overrides().spec(&model.config().attention)?),
+        (Some(path), _) => hga_kind(load_spec(path, &model)?, a.runtime, longest),
+        (None, true) => hga_kind(a.routing.overrides().spec(&model.config().attention)?, a.runtime, longest),
         (None, false) => AttentionKind::Dense,
     };
     if model.config().vocab != 256 {

@@ -72,7 +72,7 @@ pub fn check_logits(model: &Model, reference: &ReferenceLogits, data: &[u8]) -> 
     }
     let vocab = model.config().vocab;
     let tokens: Vec<u32> = data[..n].iter().map(|&b| b as u32).collect();
-    let mut seq = AttentionKind::Dense.new_sequence(model.config());
+    let mut seq = AttentionKind::Dense.new_sequence(model.config())?;
     let mut stats = vec![PositionStats::default(); n];
     let t0 = std::time::Instant::now();
     let logits = model.forward(&tokens, seq.as_mut(), &mut stats)?;

@@ -106,7 +106,7 @@ fn random_values(seed: u64) -> impl FnMut(&str, usize) -> f32 {
 }
 
 fn logits(model: &Model, kind: &AttentionKind, tokens: &[u32], block: usize) -> Vec<f32> {
-    let mut seq = kind.new_sequence(model.config());
+    let mut seq = kind.new_sequence(model.config()).unwrap();
     let mut all = Vec::new();
     for b in tokens.chunks(block) {
         let mut stats = vec![PositionStats::default(); b.len()];
@@ -178,5 +178,86 @@ fn loading_errors_name_the_tensor() {
         e.contains("model.layers.0.self_attn.k_proj.weight has shape [128, 128]; config.json implies [64, 128]"),
         "{e}"
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Logits of `kind` and whether its sequence could be created (`None`: the backend is not usable here).
+fn try_logits(model: &Model, kind: &AttentionKind, tokens: &[u32], block: usize) -> Option<Vec<f32>> {
+    let mut seq = match kind.new_sequence(model.config()) {
+        Ok(s) => s,
+        Err(EngineError::Runtime(hga_runtime::RuntimeError::NoGpu { reason })) => {
+            let required = std::env::var("HGA_REQUIRE_GPU").as_deref() == Ok("1");
+            assert!(!required, "HGA_REQUIRE_GPU=1 but no usable GPU: {reason}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let mut all = Vec::new();
+    for b in tokens.chunks(block) {
+        let mut stats = vec![PositionStats::default(); b.len()];
+        all.extend(model.forward(b, seq.as_mut(), &mut stats).unwrap());
+        // Routed attention attends at most what dense attention sees, and something.
+        assert!(stats.iter().all(|s| s.attended > 0 && s.attended <= s.visible), "{stats:?}");
+    }
+    Some(all)
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|x| x.is_finite()), "non-finite logits");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn engine_api_hga_on_the_cpu_backend_matches_the_layer_cache() {
+    let seed = common::seed();
+    let dir = write_checkpoint("engine-cpu", &tensors(false), random_values(seed));
+    let model = Model::load(&dir).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 2);
+    let tokens: Vec<u32> = (0..300).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let small = Routing {
+        chunk: 16,
+        group: 4,
+        keep_first: 1,
+        keep_last: 2,
+        top_chunks: 3,
+        top_groups: 5,
+        ..Routing::default()
+    };
+    let spec = model.config().attention.with_routing(small).unwrap();
+    let direct = logits(&model, &AttentionKind::Hga(spec.clone()), &tokens, 64);
+    let kind = AttentionKind::HgaCache { spec, backend: hga_engine::BackendChoice::Cpu, max_seq_len: tokens.len() };
+    for block in [1, 64, 300] {
+        let via_api = try_logits(&model, &kind, &tokens, block).expect("the CPU backend is always usable");
+        assert_close(&via_api, &direct, &format!("engine API (CPU backend), blocks of {block}"));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The generated CUDA kernels inside a real forward pass: full-budget HGA through the engine API on the
+/// GPU against dense attention on the CPU (bf16 K/V, queries and outputs on the GPU: a few 1e-3).
+/// Skips without a GPU (prints SKIPPED; fails under HGA_REQUIRE_GPU=1); runs on the device.
+#[test]
+fn engine_api_hga_on_the_gpu_matches_dense_at_full_budget() {
+    let seed = common::seed();
+    let dir = write_checkpoint("engine-gpu", &tensors(false), random_values(seed));
+    let model = Model::load(&dir).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 3);
+    let tokens: Vec<u32> = (0..300).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let full = Routing { chunk: 16, group: 4, keep_first: 1, keep_last: 2, ..Routing::default() }.full_budget();
+    let spec = model.config().attention.with_routing(full).unwrap();
+    let kind =
+        AttentionKind::HgaCache { spec, backend: hga_engine::BackendChoice::Gpu { ordinal: 0 }, max_seq_len: 300 };
+    let Some(gpu) = try_logits(&model, &kind, &tokens, 64) else {
+        println!("SKIPPED: engine_api_hga_on_the_gpu_matches_dense_at_full_budget: no usable GPU");
+        std::fs::remove_dir_all(dir).ok();
+        return;
+    };
+    let dense = logits(&model, &AttentionKind::Dense, &tokens, 300);
+    let err = rel_l2(&gpu, &dense);
+    println!("engine API on the GPU, full budget: logits rel L2 {err:.2e} against dense on the CPU");
+    assert!(err < 2e-2, "logits rel L2 {err}");
     std::fs::remove_dir_all(dir).ok();
 }

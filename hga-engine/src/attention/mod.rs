@@ -1,12 +1,16 @@
 //! Attention backends behind one trait, so the forward pass does not care whether a run is dense or
-//! routed: [`DenseAttention`] (blocked causal, GEMM-based, the baseline) and HGA through
-//! `hga_runtime::cpu::LayerCache`.
+//! routed: [`DenseAttention`] (blocked causal, GEMM-based, the baseline), HGA through
+//! `hga_runtime::cpu::LayerCache` ([`HgaAttention`]), and HGA through the runtime's engine API on the
+//! CPU backend or the GPU kernels ([`CacheAttention`]).
 
+mod cache;
 mod dense;
 mod hga;
 
+pub use cache::CacheAttention;
 pub use dense::{blocked_causal, DenseAttention};
 pub use hga::HgaAttention;
+pub use hga_runtime::engine::BackendChoice;
 
 use crate::config::ModelConfig;
 use crate::error::EngineError;
@@ -68,22 +72,36 @@ pub enum AttentionKind {
     Dense,
     /// HGA with this spec (its `[model]` is the checkpoint's).
     Hga(ValidSpec),
+    /// HGA with this spec through the runtime's engine API ([`CacheAttention`]) on a backend, for
+    /// sequences of at most `max_seq_len` tokens.
+    HgaCache {
+        /// The routing spec (its `[model]` is the checkpoint's).
+        spec: ValidSpec,
+        /// CPU, GPU, or the GPU when one is usable.
+        backend: BackendChoice,
+        /// Longest sequence.
+        max_seq_len: usize,
+    },
 }
 
 impl AttentionKind {
-    /// A fresh sequence state for a model of `cfg`.
-    pub fn new_sequence(&self, cfg: &ModelConfig) -> Box<dyn SequenceAttention> {
-        match self {
+    /// A fresh sequence state for a model of `cfg` (an error when the engine API's cache cannot be
+    /// created, e.g. no usable GPU for `BackendChoice::Gpu`).
+    pub fn new_sequence(&self, cfg: &ModelConfig) -> Result<Box<dyn SequenceAttention>, EngineError> {
+        Ok(match self {
             AttentionKind::Dense => Box::new(DenseAttention::new(cfg)),
             AttentionKind::Hga(spec) => Box::new(HgaAttention::new(cfg, spec)),
-        }
+            AttentionKind::HgaCache { spec, backend, max_seq_len } => {
+                Box::new(CacheAttention::new(cfg, spec, *backend, *max_seq_len)?)
+            }
+        })
     }
 
     /// The routing spec, for HGA.
     pub fn spec(&self) -> Option<&ValidSpec> {
         match self {
             AttentionKind::Dense => None,
-            AttentionKind::Hga(spec) => Some(spec),
+            AttentionKind::Hga(spec) | AttentionKind::HgaCache { spec, .. } => Some(spec),
         }
     }
 }
