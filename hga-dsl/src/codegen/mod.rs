@@ -105,6 +105,12 @@ pub const RESOLVE_THREADS: u32 = 128;
 /// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
 pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
 
+/// Entries of a KV head's opened-group lists (units × top groups) that the resolve stages in shared
+/// memory (`RESOLVE_SMEM` in the source). Longer lists are searched in global memory, which the resolve
+/// fused into `hga_select` must not do (other blocks of the same launch wrote them, and L1 is not
+/// coherent within a launch): runtimes fuse only up to this many entries.
+pub const RESOLVE_STAGED_LISTS: usize = 1024;
+
 /// The generated translation unit and what the runtime needs to launch it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedSource {
@@ -248,6 +254,11 @@ fn wrap(items: &[String]) -> String {
 mod tests {
     use super::*;
     use crate::{presets, KernelParams, Routing, Spec};
+
+    #[test]
+    fn resolve_staging_matches_the_source() {
+        assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
+    }
 
     #[test]
     fn deterministic_self_contained_and_specialized() {

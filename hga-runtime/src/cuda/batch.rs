@@ -315,8 +315,15 @@ impl<'k> DecodeBatch<'k> {
         let scratch_shared = self.scratch.committed_bytes();
         let layers = layers.max(1) as u64;
         let full = vec![l.cap_chunks; l.bsz];
-        let scratch_full: u64 = l.scratch_tables().iter().map(|t| t.committed(&full, self.page_bytes())).sum::<u64>()
-            + l.scratch_plain_bytes();
+        // Without VMM the scratch tables are allocated whole (page_bytes is then another table's size).
+        let table_full = |t: &super::layout::Table| {
+            if self.uses_vmm() {
+                t.committed(&full, self.page_bytes())
+            } else {
+                t.bytes()
+            }
+        };
+        let scratch_full: u64 = l.scratch_tables().iter().map(table_full).sum::<u64>() + l.scratch_plain_bytes();
         StateBytes {
             summaries: self.tables[0].committed_bytes() + self.tables[1].committed_bytes(),
             window: l.window_bytes(),
@@ -731,11 +738,21 @@ impl<'k> DecodeBatch<'k> {
     /// Routing: `hga_chunk_score`, then `hga_select` with the fetch bookkeeping fused in (the last unit
     /// of each (row, KV head) to finish resolves it: union, slot lookup, slots for the misses), so the
     /// step is one launch shorter; the [`DecodeBatch::launch_fetch`] that follows launches nothing.
+    /// Budgets whose lists exceed what the resolve stages in shared memory
+    /// ([`hga_dsl::codegen::RESOLVE_STAGED_LISTS`]) keep `hga_resolve` apart, in `launch_fetch`.
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
-        self.launch_select_kernel(true)?;
-        self.route_resolved = true;
+        let fuse = self.resolve_fuses();
+        self.launch_select_kernel(fuse)?;
+        self.route_resolved = fuse;
         Ok(())
+    }
+
+    /// Whether a KV head's opened-group lists (its routing units × the group budget) fit the resolve's
+    /// shared-memory staging, so it can run inside `hga_select`.
+    pub fn resolve_fuses(&self) -> bool {
+        let units_per_kv_head = self.lp.units as usize / self.kernels.spec().model().kv_heads as usize;
+        units_per_kv_head * self.p.kge as usize <= hga_dsl::codegen::RESOLVE_STAGED_LISTS
     }
 
     /// Candidate chunks of the row with the most (the `hga_chunk_score` grid).

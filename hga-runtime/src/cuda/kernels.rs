@@ -43,9 +43,16 @@ pub struct DecodeKernels {
     attributes: Vec<FuncAttributes>,
 }
 
+/// Oldest compute capability the generated kernels run on (`hga_attend`'s `mma.sync` m16n8k16 on
+/// bf16/f16 and `ldmatrix`).
+pub const MIN_CC: u32 = 80;
+
 impl DecodeKernels {
     /// Generates, compiles (or takes from the JIT cache) and loads the kernels of `spec`.
     pub fn load(gpu: &Gpu, jit: &Jit, spec: &ValidSpec) -> Result<DecodeKernels, CudaError> {
+        if gpu.arch().cc() < MIN_CC {
+            return Err(CudaError::UnsupportedArch { arch: gpu.arch().to_string() });
+        }
         let generated = codegen::generate(spec);
         let compiled = jit.compile(&generated, gpu.arch())?;
         let module = gpu.context().load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))?;

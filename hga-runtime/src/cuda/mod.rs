@@ -75,6 +75,12 @@ pub enum CudaError {
         /// What the driver said.
         message: String,
     },
+    /// The device is older than the generated kernels need (sm_80: tensor-core `mma.sync` on bf16/f16).
+    #[error("{arch}: the decode kernels need sm_80 or newer (tensor-core mma on bf16/f16)")]
+    UnsupportedArch {
+        /// The device's architecture, e.g. `sm_75`.
+        arch: String,
+    },
     /// A driver call failed.
     #[error("CUDA driver call failed: {0}")]
     Driver(String),

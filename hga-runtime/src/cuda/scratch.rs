@@ -9,13 +9,13 @@
 //! | chunk_mass `[B][KVH][cap_chunks]` | hga_select (shared routing) | hga_select, after | yes (growable) |
 //! | group_cand, group_score, group_mass | hga_select | hga_select | yes |
 //! | sel_chunk, n_sel_chunk | hga_select | hga_select; [`super::DecodeBatch::selected_chunks`] | yes (read-back: the last step run on the scratch) |
-//! | uni_mask, miss_list | hga_resolve | hga_resolve, hga_attend | yes |
+//! | uni_mask, miss_list | the resolve (fused into hga_select, or hga_resolve) | the resolve, hga_attend | yes |
 //! | part_ml, part_acc | hga_attend, every split | the merging split | yes |
-//! | done | hga_attend (atomic count) | hga_attend; the merging split resets it to 0 | yes |
-//! | sel_group, n_sel_group | hga_select | hga_resolve; engine telemetry after the step | no: per batch |
-//! | uni_group, uni_slot, n_uni | hga_resolve | hga_attend; telemetry ([`super::DecodeBatch::union`]) | no: per batch |
+//! | done `[B][KVH·head tiles]`, then `[B][KVH]` | hga_attend's split counts, hga_select's unit counts (atomic) | the merging split / the resolving unit resets its counter to 0 | yes |
+//! | sel_group, n_sel_group | hga_select | the resolve; engine telemetry after the step | no: per batch |
+//! | uni_group, uni_slot, n_uni | the resolve | hga_attend; telemetry ([`super::DecodeBatch::union`]) | no: per batch |
 //! | n_att | hga_attend | telemetry | no: per batch |
-//! | part_state, slot_of/owner/stamp | hga_resolve | the next steps of the same layer | no: layer state |
+//! | part_state, slot_of/owner/stamp | the resolve | the next steps of the same layer | no: layer state |
 //!
 //! Rows that sit a step out are skipped by every kernel, so what an earlier step of another layer left
 //! in their scratch entries is never read. The per-batch buffers are small (a few KiB per row): keeping

@@ -68,6 +68,8 @@ pub(crate) fn cuda_err(op: &'static str) -> impl Fn(CudaError) -> RuntimeError {
         CudaError::NoDevice { ordinal, message } => {
             RuntimeError::NoGpu { reason: format!("device {ordinal}: {message}") }
         }
+        // Too old for the kernels: unusable, so `BackendChoice::Auto` takes the CPU.
+        e @ CudaError::UnsupportedArch { .. } => RuntimeError::NoGpu { reason: e.to_string() },
         CudaError::Driver(m) if m.contains("OUT_OF_MEMORY") => {
             RuntimeError::GpuOutOfMemory { requested: 0, available: 0 }
         }
