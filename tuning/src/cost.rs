@@ -25,7 +25,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-5";
+pub const COST_MODEL_VERSION: &str = "hga-cost-6";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -259,7 +259,7 @@ const MMA_STEP_INSTR: f64 = 8.0;
 // candidate buffer, `hga_resolve`'s hash table and its list staging, in entries.
 const SEL_CAND: f64 = 2048.0;
 const HASH_CAP: f64 = 1024.0;
-const RESOLVE_SMEM_INTS: f64 = 1024.0;
+const RESOLVE_SMEM_INTS: f64 = hga_dsl::codegen::RESOLVE_STAGED_LISTS as f64;
 
 struct Ctx<'a> {
     gpu: &'a GpuSpec,
@@ -493,9 +493,13 @@ fn select(x: &Ctx, s: &Shape) -> Part {
 fn resolve(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
-    let (threads, rnt) = (lp.select_threads, lp.select_threads as f64);
     let n_units = if r.sharing == Sharing::PerKvHead { 1.0 } else { s.gqa };
     let entries = n_units * r.top_groups as f64;
+    // The runtime fuses the resolve into hga_select only when the lists fit its shared-memory staging;
+    // longer ones run in hga_resolve, a launch of its own with its own block size.
+    let fused = entries <= RESOLVE_SMEM_INTS;
+    let threads = if fused { lp.select_threads } else { lp.resolve_threads };
+    let rnt = threads as f64;
     let entry_rounds = (entries / rnt).ceil().max(1.0);
     let union_cycles = if entries <= HASH_CAP / 2.0 {
         // Clear the table, insert (atomics in shared memory), then keep each entry where its group first
@@ -525,9 +529,10 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
     let chain = 3.0 * a.l2_latency_cycles + 12.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(threads);
     let cycles = chain + union_cycles + lookup_cycles + assign_cycles;
     let bytes = s.b * s.kvh * (entries * 4.0 + rt.union * 16.0 + rt.misses * 16.0);
-    // One resolving block per (row, KV head), already resident: waves only past one block per SM.
+    // One resolving block per (row, KV head) (fused: already resident): waves past one block per SM.
     let (waves, _) = x.waves(s.kvh * s.b, 1.0);
-    Part { us: x.us(waves * cycles).max(x.dram_us(bytes)), dram: bytes, pcie: 0.0, flops: 0.0 }
+    let launch = if fused { 0.0 } else { a.launch_us };
+    Part { us: launch + x.us(waves * cycles).max(x.dram_us(bytes)), dram: bytes, pcie: 0.0, flops: 0.0 }
 }
 
 /// `hga_attend`, grid (split_k, KVH × head tiles, B), block `threads`. Per block: a fixed latency (the
