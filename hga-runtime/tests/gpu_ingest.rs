@@ -7,34 +7,16 @@
 //! "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
-use common::{gpu_or_skip, random_bf16, rel_err, rng};
+use common::{gpu_or_skip, random_bf16, rel_err, rng, Row};
 
 use half::bf16;
 use hga_dsl::{ModelShape, Spec};
-use hga_runtime::cpu::{HeadLayout, LayerCache};
+use hga_runtime::cpu::HeadLayout;
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-/// One row's token stream (bits and f32 values, `[n][kv_heads][d]`) and its CPU cache.
-struct Row {
-    k_bits: Vec<u16>,
-    v_bits: Vec<u16>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    cpu: LayerCache,
-    len: usize,
-}
-
 impl Row {
-    fn new(spec: &hga_dsl::ValidSpec, total: usize, rng: &mut StdRng) -> Row {
-        let l = HeadLayout::of(spec);
-        let n = total * l.kv_heads * l.head_dim;
-        let (k_bits, k) = random_bf16(rng, n, 1.0);
-        let (v_bits, v) = random_bf16(rng, n, 1.0);
-        Row { k_bits, v_bits, k, v, cpu: LayerCache::new(spec.clone()), len: 0 }
-    }
-
     /// Appends the next `n` tokens to the CPU cache and the GPU row in one block.
     fn append(&mut self, batch: &mut DecodeBatch, row: usize, n: usize, width: usize) {
         let r = self.len * width..(self.len + n) * width;

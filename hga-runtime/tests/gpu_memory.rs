@@ -6,11 +6,11 @@
 //! CPU backend too. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
-use common::{gpu_or_skip, random_bf16, rel_err, rng};
+use common::{gpu_or_skip, random_bf16, rel_err, rng, Row};
 
 use half::bf16;
 use hga_dsl::{ModelShape, Spec, ValidSpec};
-use hga_runtime::cpu::{HeadLayout, LayerCache};
+use hga_runtime::cpu::HeadLayout;
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, StateBytes, StepScratch};
 use hga_runtime::offload::PinnedBuffer;
 use rand::rngs::StdRng;
@@ -22,26 +22,6 @@ static GPU: Mutex<()> = Mutex::new(());
 
 fn spec() -> ValidSpec {
     Spec::new(ModelShape::new(8, 2, 128, 1e6)).validate().unwrap()
-}
-
-/// One row's token stream (`[n][kv_heads][d]` bits and values) and its CPU cache.
-struct Row {
-    k_bits: Vec<u16>,
-    v_bits: Vec<u16>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    cpu: LayerCache,
-    len: usize,
-}
-
-impl Row {
-    fn new(spec: &ValidSpec, total: usize, rng: &mut StdRng) -> Row {
-        let l = HeadLayout::of(spec);
-        let n = total * l.kv_heads * l.head_dim;
-        let (k_bits, k) = random_bf16(rng, n, 1.0);
-        let (v_bits, v) = random_bf16(rng, n, 1.0);
-        Row { k_bits, v_bits, k, v, cpu: LayerCache::new(spec.clone()), len: 0 }
-    }
 }
 
 /// Host records of one batch: per row a pinned buffer `[kv_heads][groups][2][group][d]`, and the groups

@@ -55,3 +55,25 @@ pub fn random_bf16(rng: &mut StdRng, n: usize, scale: f32) -> (Vec<u16>, Vec<f32
     let f = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
     (bits, f)
 }
+
+/// One row's token stream (`[n][kv_heads][d]` bf16 bits and their f32 values) and its CPU cache (the
+/// oracle), `len` tokens of it appended so far.
+pub struct Row {
+    pub k_bits: Vec<u16>,
+    pub v_bits: Vec<u16>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub cpu: hga_runtime::cpu::LayerCache,
+    pub len: usize,
+}
+
+impl Row {
+    /// `total` random tokens for a sequence of `spec`, none appended yet.
+    pub fn new(spec: &hga_dsl::ValidSpec, total: usize, rng: &mut StdRng) -> Row {
+        let l = hga_runtime::cpu::HeadLayout::of(spec);
+        let n = total * l.kv_heads * l.head_dim;
+        let (k_bits, k) = random_bf16(rng, n, 1.0);
+        let (v_bits, v) = random_bf16(rng, n, 1.0);
+        Row { k_bits, v_bits, k, v, cpu: hga_runtime::cpu::LayerCache::new(spec.clone()), len: 0 }
+    }
+}
