@@ -5,7 +5,7 @@
 //! position at a time: the block's keys and values wait here after `append`, and `attend` appends
 //! position `i`'s token to the cache, then attends query `i` (what decoding that block would do).
 
-use super::{rows_of, Heads, PositionStats, SequenceAttention};
+use super::{attend_rows, rows_of, Heads, PositionStats, SequenceAttention};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
@@ -88,15 +88,7 @@ impl SequenceAttention for CacheAttention {
     ) -> Result<(), EngineError> {
         let h = self.heads;
         let (q_row, kv_row) = (h.q * h.dim, h.kv * h.dim);
-        let n = rows_of("q", q, q_row)?;
-        if out.len() != q.len() || stats.len() != n {
-            let e = hga_runtime::RuntimeError::ShapeMismatch {
-                field: if out.len() != q.len() { "out" } else { "stats" },
-                expected: format!("{} floats and {n} stats", q.len()),
-                got: if out.len() != q.len() { out.len() } else { stats.len() },
-            };
-            return Err(e.into());
-        }
+        let n = attend_rows(h, q, out, stats)?;
         let mut st = self.lock();
         let State { cache, seq, pending } = &mut *st;
         let have = cache.seq_len(*seq, layer)?;

@@ -1,7 +1,7 @@
 //! HGA attention through `hga_runtime::cpu::LayerCache`: every query position routes on its own, as in
 //! decode, and reports what it attended and which groups it opened.
 
-use super::{rows_of, Heads, PositionStats, SequenceAttention};
+use super::{attend_rows, Heads, PositionStats, SequenceAttention};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
@@ -38,20 +38,7 @@ impl SequenceAttention for HgaAttention {
     ) -> Result<(), EngineError> {
         let h = self.heads;
         let row = h.q * h.dim;
-        let n = rows_of("q", q, row)?;
-        if out.len() != q.len() {
-            let e = hga_runtime::RuntimeError::ShapeMismatch {
-                field: "out",
-                expected: q.len().to_string(),
-                got: out.len(),
-            };
-            return Err(e.into());
-        }
-        if stats.len() != n {
-            let e =
-                hga_runtime::RuntimeError::ShapeMismatch { field: "stats", expected: n.to_string(), got: stats.len() };
-            return Err(e.into());
-        }
+        attend_rows(h, q, out, stats)?;
         let cache = &self.caches[layer];
         out.par_chunks_mut(row).zip(q.par_chunks(row)).zip(stats.par_iter_mut()).enumerate().try_for_each(
             |(i, ((o, qi), s))| -> Result<(), EngineError> {

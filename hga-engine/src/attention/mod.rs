@@ -137,6 +137,22 @@ fn shape_error(field: &'static str, got: usize, row: usize) -> EngineError {
     })
 }
 
+/// Checks an attend call's buffers: `q` whole rows of the query heads, `out` as long as `q`, one
+/// `stats` entry per query; returns the query count.
+pub(crate) fn attend_rows(h: Heads, q: &[f32], out: &[f32], stats: &[PositionStats]) -> Result<usize, EngineError> {
+    let n = rows_of("q", q, h.q * h.dim)?;
+    let mismatch = |field, expected: usize, got| {
+        EngineError::Runtime(hga_runtime::RuntimeError::ShapeMismatch { field, expected: expected.to_string(), got })
+    };
+    if out.len() != q.len() {
+        return Err(mismatch("out", q.len(), out.len()));
+    }
+    if stats.len() != n {
+        return Err(mismatch("stats", n, stats.len()));
+    }
+    Ok(n)
+}
+
 /// Checks that `buf` holds whole rows of `row` floats; returns the row count.
 pub(crate) fn rows_of(field: &'static str, buf: &[f32], row: usize) -> Result<usize, EngineError> {
     if buf.len() % row != 0 {
