@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct KernelParams {
     /// Threads per block of the attention and scoring kernels (a multiple of 32).
     pub threads: u32,
-    /// Splits of the attended token set per (sequence, KV head); merged by a second kernel.
+    /// Splits of the attended token set per (sequence, KV head); the last split to finish merges them.
     pub split_k: u32,
-    /// Tokens staged per tile in the attention kernel (a multiple of the routing group).
+    /// Tokens per warp pass of the attention kernel: a warp loads this many tokens' keys and values into
+    /// registers at once (a multiple of the routing group; the generator clamps it to 16..=32 at head
+    /// dimensions up to 128 and to 16 beyond, see `codegen::max_warp_tile`).
     pub tile_tokens: u32,
     /// Elements per vector load (16-byte loads of bf16 are 8).
     pub vec_width: u32,

@@ -49,10 +49,12 @@ fn compile_all(jobs: Vec<(String, ValidSpec, Arch, bool)>) -> Vec<String> {
                             worst.unwrap_or_default()
                         );
                         if c.resources.len() != codegen::ENTRY_POINTS.len() {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{name} {arch}: ptxas report has {} kernels", c.resources.len()));
+                            failures.lock().unwrap().push(format!(
+                                "{name} {arch}: ptxas report has {} kernels (cache hit: {}; log starts: {:?})",
+                                c.resources.len(),
+                                c.cache_hit,
+                                c.log.chars().take(300).collect::<String>()
+                            ));
                         }
                         if check_spills && !c.spill_free() {
                             let spills: Vec<String> = c

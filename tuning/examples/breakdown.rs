@@ -1,4 +1,4 @@
-//! Prints the cost model's per-kernel breakdown of a few variants: `cargo run -p tuning --example breakdown -- rtx5090 qwen3-30b 65536 1 th128_sk4_tt64_v8 ...`.
+//! Prints the cost model's per-kernel breakdown of a few variants: `cargo run -p tuning --example breakdown -- rtx5090 qwen3-30b 65536 1 [hit] th128_sk4_tt64_v8 ...` (`hit`: no misses).
 use hga_dsl::{presets, KernelParams, Spec};
 use tuning::cost::{step_cost, Assumptions, Workload};
 
@@ -23,9 +23,15 @@ fn main() {
     let gpu = tuning::gpu::find(&a[0]).expect("gpu");
     let shape = presets::find(&a[1]).expect("model").shape;
     let w = Workload { context: a[2].parse().unwrap(), batch: a[3].parse().unwrap() };
+    // `hit` before the variants: no misses (the kernel bench's "hit" regime).
+    let mut assume = Assumptions::default();
     for name in &a[4..] {
+        if name == "hit" {
+            assume.miss_fraction = 0.0;
+            continue;
+        }
         let spec = Spec::new(shape.clone()).with_kernel(parse(name)).validate().expect("valid");
-        let c = step_cost(&gpu, &spec, w, &Assumptions::default());
+        let c = step_cost(&gpu, &spec, w, &assume);
         println!(
             "{name}: total {:.2} us, dram {:.1} MB, pcie {:.2} MB",
             c.total_us,

@@ -25,7 +25,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-6";
+pub const COST_MODEL_VERSION: &str = "hga-cost-7";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,9 +81,9 @@ impl Default for Assumptions {
             scan_unroll: 8.0,
             narrow_load_efficiency: (0.95, 0.85),
             block_round_cycles: 900.0,
-            attend_block_rounds: 20.0,
+            attend_block_rounds: 16.0,
             merge_fixed_rounds: 15.0,
-            merge_split_cycles: 190.0,
+            merge_split_cycles: 90.0,
         }
     }
 }
@@ -167,19 +167,14 @@ pub struct Resources {
 }
 
 /// Modeled resources of `hga_attend`: the shared memory as the generator computes it; registers as a
-/// base plus the query fragments (two words per k step of 16 dimensions), the P·V accumulator tiles of
-/// the warp (four floats per n tile of 8 dimensions), the next tile's K/V vectors held in registers
-/// (double buffering) with their slot-fill offsets, and the keep flags, capped by
-/// `__launch_bounds__(threads)`.
+/// base plus the query fragments (a quarter row: D/8 words), the accumulators (D/16 m tiles of four
+/// floats) and a pass's keys and values (a quarter row of two tokens per 16-token step, keys and values:
+/// D/2 words per step), capped by `__launch_bounds__(threads)` (ptxas, codegen 5 at d 128: 211 registers
+/// with 32-token passes).
 pub fn modeled_resources(spec: &ValidSpec) -> Resources {
     let lp = launch_params(spec);
     let d = spec.head_dim() as u32;
-    let vw = spec.kernel().vec_width;
-    let warps = lp.threads / 32;
-    let acc_tiles = (d / 8).div_ceil(warps);
-    let loads = (lp.tile_tokens * (d / vw)).div_ceil(lp.threads);
-    let keep_pt = (lp.head_tile * lp.tile_tokens).div_ceil(lp.threads);
-    let want = 40 + 2 * (d / 16) + 4 * acc_tiles + vw + loads * (2 * (vw / 2) + 2) + keep_pt;
+    let want = 40 + d / 8 + d / 4 + (lp.tile_tokens / 16) * d / 2;
     let cap = (65536 / lp.threads).min(255);
     Resources {
         regs_per_thread: want.min(cap),
@@ -536,15 +531,17 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
 }
 
 /// `hga_attend`, grid (split_k, KVH × head tiles, B), block `threads`. Per block: a fixed latency (the
-/// dependent loads before the first tile: pos, the union's size, slot and mask, group address, K/V; after
-/// the last: partials written, fence, the split counter), then its share of the tiles, each loaded into
-/// registers while the previous one is computed (a tile costs the larger of a memory latency and its
-/// compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time overlaps
-/// the attention of the other splits: the body costs max(compute / HBM time, block latency + PCIe time +
-/// one tile). Scores and the weighted sum run on tensor cores (codegen 3). The last split of each (row,
-/// KV head, head tile) merges all splits: a serial tail on one block, the split weights once per head,
-/// then one round of loads per output item (calibrated: H200, qwen3-30b at 64K, threads/split_k 512/16:
-/// 23.7 µs, 256/16: 23.9, 256/32: 23.6; every group missing: 134.1 µs for 730 groups).
+/// position, union size and queries, loaded together; after the last pass: the warps combined, partials
+/// written, fence, the split counter), then its warps' passes over 16-token steps (warp-tiled since
+/// codegen 5: each warp loads `tile_tokens` tokens' keys and values straight into tensor-core fragments,
+/// the union entry first, then the rows: two dependent memory latencies per pass, then the pass's
+/// compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time
+/// overlaps the attention of the other splits: the body costs max(compute / HBM time, block latency +
+/// PCIe time + one pass). The last split of each (row, KV head, head tile) merges all splits: a serial
+/// tail on one block, the split weights once per head, then one round of loads per output item
+/// (calibrated: H200, qwen3-30b at 64K, threads/split_k/tile_tokens 256/16/16: 21.9 µs, 512/16/16:
+/// 22.8, 256/32/32: 22.8, 256/16/32: 23.7, 128/32/16: 25.3, 128/16/32: 28.0, 64/32/32: 33.5; every
+/// group missing: ~137 µs for 730 groups).
 fn attend(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
@@ -552,32 +549,26 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let res_attend = modeled_resources(s.spec);
     let nt = lp.threads as f64;
     let warps = nt / 32.0;
-    let tt = lp.tile_tokens as f64;
+    let pass_steps = (lp.tile_tokens / 16) as f64;
     let ht = lp.head_tile as f64;
     let vw = s.spec.kernel().vec_width as f64;
     let sk = lp.split_k as f64;
     let d = s.d;
-    let tiles = (rt.tokens / tt).ceil().max(1.0);
-    let per_block_tiles = (tiles / sk).ceil();
+    let steps = (rt.tokens / 16.0).ceil().max(1.0);
+    let passes = ((steps / sk).ceil() / (warps * pass_steps)).ceil();
     let grid = sk * s.kvh * lp.head_tiles as f64 * s.b;
     let res = blocks_per_sm(gpu, lp.threads, res_attend.regs_per_thread, res_attend.smem_bytes);
     let (waves, sharing) = x.waves(grid, res);
-    // Per tile and thread: stage K/V into shared memory (and slot fills), keep flags, scores on tensor
-    // cores (a warp per n tile of 8 tokens: D/16 mma with their two fragment loads each), online softmax
-    // (a warp per head), P·V on tensor cores (per warp its n tiles of 8 dimensions: per k step of 16
-    // tokens an ldmatrix and an mma, the probabilities packed once per k step).
-    let vpr = d / vw;
-    let stage_instr = (tt * vpr / nt).ceil() * (26.0 + vw / 2.0 + 2.0);
-    let keep_instr = (ht * tt / nt).ceil() * 10.0;
-    let score_instr = (tt / 8.0 / warps).ceil() * ((d / 16.0) * MMA_STEP_INSTR + 12.0);
-    let softmax_instr = (ht / warps).ceil() * ((tt / 32.0).ceil() * 24.0 + 40.0);
-    let acc_tiles = (d / 8.0 / warps).ceil();
-    let accum_instr = (tt / 16.0) * (12.0 + acc_tiles * MMA_STEP_INSTR) + acc_tiles * 4.0;
-    let tile_instr = stage_instr + keep_instr + score_instr + softmax_instr + accum_instr;
-    let tile_cycles =
-        a.dram_latency_cycles.max(issue_cycles(tile_instr, sharing * warps)) + 4.0 * barrier_cycles(lp.threads);
-    let latency = a.attend_block_rounds * a.dram_latency_cycles;
-    let block_cycles = latency + per_block_tiles * tile_cycles;
+    // Per 16-token step of a warp: the tokens' union entries and masks, the row loads (4 per lane and
+    // row quarter at 16 bytes), Q·Kᵀ (D/16 dependent mma), the online softmax of two heads per lane
+    // (shuffles, exponentials), P·V (D/16 mma, four movmatrix each).
+    let loads_instr = 4.0 * (d / (4.0 * vw)) * 3.0 + 40.0;
+    let step_instr = loads_instr + (d / 16.0) * MMA_STEP_INSTR + 90.0 + (d / 16.0) * (MMA_STEP_INSTR + 4.0);
+    let pass_cycles = 2.0 * a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
+    // Combining the warps: one barrier per warp (a fixed summation order) and the block's partials.
+    let combine_cycles = warps * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * 20.0;
+    let latency = a.attend_block_rounds * a.dram_latency_cycles + combine_cycles;
+    let block_cycles = latency + passes * pass_cycles;
     let kv_bytes = s.b * s.kvh * (rt.tokens - rt.misses * r.group as f64) * d * s.elem * 2.0;
     let partial_bytes = s.b * s.qh * sk * (d + 2.0) * 4.0 * 2.0;
     let load_eff = match vw as u32 * s.elem as u32 {
@@ -596,8 +587,8 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
         + 2.0 * barrier_cycles(lp.threads)
         + sk * a.merge_split_cycles
         + merge_items * (a.l2_latency_cycles + sk * 4.0);
-    // With misses, the blocks that read them still compute their last tile after its data arrives.
-    let pcie_bound_us = if pcie > 0.0 { x.us(latency + tile_cycles) + x.pcie_us(pcie) } else { 0.0 };
+    // With misses, the blocks that read them still compute their last pass after its data arrives.
+    let pcie_bound_us = if pcie > 0.0 { x.us(latency + pass_cycles) + x.pcie_us(pcie) } else { 0.0 };
     let us = a.launch_us + body_us.max(pcie_bound_us) + x.us(merge_cycles);
     // Missed groups are written into their slots on the way.
     let fill = s.b * s.kvh * rt.misses * 2.0 * r.group as f64 * d * s.elem;

@@ -237,7 +237,11 @@ pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Comp
             gpu.full_name,
             cost::COST_MODEL_VERSION
         ),
-        format!("To measure for real, run `{}` on a machine with a {}.", command_line(req, &gpu.name), gpu.full_name),
+        format!(
+            "To measure for real, run `{}` on a machine with a {}.",
+            command_line(req, &gpu.name).replace(" --mode modeled", " --mode measured"),
+            gpu.full_name
+        ),
     ]);
     Ok(Outcome { file_name: output::file_name(&gpu.name, &model.name), config, text, notes })
 }

@@ -8,7 +8,8 @@
 //! which reads missed groups from host memory and merges its splits) of one layer: every kernel whose
 //! launch depends on the tuned parameters. The query is the same in every step, so after the warm-up every routed group hits
 //! the slot cache (steady state without misses; misses are PCIe-bound and do not depend on the tuned
-//! parameters). Summaries, window, queries and the host store are fresh non-zero random values.
+//! parameters, apart from the load width, which is therefore not searched: `space::SEARCHED_VEC_WIDTH`).
+//! Summaries, window, queries and the host store are fresh non-zero random values.
 
 use crate::cost::{step_cost, Assumptions, Workload};
 use crate::device::Present;

@@ -640,6 +640,19 @@ __device__ void stage_queries(const HgaParams& P, int b, int qh0, int nh, float 
     __syncthreads();
 }
 
+// Scores of summary rows i0 .. i1 (table row row_of(i)) against query heads qh0 .. qh0 + nh of row b,
+// staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. Starts with a block barrier
+// (stage_queries'), so the caller's writes that row_of reads are visible. Every thread must call it.
+template <int THREADS, typename RowOf>
+__device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf16_t* table, RowOf row_of, int i0,
+                            int i1, float* out, long long out_stride, float (*q_s)[D]) {
+    for (int h0 = 0; h0 < nh; h0 += GQA_TILE_Q) {
+        const int n = min(GQA_TILE_Q, nh - h0);
+        stage_queries<THREADS>(P, b, qh0 + h0, n, q_s);
+        score_rows(table, row_of, i0, i1, n, q_s, out + h0 * out_stride, out_stride);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
@@ -655,12 +668,8 @@ extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
     if (i0 >= n_cand) return;
     const int i1 = min(n_cand, i0 + CHUNK_TILE);
     const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
-    for (int h0 = 0; h0 < GQA; h0 += GQA_TILE_Q) {
-        const int nh = min(GQA_TILE_Q, GQA - h0);
-        stage_queries<CNT>(P, b, kvh * GQA + h0, nh, q_s);
-        score_rows(table, [&](int i) { return w.sinks_end + i; }, i0, i1, nh, q_s,
-                   P.chunk_score + ((long long)b * QH + kvh * GQA + h0) * P.cap_chunks, P.cap_chunks);
-    }
+    score_heads<CNT>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
+                     P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
 }
 
 // Summed softmax mass over the GQA query heads of KV head kvh (shared routing), written to mass[0..n).
@@ -717,12 +726,9 @@ extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int
     for (int i = threadIdx.x; i < n; i += SNT) cand[i] = sel[i / GPC] * GPC + i % GPC;
     const bf16_t* table = P.group_sum + bk_of(b, kvh) * P.cap_groups * (long long)(SV * D);
     const int qh_unit = SHARED ? u * GQA : u;
-    for (int h0 = 0; h0 < UNIT_HEADS; h0 += GQA_TILE_Q) {
-        const int nh = min(GQA_TILE_Q, UNIT_HEADS - h0);
-        stage_queries<SNT>(P, b, qh_unit + h0, nh, q_s);  // its barrier also publishes cand
-        score_rows(table, [&](int i) { return cand[i]; }, 0, n, nh, q_s,
-                   P.group_score + ((long long)b * QH + qh_unit + h0) * kg, kg);
-    }
+    // (score_heads' first barrier publishes cand.)
+    score_heads<SNT>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
+                     P.group_score + ((long long)b * QH + qh_unit) * kg, kg, q_s);
     __syncthreads();
 #if SHARED
     float* gvals = P.group_mass + bk_of(b, kvh) * kg;
@@ -939,8 +945,10 @@ extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
 // hga_attend: split-K exact attention of HT query heads of one KV head over sinks, opened groups and
 // local window + current chunk; fp32 online softmax. Opened groups that missed are read from their
 // host records (mapped host memory: the transfer overlaps the attention of the other splits) and
-// written into their slots on the way. The last split of a (row, KV head, head tile) to finish merges
-// the splits into the output. grid (SK, KVH * HTILES, B), block NT.
+// written into their slots on the way. Within a split every warp attends its own 16-token steps from
+// registers (keys and values loaded straight into tensor-core fragments, V transposed by movmatrix), so
+// the main loop has no block barrier; the warps are combined once at the end. The last split of a (row,
+// KV head, head tile) to finish merges the splits into the output. grid (SK, KVH * HTILES, B), block NT.
 // Virtual token order: [0, S) sinks | [S, S + U*G) union groups | local_start*C ..= pos.
 struct TokenRef {
     const elem_t* k;
@@ -981,27 +989,36 @@ typedef uint2 vec_t;
 #else
 typedef unsigned vec_t;
 #endif
-constexpr int WORDS_PER_VEC = VW / 2;
-// K and V tile rows in 32-bit words, padded by 16 bytes: the 8 rows an mma fragment or an ldmatrix
-// reads fall in distinct banks, and rows stay 16-byte aligned for vector stores and ldmatrix.
-constexpr int KROW = D / 2 + 4;
+union VecWords {
+    vec_t v;
+    unsigned w[VW / 2];
+};
 constexpr int NWARPS = NT / 32;
-constexpr int KSTEPS = D / 16;                        // k steps of Q·Kᵀ
-constexpr int DTILES = D / 8;                         // n tiles of P·V (8 dimensions each)
-constexpr int DT_PW = (DTILES + NWARPS - 1) / NWARPS;  // P·V n tiles per warp
+constexpr int WORDS = D / 8;         // 32-bit words of a row that one lane holds (a quarter of the row)
+constexpr int VPL = D / (4 * VW);    // vector loads per row and lane
+constexpr int KSTEPS = D / 16;       // k steps of Q·Kᵀ
+constexpr int PASS = TT / 16;        // 16-token steps whose loads a warp issues together
 
 // Tensor-core tiles (sm_80+): D(16x8, f32) += A(16x16, row) · B(16x8, col), elements bf16 or f16.
 // Fragments (g = lane / 4, t = lane % 4): a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g,
 // k 2t+8..), a3 (row g+8, k 2t+8..); b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g); c0/c1 (row g, cols
-// 2t, 2t+1), c2/c3 (row g+8). The query heads of a block (HT <= 8) are rows 0..7; rows 8..15 are zero.
-__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+// 2t, 2t+1), c2/c3 (row g+8, same cols).
+__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                          unsigned b1) {
 #if ELEM_BF16
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
 #else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
 #endif
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The transpose of an 8x8 16-bit matrix held as one word per lane (row lane / 4, columns 2(lane % 4)..+1).
+__device__ __forceinline__ unsigned transpose8x8(unsigned x) {
+    unsigned y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
 }
 
 // Two floats as the element pair of one 32-bit word (lo = first).
@@ -1009,191 +1026,215 @@ __device__ __forceinline__ unsigned pack_elems(float lo, float hi) {
     return (unsigned)st_elem(lo) | ((unsigned)st_elem(hi) << 16);
 }
 
+// A lane's quarter of a row: lane column t (of 4) holds elements 4·VW·j + VW·t + e (j < VPL, e < VW), as
+// WORDS words in that order. Q·Kᵀ sums over the head dimension in any order, so lane t's words 2s and
+// 2s+1 are its k fragments of k step s (the same for the query row and the key rows); P·V's output
+// columns come out in the same order (see hga_attend).
+__device__ __forceinline__ void load_quarter(const elem_t* row, int t, unsigned* w) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        VecWords x;
+        x.v = *(const vec_t*)(row + 4 * VW * j + VW * t);
+#pragma unroll
+        for (int e = 0; e < VW / 2; ++e) w[j * (VW / 2) + e] = x.w[e];
+    }
+}
+
+__device__ __forceinline__ void store_quarter(elem_t* row, int t, const unsigned* w) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        VecWords x;
+#pragma unroll
+        for (int e = 0; e < VW / 2; ++e) x.w[e] = w[j * (VW / 2) + e];
+        *(vec_t*)(row + 4 * VW * j + VW * t) = x.v;
+    }
+}
+
+// Head dimension of element e (0 or 1) of word i of lane column t's quarter.
+__device__ __forceinline__ int quarter_dim(int t, int i, int e) {
+    const int x = 2 * i + e;
+    return 4 * VW * (x / VW) + VW * t + x % VW;
+}
+
+// Which of the block's heads h0 .. h0 + HT - 1 may attend virtual token tok (bit h for head h0 + h),
+// and its key/value rows. Zero bits past the split's end and for opened groups without a record.
+__device__ __forceinline__ unsigned token_heads(const HgaParams& P, int b, int kvh, int h0, int tok, int t_end, int S,
+                                                int U, int local0, TokenRef* ref) {
+    constexpr unsigned ALL = (1u << HT) - 1u;
+    if (tok >= t_end) {
+        *ref = TokenRef{nullptr, nullptr, -1};
+        return 0u;
+    }
+    *ref = token_ref(P, b, kvh, tok, S, U, local0);
+    if (tok < S || tok >= S + U * G) return ALL;
+    if (ref->k == nullptr) return 0u;
+    const long long ue = bk_of(b, kvh) * P.ucap + (tok - S) / G;
+    if (MW == 1) return (P.uni_mask[ue] >> h0) & ALL;
+    unsigned bits = 0u;
+#pragma unroll
+    for (int h = 0; h < HT; ++h) bits |= ((P.uni_mask[ue * MW + ((h0 + h) >> 5)] >> ((h0 + h) & 31)) & 1u) << h;
+    return bits;
+}
+
 extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     STEP_PROLOGUE();
-    __shared__ __align__(16) unsigned k_s[TT][KROW];
-    __shared__ __align__(16) unsigned v_s[TT][KROW];
-    __shared__ __align__(16) float p_s[HT][TT];
-    __shared__ float alpha_s[HT];
-    __shared__ float m_s[HT], l_s[HT];
-    __shared__ unsigned char keep_s[HT][TT];
+    __shared__ float wm_s[NWARPS][8], wl_s[NWARPS][8];
+    __shared__ __align__(16) float o_s[HT][D];
+    __shared__ float2 blk_s[HT];
     __shared__ int last_s;
     __shared__ float2 ml_s[HT][SK];
     __shared__ float wgt_s[HT][SK];
     const int split = blockIdx.x, kvh = blockIdx.y / HTILES, h0 = (blockIdx.y % HTILES) * HT, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
+    const long long bk = bk_of(b, kvh);
+    // The position, the union's size and the queries are loaded together (all are valid memory for an
+    // inactive row too): one memory latency before the first token instead of three.
     const int pos = P.pos[b];
+    const int U = P.n_uni[bk];
+    // The queries as B fragments (column fg = head h0 + fg; columns past HT are zero).
+    unsigned qb[WORDS];
+    if (fg < HT) load_quarter(P.q + ((long long)b * QH + kvh * GQA + h0 + fg) * D, ft, qb);
+    else {
+#pragma unroll
+        for (int i = 0; i < WORDS; ++i) qb[i] = 0u;
+    }
     if (pos < 0) return;
     const Windows w = windows_at(pos);
-    const long long bk = bk_of(b, kvh);
     const int S = w.sinks_end * C;
-    const int U = P.n_uni[bk];
     const int local0 = w.local_start * C;
     const int n_total = S + U * G + (pos + 1 - local0);
-    const int tiles = (n_total + TT - 1) / TT;
-    const int per = (tiles + SK - 1) / SK;
-    const int t_begin = split * per * TT, t_end = min(n_total, (split + 1) * per * TT);
+    const int steps = (n_total + 15) / 16;
+    const int per = (steps + SK - 1) / SK;
+    const int t_begin = split * per * 16, t_end = min(n_total, (split + 1) * per * 16);
+    const int my_steps = t_end > t_begin ? (t_end - t_begin + 15) / 16 : 0;
     if (split == 0 && h0 == 0 && threadIdx.x == 0) P.n_att[bk] = n_total;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
-
-    // This lane's A fragments of the queries (row fg = head h0 + fg), straight from global memory.
-    unsigned qa[KSTEPS][2];
-    {
-        const unsigned* qw = (const unsigned*)(P.q + ((long long)b * QH + kvh * GQA + h0 + fg) * D);
+    // Every warp runs its own online softmax over its 16-token steps (warp, warp + NWARPS, ... of the
+    // split): no block barrier until the warps' results are combined. Tokens and dimensions are the M
+    // side of the tiles, the block's heads the N side: Sᵀ = K·Qᵀ, then Oᵀ += Vᵀ·Pᵀ. Lane (fg, ft) keeps
+    // heads 2ft and 2ft + 1: their softmax state, and in m tile i their output dimensions
+    // quarter_dim(fg / 2, 2i, fg % 2) (c0, c1) and quarter_dim(fg / 2, 2i + 1, fg % 2) (c2, c3).
+    float acc[WORDS / 2][4];
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks) {
-            qa[ks][0] = fg < HT ? qw[ks * 8 + ft] : 0u;
-            qa[ks][1] = fg < HT ? qw[ks * 8 + 4 + ft] : 0u;
-        }
-    }
-    if (threadIdx.x < HT) { m_s[threadIdx.x] = NEG_INF; l_s[threadIdx.x] = 0.f; }
-
-    // P·V accumulators: n tiles warp, warp + NWARPS, ... (rows 8..15 of each are padding).
-    float acc[DT_PW][4];
+    for (int i = 0; i < WORDS / 2; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.f, 0.f};
+    for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
+        // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
+        unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
+        unsigned heads[PASS][2];
 #pragma unroll
-    for (int i = 0; i < DT_PW; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    constexpr int VPR = D / VW;  // vectors per row
-    constexpr int LOADS = (TT * VPR + NT - 1) / NT;
-    // The next tile's keys and values, loaded into registers while the current tile is computed, and
-    // where each goes in the slot cache when its group missed.
-    vec_t kr[LOADS], vr[LOADS];
-    long long fill_r[LOADS];
-    constexpr int KEEP_PT = (HT * TT + NT - 1) / NT;
-    bool keep_r[KEEP_PT];
-    auto load_tile = [&](int t0) {
+        for (int p = 0; p < PASS; ++p)
 #pragma unroll
-        for (int i = 0; i < KEEP_PT; ++i) {
-            const int x = threadIdx.x + i * NT;
-            const int h = x / TT, t = t0 + x % TT;
-            bool keep = x < HT * TT && t < t_end;
-            if (keep && t >= S && t < S + U * G) {
-                const int hh = h0 + h;
-                const long long ue = bk * P.ucap + (t - S) / G;
-                keep = ((P.uni_mask[ue * MW + (hh >> 5)] >> (hh & 31)) & 1u)
-                    && (P.uni_slot[ue] >= 0 || host_record(P, bk, P.uni_group[ue]) != nullptr);
-            }
-            keep_r[i] = keep;
-        }
-#pragma unroll
-        for (int l = 0; l < LOADS; ++l) {
-            const int x = threadIdx.x + l * NT;
-            const int r = x / VPR, c = x % VPR;
-            const int t = t0 + r;
-            fill_r[l] = -1;
-            if ((TT * VPR) % NT == 0 || x < TT * VPR) {
-                const TokenRef ref = t < t_end ? token_ref(P, b, kvh, t, S, U, local0) : TokenRef{nullptr, nullptr, -1};
-                if (ref.k != nullptr) {
-                    kr[l] = ((const vec_t*)ref.k)[c];
-                    vr[l] = ((const vec_t*)ref.v)[c];
-                    if (ref.fill >= 0) fill_r[l] = ref.fill + c * VW;
+            for (int half = 0; half < 2; ++half) {
+                const int tok = t_begin + 16 * (s0 + p) + 8 * half + fg;
+                TokenRef ref;
+                heads[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &ref) : 0u;
+                if (s0 + p < my_steps && ref.k != nullptr) {
+                    load_quarter(ref.k, ft, kw[p][half]);
+                    load_quarter(ref.v, ft, vw[p][half]);
+                    if (ref.fill >= 0) {
+                        store_quarter(P.slots + ref.fill, ft, kw[p][half]);
+                        store_quarter(P.slots + ref.fill + G * D, ft, vw[p][half]);
+                    }
                 } else {
                     // Rows past the end (or without a record) are zero and masked: 0 * garbage could be NaN.
-                    kr[l] = vec_t{};
-                    vr[l] = vec_t{};
+#pragma unroll
+                    for (int i = 0; i < WORDS; ++i) kw[p][half][i] = vw[p][half][i] = 0u;
                 }
             }
-        }
-    };
-    if (t_begin < t_end) load_tile(t_begin);
-    for (int t0 = t_begin; t0 < t_end; t0 += TT) {
-        __syncthreads();
 #pragma unroll
-        for (int l = 0; l < LOADS; ++l) {
-            const int x = threadIdx.x + l * NT;
-            if ((TT * VPR) % NT == 0 || x < TT * VPR) {
-                const int r = x / VPR, c = x % VPR;
-                *(vec_t*)&k_s[r][c * WORDS_PER_VEC] = kr[l];
-                *(vec_t*)&v_s[r][c * WORDS_PER_VEC] = vr[l];
-                if (fill_r[l] >= 0) {
-                    *(vec_t*)(P.slots + fill_r[l]) = kr[l];
-                    *(vec_t*)(P.slots + fill_r[l] + G * D) = vr[l];
-                }
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < KEEP_PT; ++i) {
-            const int x = threadIdx.x + i * NT;
-            if (x < HT * TT) keep_s[x / TT][x % TT] = keep_r[i];
-        }
-        __syncthreads();
-        if (t0 + TT < t_end) load_tile(t0 + TT);
-        // Scores S = Q·Kᵀ: n tile of 8 tokens per warp, k over the head dimension.
-        for (int nt = warp; nt < TT / 8; nt += NWARPS) {
+        for (int p = 0; p < PASS; ++p) {
+            if (s0 + p >= my_steps) break;
+            // Sᵀ: c0/c1 are tokens fg's scores for heads 2ft, 2ft + 1; c2/c3 token 8 + fg's.
             float c[4] = {0.f, 0.f, 0.f, 0.f};
-            const unsigned* kr0 = &k_s[nt * 8 + fg][ft];
 #pragma unroll
-            for (int ks = 0; ks < KSTEPS; ++ks) mma_16816(c, qa[ks][0], qa[ks][1], kr0[ks * 8], kr0[ks * 8 + 4]);
-            if (fg < HT) {
-                const int r = nt * 8 + 2 * ft;
-                p_s[fg][r] = keep_s[fg][r] ? c[0] * SCALE : NEG_INF;
-                p_s[fg][r + 1] = keep_s[fg][r + 1] ? c[1] * SCALE : NEG_INF;
+            for (int ks = 0; ks < KSTEPS; ++ks)
+                mma_16816(c, kw[p][0][2 * ks], kw[p][1][2 * ks], kw[p][0][2 * ks + 1], kw[p][1][2 * ks + 1], qb[2 * ks],
+                          qb[2 * ks + 1]);
+            float x[4];
+            x[0] = (heads[p][0] >> (2 * ft)) & 1u ? c[0] * SCALE : NEG_INF;
+            x[1] = (heads[p][0] >> (2 * ft + 1)) & 1u ? c[1] * SCALE : NEG_INF;
+            x[2] = (heads[p][1] >> (2 * ft)) & 1u ? c[2] * SCALE : NEG_INF;
+            x[3] = (heads[p][1] >> (2 * ft + 1)) & 1u ? c[3] * SCALE : NEG_INF;
+            // Online softmax of heads 2ft + j (j = 0, 1): the eight lanes of column ft hold its 16 scores.
+            float pr[4], alpha[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float mx = fmaxf(x[j], x[j + 2]);
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+                const float m_new = fmaxf(m_r[j], mx);
+                pr[j] = m_new == NEG_INF ? 0.f : expf(x[j] - m_new);
+                pr[j + 2] = m_new == NEG_INF ? 0.f : expf(x[j + 2] - m_new);
+                float sum = pr[j] + pr[j + 2];
+                sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+                alpha[j] = m_r[j] == NEG_INF ? (m_new == NEG_INF ? 1.f : 0.f) : expf(m_r[j] - m_new);
+                l_r[j] = l_r[j] * alpha[j] + sum;
+                m_r[j] = m_new;
             }
-        }
-        __syncthreads();
-        // Online softmax per head: one warp per head.
-        for (int h = warp; h < HT; h += NWARPS) {
-            float mx = NEG_INF;
-            for (int r = lane; r < TT; r += 32) mx = fmaxf(mx, p_s[h][r]);
-            mx = warp_max(mx);
-            const float m_old = m_s[h];
-            const float m_new = fmaxf(m_old, mx);
-            float sum = 0.f;
-            for (int r = lane; r < TT; r += 32) {
-                const float p = m_new == NEG_INF ? 0.f : expf(p_s[h][r] - m_new);
-                p_s[h][r] = p;
-                sum += p;
-            }
-            sum = warp_sum(sum);
-            if (lane == 0) {
-                const float a = m_old == NEG_INF ? (m_new == NEG_INF ? 1.f : 0.f) : expf(m_old - m_new);
-                alpha_s[h] = a;
-                l_s[h] = l_s[h] * a + sum;
-                m_s[h] = m_new;
-            }
-        }
-        __syncthreads();
-        // O += P·V: the probabilities as elements (A, rows = heads), V through ldmatrix.trans (B).
-        {
-            const float a = fg < HT ? alpha_s[fg] : 0.f;
+            // Pᵀ as B fragments: the probabilities of tokens 0..7 (and 8..15) for heads 2ft, 2ft + 1,
+            // transposed to head fg's probabilities of tokens 2ft, 2ft + 1.
+            const unsigned pb0 = transpose8x8(pack_elems(pr[0], pr[1]));
+            const unsigned pb1 = transpose8x8(pack_elems(pr[2], pr[3]));
+            // Oᵀ += Vᵀ·Pᵀ: m tile i is the dimensions of words 2i (rows 0..7) and 2i + 1 (rows 8..15).
 #pragma unroll
-            for (int i = 0; i < DT_PW; ++i) { acc[i][0] *= a; acc[i][1] *= a; }
-            // ldmatrix row addresses: lanes 0..7 rows k0 + 0..7, lanes 8..15 rows k0 + 8..15.
-            const int lrow = lane & 15;
-#pragma unroll
-            for (int k0 = 0; k0 < TT; k0 += 16) {
-                unsigned pa0 = 0u, pa2 = 0u;
-                if (fg < HT) {
-                    const float2 x = *(const float2*)&p_s[fg][k0 + 2 * ft];
-                    const float2 y = *(const float2*)&p_s[fg][k0 + 8 + 2 * ft];
-                    pa0 = pack_elems(x.x, x.y);
-                    pa2 = pack_elems(y.x, y.y);
-                }
-#pragma unroll
-                for (int i = 0; i < DT_PW; ++i) {
-                    const int dt = warp + i * NWARPS;
-                    if (DTILES % NWARPS == 0 || dt < DTILES) {
-                        const unsigned addr = (unsigned)__cvta_generic_to_shared(&v_s[k0 + lrow][dt * 4]);
-                        unsigned b0, b1;
-                        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
-                                     : "=r"(b0), "=r"(b1)
-                                     : "r"(addr));
-                        mma_16816(acc[i], pa0, pa2, b0, b1);
-                    }
-                }
+            for (int i = 0; i < WORDS / 2; ++i) {
+                acc[i][0] *= alpha[0];
+                acc[i][1] *= alpha[1];
+                acc[i][2] *= alpha[0];
+                acc[i][3] *= alpha[1];
+                mma_16816(acc[i], transpose8x8(vw[p][0][2 * i]), transpose8x8(vw[p][0][2 * i + 1]),
+                          transpose8x8(vw[p][1][2 * i]), transpose8x8(vw[p][1][2 * i + 1]), pb0, pb1);
             }
         }
     }
-    __syncthreads();
+    // The block's split: its warps' partial results rescaled to the block's maximum and summed, in warp
+    // order (the same sum every run).
+    if (fg == 0) {
 #pragma unroll
-    for (int i = 0; i < DT_PW; ++i) {
-        const int dt = warp + i * NWARPS;
-        if (fg < HT && (DTILES % NWARPS == 0 || dt < DTILES)) {
-            const long long row = ((long long)b * QH + kvh * GQA + h0 + fg) * SK + split;
-            *(float2*)&P.part_acc[row * D + dt * 8 + 2 * ft] = make_float2(acc[i][0], acc[i][1]);
+        for (int j = 0; j < 2; ++j)
+            if (2 * ft + j < HT) { wm_s[warp][2 * ft + j] = m_r[j]; wl_s[warp][2 * ft + j] = l_r[j]; }
+    }
+    __syncthreads();
+    float sc[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        float m_blk = NEG_INF;
+        if (2 * ft + j < HT)
+            for (int v = 0; v < NWARPS; ++v) m_blk = fmaxf(m_blk, wm_s[v][2 * ft + j]);
+        sc[j] = m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - m_blk);
+    }
+    for (int v = 0; v < NWARPS; ++v) {
+        if (warp == v) {
+#pragma unroll
+            for (int i = 0; i < WORDS / 2; ++i)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int h = 2 * ft + (r & 1);
+                    const int dd = quarter_dim(fg >> 1, 2 * i + (r >> 1), fg & 1);
+                    if (h < HT) o_s[h][dd] = (v == 0 ? 0.f : o_s[h][dd]) + acc[i][r] * sc[r & 1];
+                }
         }
+        __syncthreads();
+    }
+    if (threadIdx.x < HT) {
+        const int h = threadIdx.x;
+        float m = NEG_INF;
+        for (int v = 0; v < NWARPS; ++v) m = fmaxf(m, wm_s[v][h]);
+        float l = 0.f;
+        for (int v = 0; v < NWARPS; ++v) l += wm_s[v][h] == NEG_INF ? 0.f : wl_s[v][h] * expf(wm_s[v][h] - m);
+        blk_s[h] = make_float2(m, l);
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < HT * D; x += NT) {
+        const long long row = ((long long)b * QH + kvh * GQA + h0 + x / D) * SK + split;
+        P.part_acc[row * D + x % D] = o_s[x / D][x % D];
     }
     if (threadIdx.x < HT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + threadIdx.x) * SK + split;
-        *(float2*)&P.part_ml[row * 2] = make_float2(m_s[threadIdx.x], l_s[threadIdx.x]);
+        *(float2*)&P.part_ml[row * 2] = blk_s[threadIdx.x];
     }
     // The last split to finish merges (its partials' writes are ordered before its counter update).
     __threadfence();

@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-4";
+pub const GENERATOR_VERSION: &str = "hga-codegen-5";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.
@@ -66,8 +66,8 @@ pub struct LaunchParams {
     pub head_threads: u32,
     /// Splits of the attended tokens per (sequence, KV head, head tile).
     pub split_k: u32,
-    /// Tokens per attention tile (the spec's `tile_tokens`, halved while shared memory would exceed
-    /// [`ATTEND_SMEM_LIMIT`]).
+    /// Tokens per warp pass of the attention (the spec's `tile_tokens`, clamped to 16 ..= 32 at head
+    /// dimensions up to 128 and to 16 beyond: the pass's keys and values live in registers).
     pub tile_tokens: u32,
     /// Query heads per attention block (the largest divisor of the GQA ratio ≤ 8).
     pub head_tile: u32,
@@ -134,14 +134,13 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     let gqa = spec.gqa() as u32;
     let d = m.head_dim;
     let head_tile = (1..=gqa.min(8)).rev().find(|t| gqa % t == 0).unwrap_or(1);
-    let mut tile_tokens = k.tile_tokens;
-    // K and V tiles (rows padded by 16 bytes), probabilities (f32) and masks, per-head softmax state,
-    // the merge's split maxima, sums and weights.
-    let smem =
-        |tt: u32| 2 * tt * (d / 2 + 4) * 4 + head_tile * tt * 5 + head_tile * 12 + 4 + head_tile * k.split_k * 12;
-    while smem(tile_tokens) > ATTEND_SMEM_LIMIT && tile_tokens > 16 {
-        tile_tokens /= 2;
-    }
+    // Tokens per warp pass: every lane holds a quarter of the keys and values of 2 · TT / 16 tokens in
+    // registers, which the register file allows up to 32 tokens at d <= 128 and 16 beyond.
+    let tile_tokens = k.tile_tokens.clamp(16, max_warp_tile(d));
+    let warps = k.threads / 32;
+    // Per-warp softmax state, the block's combined output and state, the merge's split maxima, sums and
+    // weights, the last-split flag.
+    let smem = |_tt: u32| warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 12 + 4;
     LaunchParams {
         threads: k.threads,
         select_threads: SELECT_THREADS,
@@ -162,6 +161,15 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         summary_vectors: r.score.vectors() as u32,
         window_chunks: r.keep_first + r.keep_last + 1,
         attend_smem_bytes: smem(tile_tokens),
+    }
+}
+
+/// Largest warp pass of `hga_attend` (tokens) at head dimension `d`.
+pub fn max_warp_tile(d: u32) -> u32 {
+    if d <= 128 {
+        32
+    } else {
+        16
     }
 }
 

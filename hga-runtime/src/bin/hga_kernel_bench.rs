@@ -2,7 +2,7 @@
 //! Qwen3-30B-A3B shape (32 q heads, 4 KV heads, d 128) at 64K and 1M context, batch 1, next to two
 //! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
 //!
-//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N]` (kernel parameters default
+//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N]` (kernel parameters default
 //! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
@@ -54,6 +54,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(t) = arg("--split-k") {
         kp.split_k = t.parse()?;
+    }
+    if let Some(t) = arg("--tile-tokens") {
+        kp.tile_tokens = t.parse()?;
+    }
+    if let Some(t) = arg("--vec-width") {
+        kp.vec_width = t.parse()?;
     }
     let spec = Spec::new(presets::find("qwen3-30b")?.shape).with_kernel(kp).validate()?;
     let t = std::time::Instant::now();
