@@ -1,6 +1,7 @@
 //! The generated CUDA kernels against the CPU backend, on the GPU: whole decode steps (append, summary on
 //! chunk close, chunk and group routing, fetch through the slot cache, split-K attention and merge) on
-//! fresh random bf16 inputs, for the presets' shapes, contexts from one chunk to 128K, batch 1 and 8.
+//! fresh random bf16 inputs, for the presets' shapes and other head dimensions, query-head groupings and
+//! kernel parameters, contexts from one chunk to 128K, batch 1 and 8.
 //! Checks: relative L2 error of the output ≤ 1e-2 (printed), the same routing decisions per head except
 //! near-ties (printed), every output element written (poisoned with NaN first), summaries built by the
 //! GPU equal to the CPU's. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
@@ -455,4 +456,39 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
         pinned: false,
     };
     check("qwen3-8b wide budgets", &run_case(&gpu, &jit, &case, &mut rng));
+}
+
+#[test]
+fn gpu_decode_step_matches_cpu_other_head_dims_gqa_and_kernel_parameters() {
+    // The warp-tiled attention (codegen 5) maps a lane to a quarter of each row and the block's heads to
+    // the N side of the tiles: head dimensions 64 / 96 / 256, head tiles of 3 and 8 heads, two head tiles
+    // per KV head (GQA 16), query-head masks of two words (GQA 64), and every load width and pass size.
+    let shapes = [
+        ("q32 kv8 d64", hga_dsl::ModelShape::new(32, 8, 64, 1e4)),
+        ("q24 kv8 d96", hga_dsl::ModelShape::new(24, 8, 96, 1e4)),
+        ("q16 kv4 d256", hga_dsl::ModelShape::new(16, 4, 256, 1e6)),
+        ("q64 kv4 d128", hga_dsl::ModelShape::new(64, 4, 128, 1e6)),
+        ("q64 kv1 d64", hga_dsl::ModelShape::new(64, 1, 64, 1e4)),
+    ];
+    let kernels = [
+        hga_dsl::KernelParams { threads: 64, split_k: 2, tile_tokens: 16, vec_width: 2 },
+        hga_dsl::KernelParams { threads: 256, split_k: 8, tile_tokens: 32, vec_width: 4 },
+    ];
+    // Validated here, before the GPU check, so that CI checks the specs too.
+    let specs: Vec<(String, ValidSpec)> = shapes
+        .iter()
+        .flat_map(|(name, shape)| {
+            kernels.iter().map(move |k| {
+                let spec = Spec::new(shape.clone()).with_kernel(k.clone()).validate();
+                (format!("{name} {k:?}"), spec.unwrap_or_else(|e| panic!("{name}: {e}")))
+            })
+        })
+        .collect();
+    let Some((gpu, jit)) = gpu_or_skip() else { return };
+    let mut rng = rng();
+    for (name, spec) in specs {
+        let case =
+            Case { spec, batch: 2, start: vec![2000, 5000], steps: 20, n_slots: None, graph: false, pinned: true };
+        check(&name, &run_case(&gpu, &jit, &case, &mut rng));
+    }
 }

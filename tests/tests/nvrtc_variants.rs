@@ -113,6 +113,18 @@ fn every_score_kind_sharing_and_element_type_compiles() {
     // The other element type and RoPE layouts: f16, GPT-J pairing, partial rotary.
     let other = ModelShape::new(32, 8, 128, 1e4).dtype(DType::F16).rope_style(RopeStyle::Gptj).rotary_dim(64);
     jobs.push(("f16/gptj/rotary64".into(), Spec::new(other).validate().unwrap(), Arch::new(90), false));
+    // The attention's other layouts: head dimensions 64 / 96 / 256, head tiles of 3, two head tiles per
+    // KV head, two-word head masks, narrow loads and both pass sizes (as gpu_decode runs them).
+    for (q, kv, d) in [(32, 8, 64), (24, 8, 96), (16, 4, 256), (64, 4, 128), (64, 1, 64)] {
+        for k in [
+            KernelParams { threads: 64, split_k: 2, tile_tokens: 16, vec_width: 2 },
+            KernelParams { threads: 256, split_k: 8, tile_tokens: 32, vec_width: 4 },
+        ] {
+            let name = format!("q{q} kv{kv} d{d} v{}", k.vec_width);
+            let spec = Spec::new(ModelShape::new(q, kv, d, 1e4)).with_kernel(k).validate().unwrap();
+            jobs.push((name, spec, Arch::new(90), false));
+        }
+    }
     let failures = compile_all(jobs);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
