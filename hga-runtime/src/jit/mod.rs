@@ -133,8 +133,11 @@ pub struct Jit {
     options: Vec<String>,
 }
 
-/// Options every compilation gets besides the architecture (part of the cache key).
-pub const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ptxas-options=-v", "-lineinfo"];
+/// Options every compilation gets besides the architecture (part of the cache key). `--no-cache` turns
+/// off NVRTC's own compilation cache (CUDA 12.9+): a compilation it serves from there skips ptxas and
+/// logs no resource report (seen on the H200 for sm_90 variants that an earlier process had compiled),
+/// and this JIT caches CUBINs with their reports itself.
+pub const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ptxas-options=-v", "-lineinfo", "--no-cache"];
 
 impl Jit {
     /// A JIT caching in `dir` (created on first write).
