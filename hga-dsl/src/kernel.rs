@@ -11,8 +11,10 @@ pub struct KernelParams {
     /// Splits of the attended token set per (sequence, KV head); the last split to finish merges them.
     pub split_k: u32,
     /// Tokens per warp pass of the attention kernel: a warp loads this many tokens' keys and values into
-    /// registers at once (a multiple of the routing group; the generator clamps it to 16..=32 at head
-    /// dimensions up to 128 and to 16 beyond, see `codegen::max_warp_tile`).
+    /// registers at once (the generator clamps it to 16..=32 at head dimensions up to 128 and to 16
+    /// beyond, see `codegen::max_warp_tile`). Validation still asks for a multiple or a divisor of the
+    /// routing group, a rule of the earlier block-tiled kernels kept until other group sizes have run on
+    /// the GPU.
     pub tile_tokens: u32,
     /// Elements per vector load (16-byte loads of bf16 are 8).
     pub vec_width: u32,

@@ -25,7 +25,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-7";
+pub const COST_MODEL_VERSION: &str = "hga-cost-8";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -169,12 +169,13 @@ pub struct Resources {
 /// Modeled resources of `hga_attend`: the shared memory as the generator computes it; registers as a
 /// base plus the query fragments (a quarter row: D/8 words), the accumulators (D/16 m tiles of four
 /// floats) and a pass's keys and values (a quarter row of two tokens per 16-token step, keys and values:
-/// D/2 words per step), capped by `__launch_bounds__(threads)` (ptxas, codegen 5 at d 128: 211 registers
-/// with 32-token passes).
+/// D/2 words per step), capped by `__launch_bounds__(threads)`. Fitted to ptxas (codegen 5, sm_90):
+/// 142 / 212 registers at d 128 with 16- / 32-token passes, 114 / 166 at d 96, 123 at d 64 (32-token),
+/// 252–254 at d 256 (16-token).
 pub fn modeled_resources(spec: &ValidSpec) -> Resources {
     let lp = launch_params(spec);
     let d = spec.head_dim() as u32;
-    let want = 40 + d / 8 + d / 4 + (lp.tile_tokens / 16) * d / 2;
+    let want = 30 + d / 8 + d / 4 + (lp.tile_tokens / 16) * d / 2;
     let cap = (65536 / lp.threads).min(255);
     Resources {
         regs_per_thread: want.min(cap),
@@ -540,8 +541,8 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
 /// PCIe time + one pass). The last split of each (row, KV head, head tile) merges all splits: a serial
 /// tail on one block, the split weights once per head, then one round of loads per output item
 /// (calibrated: H200, qwen3-30b at 64K, threads/split_k/tile_tokens 256/16/16: 21.9 µs, 512/16/16:
-/// 22.8, 256/32/32: 22.8, 256/16/32: 23.7, 128/32/16: 25.3, 128/16/32: 28.0, 64/32/32: 33.5; every
-/// group missing: ~137 µs for 730 groups).
+/// 22.8 (spills 96 B: the tuner prunes it), 256/32/32: 22.8, 256/16/32: 23.7, 128/32/16: 25.3,
+/// 128/16/32: 28.0, 64/32/32: 33.5; every group missing: ~137 µs for 730 groups).
 fn attend(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
@@ -564,6 +565,9 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     // (shuffles, exponentials), P·V (D/16 mma, four movmatrix each).
     let loads_instr = 4.0 * (d / (4.0 * vw)) * 3.0 + 40.0;
     let step_instr = loads_instr + (d / 16.0) * MMA_STEP_INSTR + 90.0 + (d / 16.0) * (MMA_STEP_INSTR + 4.0);
+    // The factor 4 is calibration: the step's instructions form dependent chains (the mma of Q·Kᵀ
+    // accumulate into one fragment; shuffles and exponentials of the softmax), issued well below one
+    // per cycle even with the SM to themselves.
     let pass_cycles = 2.0 * a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
     // Combining the warps: one barrier per warp (a fixed summation order) and the block's partials.
     let combine_cycles = warps * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * 20.0;
@@ -579,7 +583,8 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let flops = s.b * s.qh * (rt.tokens - rt.union * r.group as f64 + rt.opened * r.group as f64) * d * 4.0;
     let compute_us = flops / (gpu.fp32_tflops * 1e6);
     let body_us = x.us(waves * block_cycles).max(x.dram_us(kv_bytes / load_eff + partial_bytes)).max(compute_us);
-    let pcie = s.b * s.kvh * rt.misses * 2.0 * r.group as f64 * d * s.elem;
+    // Every head tile's blocks read a missed group's record themselves.
+    let pcie = s.b * s.kvh * lp.head_tiles as f64 * rt.misses * 2.0 * r.group as f64 * d * s.elem;
     // The merge: the splits' maxima and sums staged once, per head the split weights (a serial pass over
     // the splits), then per item (head, dimension) one round of independent loads of the partials.
     let merge_items = (ht * d / nt).ceil();

@@ -184,9 +184,7 @@ pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Comp
         Compiler::Recorded { version, figures } => (Some(version), figures, false),
     };
     let (space, results) = loop {
-        let figures = |spec: &ValidSpec| {
-            known.get(&short_name(spec.kernel())).cloned().unwrap_or_else(|| Ok(cost::modeled_resources(spec)))
-        };
+        let figures = |spec: &ValidSpec| known.get(&short_name(spec.kernel())).cloned();
         let source =
             if nvrtc.is_some() { space::ResourceSource::Compiler(&figures) } else { space::ResourceSource::Modeled };
         let space = space::build(&base, gpu, &source);

@@ -30,8 +30,9 @@ impl Candidate {
 pub enum ResourceSource<'a> {
     /// The cost model's estimate.
     Modeled,
-    /// A compiler (NVRTC through the JIT): registers, shared memory and spills of the attention kernel.
-    Compiler(&'a dyn Fn(&ValidSpec) -> Result<Resources, String>),
+    /// A compiler's figures (NVRTC through the JIT): registers, shared memory and spills of the attention
+    /// kernel; `None` for a variant not compiled (yet), which gets the model's estimate.
+    Compiler(&'a dyn Fn(&ValidSpec) -> Option<Result<Resources, String>>),
 }
 
 /// The candidates (in a fixed order) and what was pruned, with reasons.
@@ -114,7 +115,10 @@ pub fn build(base: &ValidSpec, gpu: &GpuSpec, resources: &ResourceSource<'_>) ->
         seen.push((body, name.clone(), None));
         let (res, how) = match resources {
             ResourceSource::Modeled => (Ok(modeled_resources(&spec)), "modeled"),
-            ResourceSource::Compiler(f) => (f(&spec), "NVRTC"),
+            ResourceSource::Compiler(f) => match f(&spec) {
+                Some(r) => (r, "NVRTC"),
+                None => (Ok(modeled_resources(&spec)), "modeled"),
+            },
         };
         let res = match res {
             Ok(r) => r,
