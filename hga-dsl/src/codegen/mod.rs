@@ -140,7 +140,7 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     let warps = k.threads / 32;
     // Per-warp softmax state, the block's combined output and state, the merge's split maxima, sums and
     // weights, the last-split flag.
-    let smem = |_tt: u32| warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 12 + 4;
+    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 12 + 4;
     LaunchParams {
         threads: k.threads,
         select_threads: SELECT_THREADS,
@@ -160,7 +160,7 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         mask_words: gqa.div_ceil(32),
         summary_vectors: r.score.vectors() as u32,
         window_chunks: r.keep_first + r.keep_last + 1,
-        attend_smem_bytes: smem(tile_tokens),
+        attend_smem_bytes: smem,
     }
 }
 
