@@ -247,8 +247,8 @@ const SMEM_ITER_CYCLES: f64 = 40.0;
 /// One element of a strided pass over a list that is already in L1 (load, compare, count).
 const PASS_ELEM_CYCLES: f64 = 20.0;
 
-/// Issue slots of one dependent tensor-core step of `hga_attend`: its fragment loads from shared memory
-/// and the `mma.sync` (m16n8k16), whose results feed the next.
+/// Issue slots of one dependent tensor-core step of `hga_attend`: the `mma.sync` (m16n8k16) with its
+/// fragment operands, whose results feed the next.
 const MMA_STEP_INSTR: f64 = 8.0;
 
 // Constants of the generated source that `LaunchParams` does not carry (kernels.cu): `block_select`'s

@@ -237,7 +237,8 @@ pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Comp
         ),
         format!(
             "To measure for real, run `{}` on a machine with a {}.",
-            command_line(req, &gpu.name).replace(" --mode modeled", " --mode measured"),
+            // The same request in the default mode, which measures where the GPU is present.
+            command_line(&Request { mode: ModeArg::Auto, ..req.clone() }, &gpu.name),
             gpu.full_name
         ),
     ]);

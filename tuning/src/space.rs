@@ -1,7 +1,8 @@
 //! The search space: every combination of the spec language's allowed kernel parameters (split-K at
-//! powers of two; 16-byte loads only, see [`SEARCHED_VEC_WIDTH`]), pruned before timing: specs that break a rule, variants beyond the GPU's shared
-//! memory or that spill registers, and variants whose generated kernels equal an earlier candidate's
-//! (the generator clamps tile tokens to what a warp's registers hold).
+//! powers of two; 16-byte loads only, see [`SEARCHED_VEC_WIDTH`]), pruned before timing: specs that
+//! break a rule, variants beyond the GPU's shared memory or that spill registers, and variants whose
+//! generated kernels equal an earlier candidate's (the generator clamps tile tokens to what a warp's
+//! registers hold).
 
 use crate::cost::{modeled_resources, Resources};
 use crate::gpu::GpuSpec;
