@@ -309,33 +309,44 @@ __device__ int block_select_radix(const float* vals, int n, int k, int* out, int
 
 // Writes the positions (+ out_offset) of the best k of vals[0..n) (higher value first, then lower
 // index: the CPU's ranking) to out in ascending order; returns min(k, n). Fast path (k <= half the
-// block): thread t takes values t, t + SNT, ... (coalesced; re-reads hit L1). The k-th best of the
+// block): thread t takes values t, t + THREADS, ... (coalesced; re-reads hit L1). The k-th best of the
 // maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
 // them at least, usually few more) are ranked exactly; the radix select above when they are too many.
-// Every thread of the block must call it; the block must have SNT threads.
-__device__ int block_select(const float* vals, int n, int k, int* out, int out_offset) {
-    __shared__ float tmax_v[SNT];
-    __shared__ int tmax_i[SNT];
-    __shared__ float cand_v[SEL_CAND];
-    __shared__ int cand_i[SEL_CAND];
-    __shared__ unsigned char cand_take[SEL_CAND];
-    __shared__ float thr_s;
+// Every thread of the block must call it; the block must have THREADS threads.
+template <int THREADS>
+struct SelectSmem {
+    float tmax_v[THREADS];
+    int tmax_i[THREADS];
+    float cand_v[SEL_CAND];
+    int cand_i[SEL_CAND];
+    unsigned char cand_take[SEL_CAND];
+    float thr;
+};
+
+template <int THREADS>
+__device__ int block_select(const float* vals, int n, int k, int* out, int out_offset, SelectSmem<THREADS>& sm) {
+    float* tmax_v = sm.tmax_v;
+    int* tmax_i = sm.tmax_i;
+    float* cand_v = sm.cand_v;
+    int* cand_i = sm.cand_i;
+    unsigned char* cand_take = sm.cand_take;
+    float& thr_s = sm.thr;
     const int cnt = min(k, n);
     if (cnt <= 0) return 0;
     if (cnt == n) {
-        for (int i = threadIdx.x; i < n; i += SNT) out[i] = i + out_offset;
+        for (int i = threadIdx.x; i < n; i += THREADS) out[i] = i + out_offset;
         return cnt;
     }
-    if (cnt > SNT / 2) return block_select_radix(vals, n, k, out, out_offset);
+    if (cnt > THREADS / 2) return block_select_radix(vals, n, k, out, out_offset);
     float lm = NEG_INF;
     int li = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += SNT) {
+    for (int i = threadIdx.x; i < n; i += THREADS) {
         const float x = vals[i];
         if (x > lm) { lm = x; li = i; }  // ascending i: the first of equal values is kept
     }
     // A lower bound of the answer: the cnt-th best of the maxima of lane groups of gs threads, gs as
     // large as leaves cnt groups holding values (fewer maxima to rank, fewer candidates above them).
-    const int busy = min(n, SNT);  // threads holding values: >= cnt
+    const int busy = min(n, THREADS);  // threads holding values: >= cnt
     int gs = 32;
     while (gs > 1 && busy / gs < cnt) gs >>= 1;
     for (int o = gs >> 1; o > 0; o >>= 1) {
@@ -360,17 +371,17 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     __syncthreads();
     const float thr = thr_s;
     int c = 0;
-    for (int i = threadIdx.x; i < n; i += SNT) c += vals[i] >= thr;
+    for (int i = threadIdx.x; i < n; i += THREADS) c += vals[i] >= thr;
     int total;
     int at = block_excl_scan(c, &total);
     if (total > SEL_CAND) return block_select_radix(vals, n, k, out, out_offset);
-    for (int i = threadIdx.x; i < n; i += SNT) {
+    for (int i = threadIdx.x; i < n; i += THREADS) {
         const float x = vals[i];
         if (x >= thr) { cand_v[at] = x; cand_i[at] = i; ++at; }
     }
     __syncthreads();
     // Exact ranks among the candidates; the best cnt are taken.
-    for (int x = threadIdx.x; x < total; x += SNT) {
+    for (int x = threadIdx.x; x < total; x += THREADS) {
         const float cv = cand_v[x];
         const int ci = cand_i[x];
         int r = 0;
@@ -379,7 +390,7 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     }
     __syncthreads();
     // Output position: taken candidates with a lower index.
-    for (int x = threadIdx.x; x < total; x += SNT) {
+    for (int x = threadIdx.x; x < total; x += THREADS) {
         if (!cand_take[x]) continue;
         const int ci = cand_i[x];
         int o = 0;
@@ -656,20 +667,26 @@ __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf
 // ---------------------------------------------------------------------------------------------------
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
+// `span` tiles from tile `tile * span` of (row b, KV head kvh); returns whether they hold candidates.
+template <int THREADS>
+__device__ bool chunk_score_tile(const HgaParams& P, int tile, int span, int kvh, int b, float (*q_s)[D]) {
+    const int pos = P.pos[b];
+    if (pos < 0) return false;
+    const Windows w = windows_at(pos);
+    const int n_cand = w.local_start - w.sinks_end;
+    const int i0 = tile * span * CHUNK_TILE;
+    if (i0 >= n_cand) return false;
+    const int i1 = min(n_cand, i0 + span * CHUNK_TILE);
+    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
+    score_heads<THREADS>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
+                         P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    return true;
+}
+
 extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
     STEP_PROLOGUE();
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    const int kvh = blockIdx.y, b = blockIdx.z;
-    const int pos = P.pos[b];
-    if (pos < 0) return;
-    const Windows w = windows_at(pos);
-    const int n_cand = w.local_start - w.sinks_end;
-    const int i0 = blockIdx.x * CHUNK_TILE;
-    if (i0 >= n_cand) return;
-    const int i1 = min(n_cand, i0 + CHUNK_TILE);
-    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
-    score_heads<CNT>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
-                     P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    chunk_score_tile<CNT>(P, blockIdx.x, 1, blockIdx.y, blockIdx.z, q_s);
 }
 
 // Summed softmax mass over the GQA query heads of KV head kvh (shared routing), written to mass[0..n).
@@ -690,72 +707,155 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
     __syncthreads();
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Counters of a step beyond hga_attend's split counters (all in P.done, all back to 0 after a step):
+// per (row, KV head) the routing units done (the last resolves), and for hga_step the chunk-score
+// tiles done and a flag set when the KV head is resolved; then hga_step's work queue and exit count.
+__device__ __forceinline__ int* units_done(const HgaParams& P) { return P.done + (long long)P.batch * (KVH * HTILES); }
+__device__ __forceinline__ int* tiles_done(const HgaParams& P) { return units_done(P) + (long long)P.batch * KVH; }
+__device__ __forceinline__ int* kv_resolved(const HgaParams& P) { return tiles_done(P) + (long long)P.batch * KVH; }
+__device__ __forceinline__ int* step_queue(const HgaParams& P) { return kv_resolved(P) + (long long)P.batch * KVH; }
+
+// Publishes the block's writes before it: every thread's (the barrier), then one release add.
+__device__ __forceinline__ void signal_add(int* counter) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1);
+    }
+}
+
+// Waits until *counter >= target (set by signal_add of other blocks of the same launch); after it,
+// every thread of the block sees what those blocks wrote before signalling. A wait that outlasts
+// 4 s is a bug (a counter left set by an aborted step): the kernel traps instead of hanging.
+__device__ __forceinline__ void wait_count(const int* counter, int target) {
+    if (threadIdx.x == 0) {
+        int v;
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+        if (v < target) {
+            unsigned long long t0;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+            for (unsigned polls = 1;; ++polls) {
+                asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+                if (v >= target) break;
+                if ((polls & 1023u) == 0u) {
+                    unsigned long long t;
+                    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+                    if (t - t0 > 4000000000ull) __trap();
+                }
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+#define RESOLVE_SMEM 1024
+#define HASH_CAP 1024
+// Shared memory of resolve_kv.
+struct ResolveSmem {
+    int new_hand;
+    int lists[RESOLVE_SMEM];
+    int cnt[GQA];
+    int hkey[HASH_CAP];
+    int hfirst[HASH_CAP];
+    unsigned hmask[HASH_CAP];
+};
+
 template <int THREADS>
-__device__ void resolve_kv(const HgaParams& P, int b, int kvh);
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm);
+
+// Shared memory of select_unit (the selection's and the resolve's are never live together).
+template <int THREADS>
+struct RouteSmem {
+    float red[32];
+    __align__(16) float q_s[GQA_TILE_Q][D];
+    int last;
+    union {
+        SelectSmem<THREADS> sel;
+        ResolveSmem res;
+    } u;
+};
 
 // hga_select: routing of one unit (query head, or KV head when shared): the top TOP_CHUNKS candidate
 // chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
 // With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
-// grid (UNITS, B), block SNT.
-extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
-    STEP_PROLOGUE();
-    __shared__ float red[32];
-    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    const int u = blockIdx.x, b = blockIdx.y;
+// In hga_step (`in_step`) the unit first waits for its KV head's chunk scores, and the KV head is
+// flagged resolved (also when the row sits the step out); `step_span`: candidate chunks per scoring
+// item there. grid (UNITS, B), block SNT.
+template <int THREADS>
+__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, bool in_step, int step_span,
+                            RouteSmem<THREADS>& sm) {
     const int pos = P.pos[b];
-    if (pos < 0) return;
+    const int kvh = SHARED ? u : u / GQA;
+    if (pos < 0) {
+        if (in_step && threadIdx.x == 0) atomicExch(kv_resolved(P) + bk_of(b, kvh), 1);
+        return;
+    }
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
+    if (in_step) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + step_span - 1) / step_span);
     const long long ou = (long long)b * UNITS + u;
-    const int kvh = SHARED ? u : u / GQA;
 #if SHARED
     float* cvals = P.chunk_mass + bk_of(b, kvh) * P.cap_chunks;
-    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, cvals, red);
+    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, cvals, sm.red);
 #else
     const float* cvals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
 #endif
     int* sel = P.sel_chunk + ou * P.kce;
-    const int nsel = block_select(cvals, n_cand, P.kce, sel, w.sinks_end);
+    const int nsel = block_select<THREADS>(cvals, n_cand, P.kce, sel, w.sinks_end, sm.u.sel);
     if (threadIdx.x == 0) P.n_sel_chunk[ou] = nsel;
     __syncthreads();
     // The selected chunks' groups, ascending (the chunks are).
     const int kg = P.kce * GPC;
     const int n = nsel * GPC;
     int* cand = P.group_cand + ou * (long long)kg;
-    for (int i = threadIdx.x; i < n; i += SNT) cand[i] = sel[i / GPC] * GPC + i % GPC;
+    for (int i = threadIdx.x; i < n; i += THREADS) cand[i] = sel[i / GPC] * GPC + i % GPC;
     const bf16_t* table = P.group_sum + bk_of(b, kvh) * P.cap_groups * (long long)(SV * D);
     const int qh_unit = SHARED ? u * GQA : u;
     // (score_heads' first barrier publishes cand.)
-    score_heads<SNT>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
-                     P.group_score + ((long long)b * QH + qh_unit) * kg, kg, q_s);
+    score_heads<THREADS>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
+                         P.group_score + ((long long)b * QH + qh_unit) * kg, kg, sm.q_s);
     __syncthreads();
 #if SHARED
     float* gvals = P.group_mass + bk_of(b, kvh) * kg;
-    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, red);
+    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, sm.red);
 #else
     const float* gvals = P.group_score + ((long long)b * QH + u) * kg;
 #endif
     int* out = P.sel_group + ou * P.kge;
-    const int cnt = block_select(gvals, n, P.kge, out, 0);
+    const int cnt = block_select<THREADS>(gvals, n, P.kge, out, 0, sm.u.sel);
     __syncthreads();
     // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
     // through L2: no L1 line of the lists may go stale for the block that resolves below.)
-    for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[__ldcg(&out[r])];
+    for (int r = threadIdx.x; r < cnt; r += THREADS) out[r] = cand[__ldcg(&out[r])];
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
     if (!fuse_resolve) return;
     // The last unit of the KV head to finish resolves it (its lists' writes are ordered before the
     // counter update, as in hga_attend's merge).
-    __shared__ int last_s;
     __threadfence();
     __syncthreads();
-    int* done = P.done + (long long)P.batch * (KVH * HTILES) + bk_of(b, kvh);
-    if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
+    int* done = units_done(P) + bk_of(b, kvh);
+    if (threadIdx.x == 0) sm.last = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
     __syncthreads();
-    if (!last_s) return;
+    if (!sm.last) return;
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
-    resolve_kv<SNT>(P, b, kvh);
+    resolve_kv<THREADS>(P, b, kvh, sm.u.res);
+    if (in_step) {
+        // resolve_kv ends with a barrier before thread 0's last writes, which it then publishes.
+        if (threadIdx.x == 0) {
+            __threadfence();
+            atomicExch(kv_resolved(P) + bk_of(b, kvh), 1);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
+    STEP_PROLOGUE();
+    __shared__ RouteSmem<SNT> sm;
+    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, false, 0, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -777,16 +877,14 @@ __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
 // memory by hga_attend without being cached. Run by hga_resolve (grid (KVH, B), block RNT), or fused
 // into hga_select by the last unit of the KV head to finish (block SNT). Lists written by other blocks
 // of the same kernel are read through L2 (__ldcg): L1 is not coherent within a kernel.
-#define RESOLVE_SMEM 1024
-#define HASH_CAP 1024
 template <int THREADS>
-__device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
-    __shared__ int new_hand;
-    __shared__ int lists_s[RESOLVE_SMEM];
-    __shared__ int cnt_s[GQA];
-    __shared__ int hkey[HASH_CAP];
-    __shared__ int hfirst[HASH_CAP];
-    __shared__ unsigned hmask[HASH_CAP];
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) {
+    int& new_hand = sm.new_hand;
+    int* lists_s = sm.lists;
+    int* cnt_s = sm.cnt;
+    int* hkey = sm.hkey;
+    int* hfirst = sm.hfirst;
+    unsigned* hmask = sm.hmask;
     if (P.pos[b] < 0) return;
     const long long bk = bk_of(b, kvh);
     const int kge = P.kge;
@@ -938,7 +1036,8 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
 
 extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     STEP_PROLOGUE();
-    resolve_kv<RNT>(P, blockIdx.y, blockIdx.x);
+    __shared__ ResolveSmem sm;
+    resolve_kv<RNT>(P, blockIdx.y, blockIdx.x, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1076,17 +1175,30 @@ __device__ __forceinline__ unsigned token_heads(const HgaParams& P, int b, int k
     return bits;
 }
 
-extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
-    STEP_PROLOGUE();
-    __shared__ float wm_s[NWARPS][8], wl_s[NWARPS][8];
-    __shared__ __align__(16) float o_s[HT][D];
-    __shared__ float2 blk_s[HT];
-    __shared__ int last_s;
-    __shared__ float2 ml_s[HT][SK];
-    __shared__ float wgt_s[HT][SK];
-    const int split = blockIdx.x, kvh = blockIdx.y / HTILES, h0 = (blockIdx.y % HTILES) * HT, b = blockIdx.z;
+// Shared memory of attend_split.
+struct AttendSmem {
+    float wm[NWARPS][8], wl[NWARPS][8];
+    __align__(16) float o[HT][D];
+    float2 blk[HT];
+    int last;
+    float2 ml[HT][SK];
+    float wgt[HT][SK];
+};
+
+// Split `split` of head tile y (KV head y / HTILES) of row b. In hga_step (`in_step`) it first waits
+// for the KV head's resolve.
+__device__ void attend_split(const HgaParams& P, int split, int y, int b, bool in_step, AttendSmem& sm) {
+    float (*wm_s)[8] = sm.wm;
+    float (*wl_s)[8] = sm.wl;
+    float (*o_s)[D] = sm.o;
+    float2* blk_s = sm.blk;
+    int& last_s = sm.last;
+    float2 (*ml_s)[SK] = sm.ml;
+    float (*wgt_s)[SK] = sm.wgt;
+    const int kvh = y / HTILES, h0 = (y % HTILES) * HT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
     const long long bk = bk_of(b, kvh);
+    if (in_step) wait_count(kv_resolved(P) + bk, 1);
     // The position, the union's size and the queries are loaded together (all are valid memory for an
     // inactive row too): one memory latency before the first token instead of three.
     const int pos = P.pos[b];
@@ -1239,7 +1351,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     // The last split to finish merges (its partials' writes are ordered before its counter update).
     __threadfence();
     __syncthreads();
-    int* done = P.done + (long long)b * (KVH * HTILES) + blockIdx.y;
+    int* done = P.done + (long long)b * (KVH * HTILES) + y;
     if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == SK - 1;
     __syncthreads();
     if (!last_s) return;
@@ -1273,4 +1385,62 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
         P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o);
     }
     if (threadIdx.x == 0) *done = 0;
+}
+
+extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
+    STEP_PROLOGUE();
+    __shared__ AttendSmem sm;
+    attend_split(P, blockIdx.x, blockIdx.y, blockIdx.z, false, sm);
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// hga_step: chunk score → select + resolve → attend of a whole step in one launch (for budgets whose
+// resolve fuses into the selection). The grid is persistent: blocks take work items from a queue in
+// dependency order, `chunk_items` scoring items per (row, KV head) of `span` chunk tiles each, then
+// the routing units, then the attention splits, and an item waits (spinning) only for items taken
+// before it, which running blocks hold: any grid size makes progress, and the step pays one launch
+// instead of three gaps between kernels. The last block out resets the queue and the counters.
+// grid (any; the runtime sizes it to what is resident at once), block NT.
+union StepSmem {
+    RouteSmem<NT> route;
+    AttendSmem attend;
+};
+
+extern "C" __global__ void __launch_bounds__(NT, 1) hga_step(HgaParams P, int chunk_items, int span) {
+    STEP_PROLOGUE();
+    __shared__ StepSmem sm;
+    __shared__ int item_s;
+    int* queue = step_queue(P);
+    const int B = P.batch;
+    const int n_score = B * KVH * chunk_items;
+    const int n_route = n_score + B * UNITS;
+    const int n_items = n_route + B * KVH * HTILES * SK;
+    while (true) {
+        __syncthreads();  // the last item's shared memory, and item_s, are free again
+        if (threadIdx.x == 0) item_s = atomicAdd(queue, 1);
+        __syncthreads();
+        const int it = item_s;
+        if (it >= n_items) break;
+        if (it < n_score) {
+            const int tile = it % chunk_items, kvh = (it / chunk_items) % KVH, b = it / (chunk_items * KVH);
+            if (chunk_score_tile<NT>(P, tile, span, kvh, b, sm.route.q_s)) signal_add(tiles_done(P) + bk_of(b, kvh));
+        } else if (it < n_route) {
+            const int x = it - n_score;
+            select_unit<NT>(P, x % UNITS, x / UNITS, true, true, span * CHUNK_TILE, sm.route);
+        } else {
+            const int x = it - n_route;
+            attend_split(P, x % SK, (x / SK) % (KVH * HTILES), x / (SK * KVH * HTILES), true, sm.attend);
+        }
+    }
+    __shared__ int last_s;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last_s = atomicAdd(queue + 1, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    // tiles_done and kv_resolved, then the queue and the exit count.
+    for (int i = threadIdx.x; i < 2 * B * KVH + 2; i += NT) tiles_done(P)[i] = 0;
 }

@@ -36,7 +36,11 @@ impl Rng {
     }
 }
 
+/// Median; NaN for no samples.
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -150,6 +154,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.sync()?;
         let graphs: Vec<_> =
             batches.iter_mut().map(|b| b.capture_step(b.max_candidates() + 4)).collect::<Result<_, _>>()?;
+        // The same step with route, fetch and attend as three launches (where hga_step is the default),
+        // timed in the same run for comparison.
+        let one_launch = batches[0].uses_step_kernel();
+        let mut split_graphs = Vec::new();
+        if one_launch {
+            for b in batches.iter_mut() {
+                b.set_step_kernel(false)?;
+                split_graphs.push(b.capture_step(b.max_candidates() + 4)?);
+                b.set_step_kernel(true)?;
+            }
+        }
         let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
         let n_cand = batches[0].max_candidates() as usize;
         for regime in ["hit", "miss"] {
@@ -158,6 +173,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut closing = Vec::new();
             let mut graph_steady = Vec::new();
             let mut graph_closing = Vec::new();
+            let mut graph_split = Vec::new();
             let mut misses = Vec::new();
             let events: Vec<_> = (0..=KERNELS.len()).map(|_| gpu.timer()).collect::<Result<_, _>>()?;
             for it in 0..iters {
@@ -169,20 +185,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     b.upload_q(&queries[it % copies])?;
                 }
                 let close_chunk = (context / c) as i32 - 1;
-                let mode = it % 5;
-                if mode == 3 || mode == 4 {
-                    // The whole step as one CUDA graph replay: steady, or closing a chunk.
+                let mode = it % if one_launch { 6 } else { 5 };
+                if mode >= 3 {
+                    // The whole step as one CUDA graph replay: steady, closing a chunk, or steady as
+                    // three launches.
                     b.upload_close(&[if mode == 4 { close_chunk } else { -1 }])?;
                     b.upload_new_kv(&kv_new, &kv_new)?;
-                    let g = &graphs[it % copies];
+                    let g = if mode == 5 { &split_graphs[it % copies] } else { &graphs[it % copies] };
                     let tm = gpu.timer()?;
                     tm.start()?;
                     b.launch_graph(g)?;
                     let us = tm.stop_us()?;
-                    if mode == 4 {
-                        graph_closing.push(us)
-                    } else {
-                        graph_steady.push(us)
+                    match mode {
+                        4 => graph_closing.push(us),
+                        5 => graph_split.push(us),
+                        _ => graph_steady.push(us),
                     }
                 } else if mode != 2 {
                     // Whole step, events only around it: a steady step (no chunk closes), or one whose
@@ -195,9 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if mode == 1 {
                         b.launch_summarize_kernel()?;
                     }
-                    b.launch_route()?;
-                    b.launch_fetch()?;
-                    b.launch_attend()?;
+                    b.launch_decode()?;
                     let us = tm.stop_us()?;
                     if mode == 1 {
                         closing.push(us)
@@ -239,7 +254,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let med: Vec<f64> = per_kernel.iter_mut().map(|v| median(v)).collect();
             let step_us = median(&mut whole);
             let closing_us = median(&mut closing);
-            let graph_us = (median(&mut graph_steady), median(&mut graph_closing));
+            let graph_us = (median(&mut graph_steady), median(&mut graph_closing), median(&mut graph_split));
             let miss = median(&mut misses);
             // Bytes each kernel must move at least (each input read once, each output written once).
             let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
@@ -253,8 +268,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (union * g + kvh * tok) * d * 2 * 2 + qh * lp.split_k as usize * (d + 2) * 4 * 2 + qh * d * 2,
             ];
             let total_bytes: usize = model_bytes.iter().sum();
-            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
-                graph_us.0, graph_us.1,
+            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"graph_three_launch_step_us\": {}, \"one_launch\": {one_launch}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+                graph_us.0, graph_us.1, if graph_us.2.is_nan() { "null".to_string() } else { format!("{:.2}", graph_us.2) },
                 KERNELS.iter().zip(&med).zip(&model_bytes).map(|((k, t), b)| format!("\"{k}\": {{\"us\": {t:.2}, \"bytes\": {b}}}")).collect::<Vec<_>>().join(", "));
             rows.push((context, regime, med, model_bytes, step_us, closing_us, graph_us, miss, union, n_cand));
         }
@@ -303,6 +318,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {:<14} {:>9.2} (steady), {:.2} (closing): one CUDA graph launch per step",
             "step as graph", graph_us.0, graph_us.1
         );
+        if !graph_us.2.is_nan() {
+            println!(
+                "  {:<14} {:>9.2} (steady): the graph with route, fetch and attend as three launches",
+                "  without hga_step", graph_us.2
+            );
+        }
         println!("  miss floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", miss * 8192.0 / 50e9 * 1e6);
     }
     if let Some(p) = json_path {

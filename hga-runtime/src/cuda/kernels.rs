@@ -41,6 +41,7 @@ pub struct DecodeKernels {
     compiled: Compiled,
     funcs: Vec<CudaFunction>,
     attributes: Vec<FuncAttributes>,
+    step_blocks: u32,
 }
 
 /// Oldest compute capability the generated kernels run on (`hga_attend`'s `mma.sync` m16n8k16 on
@@ -71,7 +72,14 @@ impl DecodeKernels {
             });
             funcs.push(f);
         }
-        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes })
+        // hga_step's persistent grid: as many blocks as are resident at once (more would only queue).
+        let step = &funcs[Kernel::Step as usize];
+        let per_sm = step.occupancy_max_active_blocks_per_multiprocessor(generated.launch.threads, 0, None)?;
+        let sms = gpu
+            .context()
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let step_blocks = per_sm.max(1) * sms.max(1) as u32;
+        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, step_blocks })
     }
 
     /// The spec.
@@ -90,6 +98,10 @@ impl DecodeKernels {
     pub fn attributes(&self) -> &[FuncAttributes] {
         &self.attributes
     }
+    /// Blocks of `hga_step` resident on the device at once (its grid's upper bound).
+    pub fn step_blocks(&self) -> u32 {
+        self.step_blocks
+    }
     pub(super) fn func(&self, k: Kernel) -> &CudaFunction {
         &self.funcs[k as usize]
     }
@@ -106,6 +118,7 @@ pub(super) enum Kernel {
     Select,
     Resolve,
     Attend,
+    Step,
 }
 
 /// Mirror of the generated `struct HgaParams` (same field order and C layout; raw device pointers).
