@@ -783,7 +783,7 @@ struct RouteSmem {
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
 // In hga_step (`in_step`) the unit first waits for its KV head's chunk scores, and the KV head is
 // flagged resolved (also when the row sits the step out); `step_span`: candidate chunks per scoring
-// item there. grid (UNITS, B), block SNT.
+// item there (0: the scores come from hga_chunk_score, launched before). grid (UNITS, B), block SNT.
 template <int THREADS>
 __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, bool in_step, int step_span,
                             RouteSmem<THREADS>& sm) {
@@ -795,7 +795,7 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     }
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
-    if (in_step) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + step_span - 1) / step_span);
+    if (in_step && step_span > 0) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + step_span - 1) / step_span);
     const long long ou = (long long)b * UNITS + u;
 #if SHARED
     float* cvals = P.chunk_mass + bk_of(b, kvh) * P.cap_chunks;
@@ -1234,13 +1234,14 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
         unsigned heads[PASS][2];
 #pragma unroll
-        for (int p = 0; p < PASS; ++p)
+        for (int p = 0; p < PASS; ++p) {
+            const bool live = s0 + p < my_steps;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int tok = t_begin + 16 * (s0 + p) + 8 * half + fg;
                 TokenRef ref;
-                heads[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &ref) : 0u;
-                if (s0 + p < my_steps && ref.k != nullptr) {
+                heads[p][half] = live ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &ref) : 0u;
+                if (live && ref.k != nullptr) {
                     load_quarter(ref.k, ft, kw[p][half]);
                     load_quarter(ref.v, ft, vw[p][half]);
                     if (ref.fill >= 0) {
@@ -1253,6 +1254,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                     for (int i = 0; i < WORDS; ++i) kw[p][half][i] = vw[p][half][i] = 0u;
                 }
             }
+        }
 #pragma unroll
         for (int p = 0; p < PASS; ++p) {
             if (s0 + p >= my_steps) break;
@@ -1310,14 +1312,20 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
             if (2 * ft + j < HT) { wm_s[warp][2 * ft + j] = m_r[j]; wl_s[warp][2 * ft + j] = l_r[j]; }
     }
     __syncthreads();
+    // The block's maximum and sum per head first; each lane then rescales its heads to that maximum.
+    if (threadIdx.x < HT) {
+        const int h = threadIdx.x;
+        float m = NEG_INF;
+        for (int v = 0; v < NWARPS; ++v) m = fmaxf(m, wm_s[v][h]);
+        float l = 0.f;
+        for (int v = 0; v < NWARPS; ++v) l += wm_s[v][h] == NEG_INF ? 0.f : wl_s[v][h] * expf(wm_s[v][h] - m);
+        blk_s[h] = make_float2(m, l);
+    }
+    __syncthreads();
     float sc[2];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        float m_blk = NEG_INF;
-        if (2 * ft + j < HT)
-            for (int v = 0; v < NWARPS; ++v) m_blk = fmaxf(m_blk, wm_s[v][2 * ft + j]);
-        sc[j] = m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - m_blk);
-    }
+    for (int j = 0; j < 2; ++j)
+        sc[j] = 2 * ft + j >= HT || m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - blk_s[2 * ft + j].x);
     for (int v = 0; v < NWARPS; ++v) {
         if (warp == v) {
 #pragma unroll
@@ -1331,15 +1339,6 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         }
         __syncthreads();
     }
-    if (threadIdx.x < HT) {
-        const int h = threadIdx.x;
-        float m = NEG_INF;
-        for (int v = 0; v < NWARPS; ++v) m = fmaxf(m, wm_s[v][h]);
-        float l = 0.f;
-        for (int v = 0; v < NWARPS; ++v) l += wm_s[v][h] == NEG_INF ? 0.f : wl_s[v][h] * expf(wm_s[v][h] - m);
-        blk_s[h] = make_float2(m, l);
-    }
-    __syncthreads();
     for (int x = threadIdx.x; x < HT * D; x += NT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + x / D) * SK + split;
         P.part_acc[row * D + x % D] = o_s[x / D][x % D];
@@ -1400,8 +1399,9 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
 // dependency order, `chunk_items` scoring items per (row, KV head) of `span` chunk tiles each, then
 // the routing units, then the attention splits, and an item waits (spinning) only for items taken
 // before it, which running blocks hold: any grid size makes progress, and the step pays one launch
-// instead of three gaps between kernels. The last block out resets the queue and the counters.
-// grid (any; the runtime sizes it to what is resident at once), block NT.
+// instead of three gaps between kernels. With chunk_items = 0 the scores come from hga_chunk_score,
+// launched before (long scans want its many small blocks). The last block out resets the queue and
+// the counters. grid (any; the runtime sizes it to what is resident at once), block NT.
 union StepSmem {
     RouteSmem<NT> route;
     AttendSmem attend;
