@@ -838,7 +838,7 @@ impl<'k> DecodeBatch<'k> {
         // is bandwidth-bound, and hga_chunk_score's many small blocks keep more loads in flight than
         // the step's few large ones (H200, 1M context: 84 µs per step with the scan inside, 72 without).
         let (items, span) = if tiles * b * kvh <= resident {
-            (tiles, 1)
+            (tiles, 1u32)
         } else {
             self.launch_chunk_score()?;
             (0, 0)
