@@ -156,7 +156,8 @@ mod tests {
             + b * kvh * ucap
             + b * qh * sk * 2
             + b * qh * sk * d
-            + b * kvh * (lp.head_tiles as u64 + 1))
+            + b * kvh * (lp.head_tiles as u64 + 3)
+            + 2)
     }
 
     #[test]
