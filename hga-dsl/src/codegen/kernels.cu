@@ -77,6 +77,39 @@ struct HgaParams {
     } while (0)
 #endif
 
+// Step trace, compiled in only with -DHGA_TRACE (hga_runtime::jit::Jit::traced): for each event of
+// TraceEvent, the earliest and the latest %globaltimer (ns) at which a block's thread 0 reached it,
+// folded atomically into hga_trace[2e] and [2e + 1] (the host resets them before a step). Reduction
+// atomics: a block does not wait for them.
+enum TraceEvent {
+    TR_SCORE_BEGIN, TR_SCORE_END,
+    TR_SELECT_BEGIN, TR_CHUNKS_SELECTED, TR_GROUPS_SCORED, TR_GROUPS_SELECTED,
+    TR_RESOLVE_BEGIN, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
+    TR_ATTEND_BEGIN, TR_ATTEND_LOADED, TR_ATTEND_TOKENS, TR_ATTEND_PARTIALS, TR_MERGE_BEGIN, TR_MERGE_END,
+    TR_EVENTS
+};
+#ifdef HGA_TRACE
+__device__ unsigned long long hga_trace[2 * TR_EVENTS];
+// `dep`: a value the timer read waits for (a load's result arrives only when it is first used).
+__device__ __forceinline__ void trace_event(int e, int dep) {
+    if (threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) : "r"(dep) : "memory");
+        atomicMin(&hga_trace[2 * e], t);
+        atomicMax(&hga_trace[2 * e + 1], t);
+    }
+}
+#define TRACE(e) trace_event(e, 0)
+#define TRACE_AFTER(e, dep) trace_event(e, dep)
+#else
+#define TRACE(e) \
+    do {         \
+    } while (0)
+#define TRACE_AFTER(e, dep) \
+    do {                    \
+    } while (0)
+#endif
+
 #define NEG_INF (__int_as_float(0xff800000))
 #define POS_INF (__int_as_float(0x7f800000))
 
@@ -667,26 +700,28 @@ __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf
 // ---------------------------------------------------------------------------------------------------
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
-// `span` tiles from tile `tile * span` of (row b, KV head kvh); returns whether they hold candidates.
+// Tile `tile` of (row b, KV head kvh); returns whether it holds candidates.
 template <int THREADS>
-__device__ bool chunk_score_tile(const HgaParams& P, int tile, int span, int kvh, int b, float (*q_s)[D]) {
+__device__ bool chunk_score_tile(const HgaParams& P, int tile, int kvh, int b, float (*q_s)[D]) {
     const int pos = P.pos[b];
     if (pos < 0) return false;
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
-    const int i0 = tile * span * CHUNK_TILE;
+    const int i0 = tile * CHUNK_TILE;
     if (i0 >= n_cand) return false;
-    const int i1 = min(n_cand, i0 + span * CHUNK_TILE);
+    const int i1 = min(n_cand, i0 + CHUNK_TILE);
+    TRACE(TR_SCORE_BEGIN);
     const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
     score_heads<THREADS>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
                          P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    TRACE(TR_SCORE_END);
     return true;
 }
 
 extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
     STEP_PROLOGUE();
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    chunk_score_tile<CNT>(P, blockIdx.x, 1, blockIdx.y, blockIdx.z, q_s);
+    chunk_score_tile<CNT>(P, blockIdx.x, blockIdx.y, blockIdx.z, q_s);
 }
 
 // Summed softmax mass over the GQA query heads of KV head kvh (shared routing), written to mass[0..n).
@@ -782,10 +817,10 @@ struct RouteSmem {
 // With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
 // In hga_step (`in_step`) the unit first waits for its KV head's chunk scores, and the KV head is
-// flagged resolved (also when the row sits the step out); `step_span`: candidate chunks per scoring
-// item there (0: the scores come from hga_chunk_score, launched before). grid (UNITS, B), block SNT.
+// flagged resolved (also when the row sits the step out); `scores_in_step`: the chunk scores come from
+// items of the same launch (else from hga_chunk_score, launched before). grid (UNITS, B), block SNT.
 template <int THREADS>
-__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, bool in_step, int step_span,
+__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, bool in_step, bool scores_in_step,
                             RouteSmem<THREADS>& sm) {
     const int pos = P.pos[b];
     const int kvh = SHARED ? u : u / GQA;
@@ -795,7 +830,8 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     }
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
-    if (in_step && step_span > 0) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + step_span - 1) / step_span);
+    if (in_step && scores_in_step) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + CHUNK_TILE - 1) / CHUNK_TILE);
+    TRACE(TR_SELECT_BEGIN);
     const long long ou = (long long)b * UNITS + u;
 #if SHARED
     float* cvals = P.chunk_mass + bk_of(b, kvh) * P.cap_chunks;
@@ -807,6 +843,7 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     const int nsel = block_select<THREADS>(cvals, n_cand, P.kce, sel, w.sinks_end, sm.u.sel);
     if (threadIdx.x == 0) P.n_sel_chunk[ou] = nsel;
     __syncthreads();
+    TRACE(TR_CHUNKS_SELECTED);
     // The selected chunks' groups, ascending (the chunks are).
     const int kg = P.kce * GPC;
     const int n = nsel * GPC;
@@ -818,6 +855,7 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     score_heads<THREADS>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
                          P.group_score + ((long long)b * QH + qh_unit) * kg, kg, sm.q_s);
     __syncthreads();
+    TRACE(TR_GROUPS_SCORED);
 #if SHARED
     float* gvals = P.group_mass + bk_of(b, kvh) * kg;
     shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, sm.red);
@@ -831,6 +869,7 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     // through L2: no L1 line of the lists may go stale for the block that resolves below.)
     for (int r = threadIdx.x; r < cnt; r += THREADS) out[r] = cand[__ldcg(&out[r])];
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
+    TRACE(TR_GROUPS_SELECTED);
     if (!fuse_resolve) return;
     // The last unit of the KV head to finish resolves it (its lists' writes are ordered before the
     // counter update, as in hga_attend's merge).
@@ -855,7 +894,7 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
 extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
     STEP_PROLOGUE();
     __shared__ RouteSmem<SNT> sm;
-    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, false, 0, sm);
+    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, false, false, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -886,6 +925,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     int* hfirst = sm.hfirst;
     unsigned* hmask = sm.hmask;
     if (P.pos[b] < 0) return;
+    TRACE(TR_RESOLVE_BEGIN);
     const long long bk = bk_of(b, kvh);
     const int kge = P.kge;
     const int n_units = SHARED ? 1 : GQA;
@@ -983,6 +1023,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     }
     }
     __syncthreads();
+    TRACE(TR_RESOLVE_UNION);
     // Hits keep their slot (stamped: not evictable this step); misses are listed.
     int n_miss = 0;
     for (int i0 = 0; i0 < n_u; i0 += THREADS) {
@@ -1004,6 +1045,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     const int hand = state[1];
     if (threadIdx.x == 0) new_hand = hand;
     __syncthreads();
+    TRACE(TR_RESOLVE_LISTED);
     int assigned = 0;
     for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += THREADS) {
         const int off = scanned + threadIdx.x;
@@ -1032,6 +1074,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
         state[2] = n_miss;
         state[3] = n_miss - assigned;
     }
+    TRACE(TR_RESOLVE_END);
 }
 
 extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
@@ -1199,6 +1242,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
     const long long bk = bk_of(b, kvh);
     if (in_step) wait_count(kv_resolved(P) + bk, 1);
+    TRACE(TR_ATTEND_BEGIN);
     // The position, the union's size and the queries are loaded together (all are valid memory for an
     // inactive row too): one memory latency before the first token instead of three.
     const int pos = P.pos[b];
@@ -1220,6 +1264,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     const int t_begin = split * per * 16, t_end = min(n_total, (split + 1) * per * 16);
     const int my_steps = t_end > t_begin ? (t_end - t_begin + 15) / 16 : 0;
     if (split == 0 && h0 == 0 && threadIdx.x == 0) P.n_att[bk] = n_total;
+    TRACE_AFTER(TR_ATTEND_LOADED, n_total + (int)qb[0]);
     // Every warp runs its own online softmax over its 16-token steps (warp, warp + NWARPS, ... of the
     // split): no block barrier until the warps' results are combined. Tokens and dimensions are the M
     // side of the tiles, the block's heads the N side: Sᵀ = K·Qᵀ, then Oᵀ += Vᵀ·Pᵀ. Lane (fg, ft) keeps
@@ -1304,6 +1349,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
             }
         }
     }
+    TRACE_AFTER(TR_ATTEND_TOKENS, __float_as_int(l_r[0] + acc[0][0]));
     // The block's split: its warps' partial results rescaled to the block's maximum and summed, in warp
     // order (the same sum every run).
     if (fg == 0) {
@@ -1347,6 +1393,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         const long long row = ((long long)b * QH + kvh * GQA + h0 + threadIdx.x) * SK + split;
         *(float2*)&P.part_ml[row * 2] = blk_s[threadIdx.x];
     }
+    TRACE(TR_ATTEND_PARTIALS);
     // The last split to finish merges (its partials' writes are ordered before its counter update).
     __threadfence();
     __syncthreads();
@@ -1355,6 +1402,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     __syncthreads();
     if (!last_s) return;
     __threadfence();
+    TRACE(TR_MERGE_BEGIN);
     // Each head's split weights exp(m_s - m) / l once, then every output element in one round of
     // independent loads (SK is a compile-time constant).
     for (int x = threadIdx.x; x < HT * SK; x += NT) {
@@ -1383,6 +1431,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         for (int s = 0; s < SK; ++s) o += wgt_s[h][s] * __ldcg(&P.part_acc[(row + s) * D + d]);
         P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o);
     }
+    TRACE(TR_MERGE_END);
     if (threadIdx.x == 0) *done = 0;
 }
 
@@ -1396,7 +1445,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
 // ---------------------------------------------------------------------------------------------------
 // hga_step: chunk score → select + resolve → attend of a whole step in one launch (for budgets whose
 // resolve fuses into the selection). The grid is persistent: blocks take work items from a queue in
-// dependency order, `chunk_items` scoring items per (row, KV head) of `span` chunk tiles each, then
+// dependency order, `chunk_items` scoring items (chunk tiles) per (row, KV head), then
 // the routing units, then the attention splits, and an item waits (spinning) only for items taken
 // before it, which running blocks hold: any grid size makes progress, and the step pays one launch
 // instead of three gaps between kernels. With chunk_items = 0 the scores come from hga_chunk_score,
@@ -1407,7 +1456,7 @@ union StepSmem {
     AttendSmem attend;
 };
 
-extern "C" __global__ void __launch_bounds__(NT, 1) hga_step(HgaParams P, int chunk_items, int span) {
+extern "C" __global__ void __launch_bounds__(NT, 1) hga_step(HgaParams P, int chunk_items) {
     STEP_PROLOGUE();
     __shared__ StepSmem sm;
     __shared__ int item_s;
@@ -1424,10 +1473,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) hga_step(HgaParams P, int ch
         if (it >= n_items) break;
         if (it < n_score) {
             const int tile = it % chunk_items, kvh = (it / chunk_items) % KVH, b = it / (chunk_items * KVH);
-            if (chunk_score_tile<NT>(P, tile, span, kvh, b, sm.route.q_s)) signal_add(tiles_done(P) + bk_of(b, kvh));
+            if (chunk_score_tile<NT>(P, tile, kvh, b, sm.route.q_s)) signal_add(tiles_done(P) + bk_of(b, kvh));
         } else if (it < n_route) {
             const int x = it - n_score;
-            select_unit<NT>(P, x % UNITS, x / UNITS, true, true, span * CHUNK_TILE, sm.route);
+            select_unit<NT>(P, x % UNITS, x / UNITS, true, true, chunk_items > 0, sm.route);
         } else {
             const int x = it - n_route;
             attend_split(P, x % SK, (x / SK) % (KVH * HTILES), x / (SK * KVH * HTILES), true, sm.attend);

@@ -58,6 +58,29 @@ pub const ENTRY_POINTS: [&str; 9] = [
     "hga_step",
 ];
 
+/// Events of the step trace, in the order of the source's `enum TraceEvent`: where a block of the
+/// step's kernels is when it records each. Compiled in only with the `HGA_TRACE` define (the runtime's
+/// `Jit::traced`), which records, per event, the earliest and the latest GPU global time at which a
+/// block reached it.
+pub const TRACE_EVENTS: [&str; 16] = [
+    "chunk score: begin",
+    "chunk score: end",
+    "select: begin",
+    "select: chunks selected",
+    "select: groups scored",
+    "select: groups selected",
+    "resolve: begin",
+    "resolve: union built",
+    "resolve: hits and misses listed",
+    "resolve: end",
+    "attend: begin",
+    "attend: position, union size, queries loaded",
+    "attend: tokens attended (warp 0)",
+    "attend: partials written",
+    "merge: begin",
+    "merge: end",
+];
+
 /// Launch parameters derived from the spec; the runtime sizes grids and scratch buffers from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchParams {
@@ -269,6 +292,16 @@ mod tests {
     #[test]
     fn resolve_staging_matches_the_source() {
         assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
+    }
+
+    #[test]
+    fn trace_events_match_the_source_enum() {
+        let start = KERNELS.find("enum TraceEvent {").expect("the trace enum") + "enum TraceEvent {".len();
+        let body = &KERNELS[start..start + KERNELS[start..].find('}').unwrap()];
+        let names: Vec<&str> = body.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        assert_eq!(names.last(), Some(&"TR_EVENTS"));
+        assert_eq!(names.len() - 1, TRACE_EVENTS.len(), "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("TR_")));
     }
 
     #[test]

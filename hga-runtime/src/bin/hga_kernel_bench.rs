@@ -2,8 +2,11 @@
 //! Qwen3-30B-A3B shape (32 q heads, 4 KV heads, d 128) at 64K and 1M context, batch 1, next to two
 //! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
 //!
-//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N]` (kernel parameters default
-//! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
+//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace]` (kernel parameters default
+//! to `KernelParams::default()`). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
+//! the timings, prints when the first and the last block reached each point of the step (mean over
+//! `--iters` graph replays, µs from the first block's start), for both the one-launch and the
+//! three-launch step. Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
 //! every step: groups read by `hga_attend` from mapped pinned host memory). Whole steps are timed as separate
@@ -51,7 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json_path = arg("--json");
     let iters: usize = arg("--iters").map(|s| s.parse()).transpose()?.unwrap_or(200);
     let gpu = Gpu::open(0)?;
-    let jit = Jit::from_env()?;
+    let trace = args.iter().any(|a| a == "--trace");
+    let jit = if trace { Jit::from_env()?.traced() } else { Jit::from_env()? };
     let mut kp = hga_dsl::KernelParams::default();
     if let Some(t) = arg("--threads") {
         kp.threads = t.parse()?;
@@ -168,6 +172,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
         let n_cand = batches[0].max_candidates() as usize;
         for regime in ["hit", "miss"] {
+            if trace {
+                println!(
+                    "\ncontext {}K, batch 1, {regime}: step trace, µs from the first block's start",
+                    context / 1024
+                );
+                let mut paths = vec![("one launch", &graphs)];
+                if one_launch {
+                    paths.push(("three launches", &split_graphs));
+                }
+                for (what, gs) in paths {
+                    let mut sum = vec![(0.0f64, 0.0f64, 0usize); hga_dsl::codegen::TRACE_EVENTS.len()];
+                    for it in 0..iters {
+                        let b = &mut batches[it % copies];
+                        if regime == "miss" {
+                            let q: Vec<u16> = (0..qh * d).map(|_| rng.bf16()).collect();
+                            b.upload_q(&q)?;
+                        } else {
+                            b.upload_q(&queries[it % copies])?;
+                        }
+                        b.upload_close(&[-1])?;
+                        b.upload_new_kv(&kv_new, &kv_new)?;
+                        kernels.reset_trace(&st)?;
+                        b.launch_graph(&gs[it % copies])?;
+                        let spans = kernels.read_trace(&st)?;
+                        let Some(t0) = spans.iter().filter_map(|s| s.first_ns).min() else { continue };
+                        for (acc, s) in sum.iter_mut().zip(&spans) {
+                            if let (Some(f), Some(l)) = (s.first_ns, s.last_ns) {
+                                acc.0 += (f - t0) as f64 / 1e3;
+                                acc.1 += (l - t0) as f64 / 1e3;
+                                acc.2 += 1;
+                            }
+                        }
+                    }
+                    println!("  {what}:");
+                    for (e, (f, l, n)) in hga_dsl::codegen::TRACE_EVENTS.iter().zip(sum) {
+                        if n > 0 {
+                            println!("    {e:<46} first {:>7.2}  last {:>7.2}", f / n as f64, l / n as f64);
+                        }
+                    }
+                }
+                continue;
+            }
             let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
             let mut whole = Vec::new();
             let mut closing = Vec::new();

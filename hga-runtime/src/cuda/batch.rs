@@ -837,14 +837,14 @@ impl<'k> DecodeBatch<'k> {
         // The chunk scan joins hga_step while it is one tile per resident block at most; a longer scan
         // is bandwidth-bound, and hga_chunk_score's many small blocks keep more loads in flight than
         // the step's few large ones (H200, 1M context: 84 µs per step with the scan inside, 72 without).
-        let (items, span) = if tiles * b * kvh <= resident {
-            (tiles, 1u32)
+        let items = if tiles * b * kvh <= resident {
+            tiles
         } else {
             self.launch_chunk_score()?;
-            (0, 0)
+            0
         };
         let total = b * kvh * items + b * self.lp.units + b * kvh * self.lp.head_tiles * self.lp.split_k;
-        let args = [Arg::Int(items as i32), Arg::Int(span as i32)];
+        let args = [Arg::Int(items as i32)];
         self.launch(Kernel::Step, (total.min(resident), 1, 1), self.lp.threads, &args)
     }
 
