@@ -41,7 +41,8 @@ struct HgaParams {
     int* slot_stamp;          // [B*KVH][part_slots] step that last used the slot
     int* part_state;          // [B*KVH][4]: step id, clock hand, misses of the last step, misses
                               //   left without a slot (read from host, not cached)
-    int* miss_list;           // [B][KVH][ucap] scratch: union entries that missed
+    int* miss_list;           // [B][KVH][ucap] scratch: union entries that missed, past the resolve's
+                              //   shared memory (RESOLVE_SMEM)
     const unsigned long long* group_addr;
     elem_t* slots;
     float* part_ml;           // [B][QH][SK][2] running max and sum of each split
@@ -84,8 +85,9 @@ struct HgaParams {
 enum TraceEvent {
     TR_SCORE_BEGIN, TR_SCORE_END,
     TR_SELECT_BEGIN, TR_CHUNKS_SELECTED, TR_GROUPS_SCORED, TR_GROUPS_SELECTED,
-    TR_RESOLVE_BEGIN, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
-    TR_ATTEND_BEGIN, TR_ATTEND_LOADED, TR_ATTEND_TOKENS, TR_ATTEND_PARTIALS, TR_MERGE_BEGIN, TR_MERGE_END,
+    TR_RESOLVE_BEGIN, TR_RESOLVE_STAGED, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
+    TR_ATTEND_BEGIN, TR_ATTEND_LOADED, TR_ATTEND_TOKENS, TR_ATTEND_COMBINED, TR_ATTEND_PARTIALS,
+    TR_MERGE_BEGIN, TR_MERGE_END,
     TR_EVENTS
 };
 #ifdef HGA_TRACE
@@ -433,6 +435,34 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     return cnt;
 }
 
+// block_select for n <= THREADS, through a map: writes map(i) for the best k of vals[0..n) (the
+// CPU's ranking) to out in ascending order of i; returns min(k, n). Thread i ranks value i against all
+// of them in shared memory and output positions come from warp ballots: one load and two barriers,
+// where block_select takes several rounds of each. map(i)'s loads are issued with the value's. Every
+// thread of the block must call it; the block must have THREADS threads.
+template <int THREADS, typename Map>
+__device__ int block_select_few(const float* vals, int n, int k, int* out, Map map, SelectSmem<THREADS>& sm) {
+    const int cnt = min(k, n);
+    const int i = threadIdx.x, warp = i >> 5, lane = i & 31;
+    const bool have = i < n;
+    const float v = have ? vals[i] : NEG_INF;
+    const int mapped = have ? map(i) : 0;
+    sm.tmax_v[i] = v;
+    __syncthreads();
+    int r = 0;
+    if (have && cnt < n) {
+        for (int j = 0; j < n; ++j) r += better(sm.tmax_v[j], j, v, i);
+    }
+    const bool take = have && r < cnt;
+    const unsigned ballot = __ballot_sync(0xffffffffu, take);
+    if (lane == 0) sm.cand_i[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0;
+    for (int w = 0; w < warp; ++w) before += sm.cand_i[w];
+    if (take) out[before + __popc(ballot & ((1u << lane) - 1u))] = mapped;
+    return cnt;
+}
+
 __device__ __forceinline__ long long bk_of(int b, int kvh) { return (long long)b * KVH + kvh; }
 
 // The host record of group g of (row b, KV head kvh), or null.
@@ -684,12 +714,29 @@ __device__ void stage_queries(const HgaParams& P, int b, int qh0, int nh, float 
     __syncthreads();
 }
 
+// Prefetches into L1 the rows that score_rows' first round loads (a lane per row reads its lines).
+template <typename RowOf>
+__device__ void prefetch_rows(const bf16_t* table, RowOf row_of, int i0, int i1) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    if ((lane & 7) != 0) return;
+#pragma unroll
+    for (int s = 0; s < SB; ++s) {
+        const int i = i0 + warp * 4 + s * nw * 4 + (lane >> 3);
+        if (i >= i1) continue;
+        const bf16_t* row = table + (long long)row_of(i) * (SV * D);
+#pragma unroll
+        for (int x = 0; x < SV * D; x += 64) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + x));
+    }
+}
+
 // Scores of summary rows i0 .. i1 (table row row_of(i)) against query heads qh0 .. qh0 + nh of row b,
-// staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. Starts with a block barrier
-// (stage_queries'), so the caller's writes that row_of reads are visible. Every thread must call it.
+// staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. The first round's rows are
+// prefetched before the queries are staged, so that the two loads' latencies overlap: row_of must be
+// readable on entry. Every thread must call it.
 template <int THREADS, typename RowOf>
 __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf16_t* table, RowOf row_of, int i0,
                             int i1, float* out, long long out_stride, float (*q_s)[D]) {
+    prefetch_rows(table, row_of, i0, i1);
     for (int h0 = 0; h0 < nh; h0 += GQA_TILE_Q) {
         const int n = min(GQA_TILE_Q, nh - h0);
         stage_queries<THREADS>(P, b, qh0 + h0, n, q_s);
@@ -791,6 +838,8 @@ __device__ __forceinline__ void wait_count(const int* counter, int target) {
 struct ResolveSmem {
     int new_hand;
     int lists[RESOLVE_SMEM];
+    int uni[RESOLVE_SMEM];   // the union's first RESOLVE_SMEM groups (also in P.uni_group)
+    int miss[RESOLVE_SMEM];  // the first RESOLVE_SMEM misses (the rest in P.miss_list)
     int cnt[GQA];
     int hkey[HASH_CAP];
     int hfirst[HASH_CAP];
@@ -801,11 +850,15 @@ template <int THREADS>
 __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm);
 
 // Shared memory of select_unit (the selection's and the resolve's are never live together).
+#define ROUTE_SEL_SMEM 256
+#define ROUTE_CAND_SMEM 1024
 template <int THREADS>
 struct RouteSmem {
     float red[32];
     __align__(16) float q_s[GQA_TILE_Q][D];
     int last;
+    int sel_s[ROUTE_SEL_SMEM];    // the selected chunks, where kce fits
+    int cand_s[ROUTE_CAND_SMEM];  // their first ROUTE_CAND_SMEM candidate groups
     union {
         SelectSmem<THREADS> sel;
         ResolveSmem res;
@@ -840,19 +893,31 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     const float* cvals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
 #endif
     int* sel = P.sel_chunk + ou * P.kce;
-    const int nsel = block_select<THREADS>(cvals, n_cand, P.kce, sel, w.sinks_end, sm.u.sel);
+    // The selection goes to shared memory where it fits (read right below), and is copied out after.
+    int* sel_w = P.kce <= ROUTE_SEL_SMEM ? sm.sel_s : sel;
+    const int nsel = n_cand <= THREADS
+                         ? block_select_few<THREADS>(cvals, n_cand, P.kce, sel_w, [&](int i) { return w.sinks_end + i; }, sm.u.sel)
+                         : block_select<THREADS>(cvals, n_cand, P.kce, sel_w, w.sinks_end, sm.u.sel);
     if (threadIdx.x == 0) P.n_sel_chunk[ou] = nsel;
     __syncthreads();
     TRACE(TR_CHUNKS_SELECTED);
+    if (sel_w != sel) {
+        for (int i = threadIdx.x; i < nsel; i += THREADS) sel[i] = sel_w[i];
+    }
     // The selected chunks' groups, ascending (the chunks are).
     const int kg = P.kce * GPC;
     const int n = nsel * GPC;
     int* cand = P.group_cand + ou * (long long)kg;
-    for (int i = threadIdx.x; i < n; i += THREADS) cand[i] = sel[i / GPC] * GPC + i % GPC;
+    for (int i = threadIdx.x; i < n; i += THREADS) {
+        const int g = sel_w[i / GPC] * GPC + i % GPC;
+        cand[i] = g;
+        if (i < ROUTE_CAND_SMEM) sm.cand_s[i] = g;
+    }
+    __syncthreads();
+    auto cand_at = [&](int i) { return i < ROUTE_CAND_SMEM ? sm.cand_s[i] : cand[i]; };
     const bf16_t* table = P.group_sum + bk_of(b, kvh) * P.cap_groups * (long long)(SV * D);
     const int qh_unit = SHARED ? u * GQA : u;
-    // (score_heads' first barrier publishes cand.)
-    score_heads<THREADS>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
+    score_heads<THREADS>(P, b, qh_unit, UNIT_HEADS, table, cand_at, 0, n,
                          P.group_score + ((long long)b * QH + qh_unit) * kg, kg, sm.q_s);
     __syncthreads();
     TRACE(TR_GROUPS_SCORED);
@@ -863,11 +928,16 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     const float* gvals = P.group_score + ((long long)b * QH + u) * kg;
 #endif
     int* out = P.sel_group + ou * P.kge;
-    const int cnt = block_select<THREADS>(gvals, n, P.kge, out, 0, sm.u.sel);
-    __syncthreads();
-    // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
-    // through L2: no L1 line of the lists may go stale for the block that resolves below.)
-    for (int r = threadIdx.x; r < cnt; r += THREADS) out[r] = cand[__ldcg(&out[r])];
+    int cnt;
+    if (n <= THREADS) {
+        cnt = block_select_few<THREADS>(gvals, n, P.kge, out, cand_at, sm.u.sel);
+    } else {
+        cnt = block_select<THREADS>(gvals, n, P.kge, out, 0, sm.u.sel);
+        __syncthreads();
+        // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
+        // through L2: no L1 line of the lists may go stale for the block that resolves below.)
+        for (int r = threadIdx.x; r < cnt; r += THREADS) out[r] = cand_at(__ldcg(&out[r]));
+    }
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
     TRACE(TR_GROUPS_SELECTED);
     if (!fuse_resolve) return;
@@ -940,6 +1010,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     }
     for (int h = threadIdx.x; h < n_units; h += THREADS) cnt_s[h] = __ldcg(&cnt_g[h]);
     __syncthreads();
+    TRACE(TR_RESOLVE_STAGED);
     const int* sel = staged ? lists_s : sel_g;
     const int* cnt = cnt_s;
     int* state = P.part_state + bk * 4;
@@ -985,6 +1056,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
             n_u += total;
             if (first) {
                 P.uni_group[ue0 + idx] = sel[e];
+                if (idx < RESOLVE_SMEM) sm.uni[idx] = sel[e];
                 // Masks wider than 32 units (GQA > 32) come from the list searches below.
                 if (MW == 1) P.uni_mask[ue0 + idx] = hmask[x];
                 else {
@@ -1017,6 +1089,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
                     if (list_has(sel + h2 * kge, cnt[h2], g)) mask[h2 >> 5] |= 1u << (h2 & 31);
             }
             P.uni_group[ue0 + idx] = g;
+            if (idx < RESOLVE_SMEM) sm.uni[idx] = g;
 #pragma unroll
             for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
         }
@@ -1024,11 +1097,14 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     }
     __syncthreads();
     TRACE(TR_RESOLVE_UNION);
-    // Hits keep their slot (stamped: not evictable this step); misses are listed.
+    // Hits keep their slot (stamped: not evictable this step); misses are listed. The union and the
+    // miss list are read back from shared memory where they fit (this block wrote both).
+    auto uni_at = [&](int i) { return i < RESOLVE_SMEM ? sm.uni[i] : P.uni_group[ue0 + i]; };
     int n_miss = 0;
     for (int i0 = 0; i0 < n_u; i0 += THREADS) {
         const int i = i0 + threadIdx.x;
-        const int s = i < n_u ? slot_of[P.uni_group[ue0 + i]] : -1;
+        const int g = i < n_u ? uni_at(i) : -1;
+        const int s = i < n_u ? slot_of[g] : -1;
         const bool miss = i < n_u && s < 0;
         int total;
         const int m = n_miss + block_prefix_count(miss, &total);
@@ -1037,8 +1113,9 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
             if (s >= 0) stamp[s] = step;
             P.uni_slot[ue0 + i] = s >= 0 ? s : NO_SLOT;
             if (miss) {
-                P.miss_list[ue0 + m] = i;
-                if (host_record(P, bk, P.uni_group[ue0 + i]) == nullptr) atomicAdd(P.error, 1);
+                if (m < RESOLVE_SMEM) sm.miss[m] = i;
+                else P.miss_list[ue0 + m] = i;
+                if (host_record(P, bk, g) == nullptr) atomicAdd(P.error, 1);
             }
         }
     }
@@ -1054,8 +1131,8 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
         int total;
         const int m = assigned + block_prefix_count(ok, &total);
         if (ok && m < n_miss) {
-            const int i = P.miss_list[ue0 + m];
-            const int g = P.uni_group[ue0 + i];
+            const int i = m < RESOLVE_SMEM ? sm.miss[m] : P.miss_list[ue0 + m];
+            const int g = uni_at(i);
             const int old = owner[s];
             if (old >= 0) slot_of[old] = -1;
             owner[s] = g;
@@ -1274,25 +1351,36 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
 #pragma unroll
     for (int i = 0; i < WORDS / 2; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.f, 0.f};
+    // A pass's token references (union entry -> slot or host record) are resolved while the pass
+    // before it loads its rows: one memory latency per pass on the critical path instead of two.
+    TokenRef refs[PASS][2];
+    unsigned heads_next[PASS][2];
+    auto resolve_pass = [&](int s0) {
+#pragma unroll
+        for (int p = 0; p < PASS; ++p)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int tok = t_begin + 16 * (s0 + p) + 8 * half + fg;
+                refs[p][half] = TokenRef{nullptr, nullptr, -1};
+                heads_next[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &refs[p][half]) : 0u;
+            }
+    };
+    resolve_pass(warp * PASS);
     for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
         // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
         unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
         unsigned heads[PASS][2];
+        long long fill[PASS][2];
 #pragma unroll
         for (int p = 0; p < PASS; ++p) {
-            const bool live = s0 + p < my_steps;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                const int tok = t_begin + 16 * (s0 + p) + 8 * half + fg;
-                TokenRef ref;
-                heads[p][half] = live ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &ref) : 0u;
-                if (live && ref.k != nullptr) {
+                const TokenRef ref = refs[p][half];
+                heads[p][half] = heads_next[p][half];
+                fill[p][half] = ref.fill;
+                if (ref.k != nullptr) {
                     load_quarter(ref.k, ft, kw[p][half]);
                     load_quarter(ref.v, ft, vw[p][half]);
-                    if (ref.fill >= 0) {
-                        store_quarter(P.slots + ref.fill, ft, kw[p][half]);
-                        store_quarter(P.slots + ref.fill + G * D, ft, vw[p][half]);
-                    }
                 } else {
                     // Rows past the end (or without a record) are zero and masked: 0 * garbage could be NaN.
 #pragma unroll
@@ -1300,6 +1388,16 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                 }
             }
         }
+        if (s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
+        // Missed rows go into their slots (after the next pass's references: a store waits for its data).
+#pragma unroll
+        for (int p = 0; p < PASS; ++p)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+                if (fill[p][half] >= 0) {
+                    store_quarter(P.slots + fill[p][half], ft, kw[p][half]);
+                    store_quarter(P.slots + fill[p][half] + G * D, ft, vw[p][half]);
+                }
 #pragma unroll
         for (int p = 0; p < PASS; ++p) {
             if (s0 + p >= my_steps) break;
@@ -1385,6 +1483,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         }
         __syncthreads();
     }
+    TRACE(TR_ATTEND_COMBINED);
     for (int x = threadIdx.x; x < HT * D; x += NT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + x / D) * SK + split;
         P.part_acc[row * D + x % D] = o_s[x / D][x % D];
@@ -1403,12 +1502,20 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     if (!last_s) return;
     __threadfence();
     TRACE(TR_MERGE_BEGIN);
-    // Each head's split weights exp(m_s - m) / l once, then every output element in one round of
-    // independent loads (SK is a compile-time constant).
-    for (int x = threadIdx.x; x < HT * SK; x += NT) {
-        const long long row = ((long long)b * QH + kvh * GQA + h0 + x / SK) * SK + x % SK;
-        ml_s[x / SK][x % SK] = __ldcg((const float2*)&P.part_ml[row * 2]);
-    }
+    // Each thread merges four consecutive output elements. The partial accumulators of the first
+    // MERGE_PRE splits are loaded before the split weights (exp(m_s - m) / l per head) are computed,
+    // so the two loads' latencies overlap; later rounds (HT * D > 4 * NT) load theirs at once too.
+    constexpr int MERGE_PRE = SK < 16 ? SK : 16;
+    constexpr int X4 = HT * D / 4;
+    const long long row0 = ((long long)b * QH + kvh * GQA + h0) * SK;
+    float4 pre[MERGE_PRE];
+    auto load_pre = [&](int x) {
+        const long long at = (row0 + (long long)(4 * x / D) * SK) * D + 4 * x % D;
+#pragma unroll
+        for (int s = 0; s < MERGE_PRE; ++s) pre[s] = __ldcg((const float4*)&P.part_acc[at + (long long)s * D]);
+    };
+    if (threadIdx.x < X4) load_pre(threadIdx.x);
+    for (int x = threadIdx.x; x < HT * SK; x += NT) ml_s[x / SK][x % SK] = __ldcg((const float2*)&P.part_ml[(row0 + x) * 2]);
     __syncthreads();
     if (threadIdx.x < HT) {
         const int h = threadIdx.x;
@@ -1423,13 +1530,23 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         for (int s = 0; s < SK; ++s) wgt_s[h][s] /= l;
     }
     __syncthreads();
-    for (int x = threadIdx.x; x < HT * D; x += NT) {
-        const int h = x / D, d = x % D;
-        const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK;
-        float o = 0.f;
+    for (int x = threadIdx.x; x < X4; x += NT) {
+        if (x != threadIdx.x) load_pre(x);
+        const int h = 4 * x / D, d = 4 * x % D;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        auto add = [&](int s, float4 v) {
+            const float wv = wgt_s[h][s];
+            o.x += wv * v.x;
+            o.y += wv * v.y;
+            o.z += wv * v.z;
+            o.w += wv * v.w;
+        };
 #pragma unroll
-        for (int s = 0; s < SK; ++s) o += wgt_s[h][s] * __ldcg(&P.part_acc[(row + s) * D + d]);
-        P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o);
+        for (int s = 0; s < MERGE_PRE; ++s) add(s, pre[s]);
+#pragma unroll
+        for (int s = MERGE_PRE; s < SK; ++s) add(s, __ldcg((const float4*)&P.part_acc[(row0 + (long long)h * SK + s) * D + d]));
+        *(uint2*)&P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] =
+            make_uint2(pack_elems(o.x, o.y), pack_elems(o.z, o.w));
     }
     TRACE(TR_MERGE_END);
     if (threadIdx.x == 0) *done = 0;

@@ -62,7 +62,7 @@ pub const ENTRY_POINTS: [&str; 9] = [
 /// step's kernels is when it records each. Compiled in only with the `HGA_TRACE` define (the runtime's
 /// `Jit::traced`), which records, per event, the earliest and the latest GPU global time at which a
 /// block reached it.
-pub const TRACE_EVENTS: [&str; 16] = [
+pub const TRACE_EVENTS: [&str; 18] = [
     "chunk score: begin",
     "chunk score: end",
     "select: begin",
@@ -70,12 +70,14 @@ pub const TRACE_EVENTS: [&str; 16] = [
     "select: groups scored",
     "select: groups selected",
     "resolve: begin",
+    "resolve: lists staged",
     "resolve: union built",
     "resolve: hits and misses listed",
     "resolve: end",
     "attend: begin",
     "attend: position, union size, queries loaded",
     "attend: tokens attended (warp 0)",
+    "attend: warps combined",
     "attend: partials written",
     "merge: begin",
     "merge: end",
