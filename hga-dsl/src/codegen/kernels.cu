@@ -267,6 +267,8 @@ __device__ __forceinline__ unsigned order_key(float v) {
 
 #define SEL_VPT 32
 #define SEL_CAND 2048
+#define SEL_REG 64       // values per thread block_select holds in registers (16K at 256 threads)
+#define SEL_REG_TAIL 8
 // block_select's general path: each thread holds a contiguous run of the values (the first SEL_VPT in
 // registers); the k-th best key is found one bit at a time by 32 block-wide counts (a radix select),
 // then ties at that key are taken lowest index first.
@@ -348,6 +350,19 @@ __device__ int block_select_radix(const float* vals, int n, int k, int* out, int
 // maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
 // them at least, usually few more) are ranked exactly; the radix select above when they are too many.
 // Every thread of the block must call it; the block must have THREADS threads.
+// f(value, i) for each of thread t's values i = t + j * THREADS of block_select: `v` holds the first
+// SEL_REG, any beyond are read from `vals`, SEL_REG_TAIL loads at a time.
+template <int THREADS, typename F>
+__device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
+#pragma unroll
+    for (int j = 0; j < SEL_REG; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        if (i < n) f(v[j], i);
+    }
+#pragma unroll SEL_REG_TAIL
+    for (int i = threadIdx.x + SEL_REG * THREADS; i < n; i += THREADS) f(vals[i], i);
+}
+
 template <int THREADS>
 struct SelectSmem {
     float tmax_v[THREADS];
@@ -373,12 +388,19 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
         return cnt;
     }
     if (cnt > THREADS / 2) return block_select_radix(vals, n, k, out, out_offset);
+    // Thread t's values t + j * THREADS: the first SEL_REG in registers (all loads in flight at once),
+    // any beyond from memory, SEL_REG_TAIL loads at a time.
+    float v[SEL_REG];
+#pragma unroll
+    for (int j = 0; j < SEL_REG; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        v[j] = i < n ? vals[i] : NEG_INF;
+    }
     float lm = NEG_INF;
     int li = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += THREADS) {
-        const float x = vals[i];
+    sel_each<THREADS>(v, vals, n, [&](float x, int i) {
         if (x > lm) { lm = x; li = i; }  // ascending i: the first of equal values is kept
-    }
+    });
     // A lower bound of the answer: the cnt-th best of the maxima of lane groups of gs threads, gs as
     // large as leaves cnt groups holding values (fewer maxima to rank, fewer candidates above them).
     const int busy = min(n, THREADS);  // threads holding values: >= cnt
@@ -406,14 +428,13 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     __syncthreads();
     const float thr = thr_s;
     int c = 0;
-    for (int i = threadIdx.x; i < n; i += THREADS) c += vals[i] >= thr;
+    sel_each<THREADS>(v, vals, n, [&](float x, int) { c += x >= thr; });
     int total;
     int at = block_excl_scan(c, &total);
     if (total > SEL_CAND) return block_select_radix(vals, n, k, out, out_offset);
-    for (int i = threadIdx.x; i < n; i += THREADS) {
-        const float x = vals[i];
+    sel_each<THREADS>(v, vals, n, [&](float x, int i) {
         if (x >= thr) { cand_v[at] = x; cand_i[at] = i; ++at; }
-    }
+    });
     __syncthreads();
     // Exact ranks among the candidates; the best cnt are taken.
     for (int x = threadIdx.x; x < total; x += THREADS) {
@@ -834,6 +855,8 @@ __device__ __forceinline__ void wait_count(const int* counter, int target) {
 
 #define RESOLVE_SMEM 1024
 #define HASH_CAP 1024
+// Up to this many units per KV head, the union searches the sorted lists; beyond, a hash table.
+#define UNION_SEARCH_UNITS 16
 // Shared memory of resolve_kv.
 struct ResolveSmem {
     int new_hand;
@@ -1021,10 +1044,11 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     int* slot_of = P.slot_of + bk * P.cap_groups;
     const long long ue0 = bk * P.ucap;
     // Union in entry order (unit, then rank): an entry is kept where its group first occurs, with the
-    // mask of the units that opened the group. A shared-memory hash table (group -> first entry, mask)
-    // when it fits; else binary searches of the sorted lists.
+    // mask of the units that opened the group. Binary searches of the sorted lists (staged in shared
+    // memory when they fit); a shared-memory hash table (group -> first entry, mask) for many units
+    // (GQA > UNION_SEARCH_UNITS) whose lists fit it.
     int n_u = 0;
-    if (E <= HASH_CAP / 2) {
+    if (E <= HASH_CAP / 2 && n_units > UNION_SEARCH_UNITS) {
         int tb = 32;
         while (tb < 2 * E) tb <<= 1;
         for (int x = threadIdx.x; x < tb; x += THREADS) { hkey[x] = -1; hfirst[x] = 0x7fffffff; hmask[x] = 0u; }
@@ -1070,30 +1094,34 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
             }
         }
     } else {
-    for (int e0 = 0; e0 < E; e0 += THREADS) {
-        const int e = e0 + threadIdx.x;
-        const int h = e / kge, r = e % kge;
-        const int g = e < E && r < cnt[h] ? sel[e] : -1;
-        bool first = g >= 0;
-        for (int h2 = 0; h2 < h && first; ++h2) first = !list_has(sel + h2 * kge, cnt[h2], g);
-        int total;
-        const int idx = n_u + block_prefix_count(first, &total);
-        n_u += total;
-        if (first) {
+        // Every entry searches every unit's sorted list (independent searches, unrolled): its mask, and
+        // whether an earlier unit opened the group too.
+        for (int e0 = 0; e0 < E; e0 += THREADS) {
+            const int e = e0 + threadIdx.x;
+            const int h = e / kge, r = e % kge;
+            const int g = e < E && r < cnt[h] ? sel[e] : -1;
+            bool first = g >= 0;
             unsigned mask[MW];
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
-            if (!SHARED) {
-                mask[h >> 5] |= 1u << (h & 31);
-                for (int h2 = h + 1; h2 < n_units; ++h2)
-                    if (list_has(sel + h2 * kge, cnt[h2], g)) mask[h2 >> 5] |= 1u << (h2 & 31);
+            if (!SHARED && g >= 0) {
+#pragma unroll 8
+                for (int h2 = 0; h2 < n_units; ++h2) {
+                    const bool has = h2 == h || list_has(sel + h2 * kge, cnt[h2], g);
+                    if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
+                    first = first && !(has && h2 < h);
+                }
             }
-            P.uni_group[ue0 + idx] = g;
-            if (idx < RESOLVE_SMEM) sm.uni[idx] = g;
+            int total;
+            const int idx = n_u + block_prefix_count(first, &total);
+            n_u += total;
+            if (first) {
+                P.uni_group[ue0 + idx] = g;
+                if (idx < RESOLVE_SMEM) sm.uni[idx] = g;
 #pragma unroll
-            for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
+                for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
+            }
         }
-    }
     }
     __syncthreads();
     TRACE(TR_RESOLVE_UNION);
@@ -1301,7 +1329,6 @@ struct AttendSmem {
     __align__(16) float o[HT][D];
     float2 blk[HT];
     int last;
-    float2 ml[HT][SK];
     float wgt[HT][SK];
 };
 
@@ -1313,7 +1340,6 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     float (*o_s)[D] = sm.o;
     float2* blk_s = sm.blk;
     int& last_s = sm.last;
-    float2 (*ml_s)[SK] = sm.ml;
     float (*wgt_s)[SK] = sm.wgt;
     const int kvh = y / HTILES, h0 = (y % HTILES) * HT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
@@ -1351,8 +1377,11 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
 #pragma unroll
     for (int i = 0; i < WORDS / 2; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.f, 0.f};
-    // A pass's token references (union entry -> slot or host record) are resolved while the pass
-    // before it loads its rows: one memory latency per pass on the critical path instead of two.
+    // With one step per pass, a pass's token references (union entry -> slot or host record) are
+    // resolved while the pass before it loads its rows: one memory latency per pass on the critical
+    // path instead of two. (Longer passes have their loads in flight together already, and holding
+    // their references too would spill.)
+    constexpr bool AHEAD = PASS == 1;
     TokenRef refs[PASS][2];
     unsigned heads_next[PASS][2];
     auto resolve_pass = [&](int s0) {
@@ -1365,8 +1394,9 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                 heads_next[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &refs[p][half]) : 0u;
             }
     };
-    resolve_pass(warp * PASS);
+    if (AHEAD) resolve_pass(warp * PASS);
     for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
+        if (!AHEAD) resolve_pass(s0);
         // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
         unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
         unsigned heads[PASS][2];
@@ -1388,7 +1418,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                 }
             }
         }
-        if (s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
+        if (AHEAD && s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
         // Missed rows go into their slots (after the next pass's references: a store waits for its data).
 #pragma unroll
         for (int p = 0; p < PASS; ++p)
@@ -1515,19 +1545,28 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
         for (int s = 0; s < MERGE_PRE; ++s) pre[s] = __ldcg((const float4*)&P.part_acc[at + (long long)s * D]);
     };
     if (threadIdx.x < X4) load_pre(threadIdx.x);
-    for (int x = threadIdx.x; x < HT * SK; x += NT) ml_s[x / SK][x % SK] = __ldcg((const float2*)&P.part_ml[(row0 + x) * 2]);
-    __syncthreads();
-    if (threadIdx.x < HT) {
-        const int h = threadIdx.x;
+    // Warp w weighs the splits of heads w, w + NWARPS, ..., lane s holding split s (+ 32j).
+    constexpr int SPL = (SK + 31) / 32;
+    for (int h = warp; h < HT; h += NWARPS) {
+        float2 ml[SPL];
         float m = NEG_INF;
-        for (int s = 0; s < SK; ++s) m = fmaxf(m, ml_s[h][s].x);
-        float l = 0.f;
-        for (int s = 0; s < SK; ++s) {
-            const float e = ml_s[h][s].x == NEG_INF ? 0.f : expf(ml_s[h][s].x - m);
-            wgt_s[h][s] = e;
-            l += e * ml_s[h][s].y;
+#pragma unroll
+        for (int j = 0; j < SPL; ++j) {
+            const int s = lane + 32 * j;
+            ml[j] = s < SK ? __ldcg((const float2*)&P.part_ml[(row0 + h * SK + s) * 2]) : make_float2(NEG_INF, 0.f);
+            m = fmaxf(m, ml[j].x);
         }
-        for (int s = 0; s < SK; ++s) wgt_s[h][s] /= l;
+        m = warp_max(m);
+        float e[SPL], l = 0.f;
+#pragma unroll
+        for (int j = 0; j < SPL; ++j) {
+            e[j] = ml[j].x == NEG_INF ? 0.f : expf(ml[j].x - m);
+            l += e[j] * ml[j].y;
+        }
+        l = warp_sum(l);
+#pragma unroll
+        for (int j = 0; j < SPL; ++j)
+            if (lane + 32 * j < SK) wgt_s[h][lane + 32 * j] = e[j] / l;
     }
     __syncthreads();
     for (int x = threadIdx.x; x < X4; x += NT) {

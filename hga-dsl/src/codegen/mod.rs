@@ -166,9 +166,9 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     // registers, which the register file allows up to 32 tokens at d <= 128 and 16 beyond.
     let tile_tokens = k.tile_tokens.clamp(16, max_warp_tile(d));
     let warps = k.threads / 32;
-    // Per-warp softmax state, the block's combined output and state, the merge's split maxima, sums and
-    // weights, the last-split flag.
-    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 12 + 4;
+    // Per-warp softmax state, the block's combined output and state, the merge's split weights, the
+    // last-split flag.
+    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 4 + 4;
     LaunchParams {
         threads: k.threads,
         select_threads: SELECT_THREADS,
