@@ -1,7 +1,8 @@
 //! ptxas' resources (registers, shared memory, spills) of each kernel of one variant, compiled by NVRTC
 //! without a GPU: `cargo run -p hga-runtime --example ptxas_report -- [PRESET] [ARCH] [THREADS SPLIT_K
 //! TILE_TOKENS] [--trace]` (defaults: qwen3-30b, 90, `KernelParams::default()`). Needs libnvrtc on
-//! LD_LIBRARY_PATH; compiles into a fresh temporary cache.
+//! LD_LIBRARY_PATH; compiles into a fresh temporary cache, or into `$HGA_CACHE_DIR` where it is set
+//! (kept: a JIT cache filled here serves a device with the same NVRTC version).
 
 use hga_dsl::{codegen, presets, KernelParams, Spec};
 use hga_runtime::jit::{Arch, Jit};
@@ -16,8 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (kp.threads, kp.split_k, kp.tile_tokens) = (t.parse()?, s.parse()?, tt.parse()?);
     }
     let spec = Spec::new(presets::find(preset)?.shape).with_kernel(kp).validate()?;
+    let keep = std::env::var_os("HGA_CACHE_DIR").is_some();
     let dir = std::env::temp_dir().join(format!("hga-ptxas-report-{}", std::process::id()));
-    let jit = Jit::with_cache_dir(&dir);
+    let jit = if keep { Jit::from_env()? } else { Jit::with_cache_dir(&dir) };
     let jit = if trace { jit.traced() } else { jit };
     let t = std::time::Instant::now();
     let compiled = jit.compile(&codegen::generate(&spec), arch)?;
@@ -25,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in &compiled.resources {
         println!("  {r}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

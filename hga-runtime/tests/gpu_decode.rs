@@ -37,8 +37,6 @@ struct Case {
     graph: bool,
     /// Fetch from mapped pinned host memory instead of a device buffer.
     pinned: bool,
-    /// Route, fetch and attend as three launches even where `hga_step` runs them as one.
-    split_launches: bool,
 }
 
 #[derive(Default)]
@@ -145,9 +143,6 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
         batch.use_pinned_host_store(&store).unwrap();
     } else {
         batch.use_device_store(&store).unwrap();
-    }
-    if case.split_launches {
-        batch.set_step_kernel(false).unwrap();
     }
     let graph = case.graph.then(|| batch.capture_step(cap_chunks as u32).unwrap());
     drop((win_k, win_v, chunk_sum, group_sum, store));
@@ -371,12 +366,7 @@ fn gpu_decode_step_matches_cpu_batch1_contexts_one_chunk_to_128k() {
     let Some((gpu, jit)) = gpu_or_skip() else { return };
     let mut rng = rng();
     let spec = preset("qwen3-30b", Routing::default());
-    // hga_step (one launch), and for two contexts the same kernels as three launches.
-    let runs = [0usize, 63, 1000, 8191, 131071 - 70]
-        .map(|s| (s, false))
-        .into_iter()
-        .chain([(1000, true), (131071 - 70, true)]);
-    for (start, split_launches) in runs {
+    for start in [0usize, 63, 1000, 8191, 131071 - 70] {
         let case = Case {
             spec: spec.clone(),
             batch: 1,
@@ -385,13 +375,8 @@ fn gpu_decode_step_matches_cpu_batch1_contexts_one_chunk_to_128k() {
             n_slots: None,
             graph: false,
             pinned: false,
-            split_launches,
         };
-        let how = if split_launches { "three launches" } else { "hga_step" };
-        check(
-            &format!("qwen3-30b B=1 context {}..{} ({how})", start + 1, start + 70),
-            &run_case(&gpu, &jit, &case, &mut rng),
-        );
+        check(&format!("qwen3-30b B=1 context {}..{}", start + 1, start + 70), &run_case(&gpu, &jit, &case, &mut rng));
     }
 }
 
@@ -401,23 +386,8 @@ fn gpu_decode_step_matches_cpu_batch8_contexts_to_128k() {
     let mut rng = rng();
     let spec = preset("qwen3-30b", Routing::default());
     let start = vec![10, 64, 700, 2047, 5000, 20000, 65536, 131072 - 67];
-    for split_launches in [false, true] {
-        let case = Case {
-            spec: spec.clone(),
-            batch: 8,
-            start: start.clone(),
-            steps: 66,
-            n_slots: None,
-            graph: true,
-            pinned: true,
-            split_launches,
-        };
-        let how = if split_launches { "three launches" } else { "hga_step" };
-        check(
-            &format!("qwen3-30b B=8 contexts 10..128K (graph replay of {how}, pinned host store)"),
-            &run_case(&gpu, &jit, &case, &mut rng),
-        );
-    }
+    let case = Case { spec, batch: 8, start, steps: 66, n_slots: None, graph: true, pinned: true };
+    check("qwen3-30b B=8 contexts 10..128K (graph replay, pinned host store)", &run_case(&gpu, &jit, &case, &mut rng));
 }
 
 #[test]
@@ -426,16 +396,8 @@ fn gpu_decode_step_matches_cpu_every_preset_shape() {
     let mut rng = rng();
     for p in presets::all() {
         let spec = preset(p.name, Routing::default());
-        let case = Case {
-            spec,
-            batch: 2,
-            start: vec![3000, 9000],
-            steps: 66,
-            n_slots: None,
-            graph: false,
-            pinned: false,
-            split_launches: false,
-        };
+        let case =
+            Case { spec, batch: 2, start: vec![3000, 9000], steps: 66, n_slots: None, graph: false, pinned: false };
         check(&format!("{} B=2", p.name), &run_case(&gpu, &jit, &case, &mut rng));
     }
 }
@@ -447,16 +409,8 @@ fn gpu_decode_step_matches_cpu_every_score_kind_and_sharing() {
     for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
         for sharing in [Sharing::PerQueryHead, Sharing::PerKvHead] {
             let spec = preset("llama3.1-8b", Routing { score, sharing, ..Routing::default() });
-            let case = Case {
-                spec,
-                batch: 2,
-                start: vec![2500, 6000],
-                steps: 66,
-                n_slots: None,
-                graph: false,
-                pinned: false,
-                split_launches: false,
-            };
+            let case =
+                Case { spec, batch: 2, start: vec![2500, 6000], steps: 66, n_slots: None, graph: false, pinned: false };
             check(&format!("llama3.1-8b {score:?} {sharing:?}"), &run_case(&gpu, &jit, &case, &mut rng));
         }
     }
@@ -469,16 +423,7 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
     // Smallest allowed cache: every step evicts; results must not change.
     let spec = preset("tiny-code", Routing::default());
     let need = 2 * spec.gqa() * spec.routing().top_groups as usize;
-    let case = Case {
-        spec,
-        batch: 1,
-        start: vec![4000],
-        steps: 40,
-        n_slots: Some(need),
-        graph: false,
-        pinned: false,
-        split_launches: false,
-    };
+    let case = Case { spec, batch: 1, start: vec![4000], steps: 40, n_slots: Some(need), graph: false, pinned: false };
     let rep = run_case(&gpu, &jit, &case, &mut rng);
     assert!(rep.misses > need, "expected evictions and refetches, saw {} misses", rep.misses);
     check("tiny-code minimal slot cache", &rep);
@@ -492,22 +437,12 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
         n_slots: None,
         graph: false,
         pinned: false,
-        split_launches: false,
     };
     check("tiny-code full budget", &run_case(&gpu, &jit, &case, &mut rng));
     // GPT-J pairing with partial rotary (mixed-RoPE summaries on a subset of dimensions).
     let shape = hga_dsl::ModelShape::new(16, 4, 128, 1e4).rope_style(hga_dsl::RopeStyle::Gptj).rotary_dim(64);
     let spec = Spec::new(shape).validate().unwrap();
-    let case = Case {
-        spec,
-        batch: 2,
-        start: vec![3000, 7000],
-        steps: 66,
-        n_slots: None,
-        graph: false,
-        pinned: false,
-        split_launches: false,
-    };
+    let case = Case { spec, batch: 2, start: vec![3000, 7000], steps: 66, n_slots: None, graph: false, pinned: false };
     check("gptj rotary 64", &run_case(&gpu, &jit, &case, &mut rng));
     // Budgets above the register-list top-k (16): the iterative selection path, > 256 candidates.
     let wide = Routing { top_chunks: 80, top_groups: 40, ..Routing::default() };
@@ -519,7 +454,6 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
         n_slots: None,
         graph: false,
         pinned: false,
-        split_launches: false,
     };
     check("qwen3-8b wide budgets", &run_case(&gpu, &jit, &case, &mut rng));
 }
@@ -553,16 +487,8 @@ fn gpu_decode_step_matches_cpu_other_head_dims_gqa_and_kernel_parameters() {
     let Some((gpu, jit)) = gpu_or_skip() else { return };
     let mut rng = rng();
     for (name, spec) in specs {
-        let case = Case {
-            spec,
-            batch: 2,
-            start: vec![2000, 5000],
-            steps: 20,
-            n_slots: None,
-            graph: false,
-            pinned: true,
-            split_launches: false,
-        };
+        let case =
+            Case { spec, batch: 2, start: vec![2000, 5000], steps: 20, n_slots: None, graph: false, pinned: true };
         check(&name, &run_case(&gpu, &jit, &case, &mut rng));
     }
 }

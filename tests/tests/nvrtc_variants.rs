@@ -162,7 +162,7 @@ fn warm_start_compiles_nothing_and_errors_carry_log_and_key() {
     let traced = jit.clone().traced();
     let tc = traced.compile(&src, Arch::new(90)).unwrap();
     assert!(!tc.cache_hit && tc.cache_path != cold.cache_path && tc.cubin != cold.cubin);
-    assert!(tc.log.contains("hga_step"), "{}", tc.log);
+    assert!(tc.log.contains("hga_attend"), "{}", tc.log);
     let mut broken = src.clone();
     broken.source.push_str("\nthis is not C++;\n");
     let err = jit.compile(&broken, Arch::new(90)).unwrap_err().to_string();

@@ -16,11 +16,6 @@
 //! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 512 split_k 16: step
 //! 62.3 / 76.2 µs launched; see `tests/cost_model.rs` for every figure it is checked against).
 //!
-//! Since codegen 6 a step runs chunk score (while the scan is short), select + resolve and attend as one
-//! persistent `hga_step` launch. The model still prices the three launches: on the H200 the one launch
-//! measured 1.5–3.5 µs less at 64K (56.2 vs 57.7 µs with threads 256), inside the model's tolerance, and
-//! the chain of dependent steps it models per kernel is unchanged.
-//!
 //! The model is deliberately monotone in context and batch (steady-state averages instead of per-step
 //! chunk-boundary effects), so a longer context is never modeled cheaper.
 

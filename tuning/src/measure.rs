@@ -380,7 +380,9 @@ impl<'a> DeviceTimer<'a> {
             for j in 0..steps {
                 let n = copies.len();
                 let b = &mut copies[j % n];
-                b.launch_decode().map_err(cuda)?;
+                b.launch_route().map_err(cuda)?;
+                b.launch_fetch().map_err(cuda)?;
+                b.launch_attend().map_err(cuda)?;
             }
             let us = timer.stop_us().map_err(cuda)?;
             if i >= WARMUP {

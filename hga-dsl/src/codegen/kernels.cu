@@ -811,47 +811,9 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Counters of a step beyond hga_attend's split counters (all in P.done, all back to 0 after a step):
-// per (row, KV head) the routing units done (the last resolves), and for hga_step the chunk-score
-// tiles done and a flag set when the KV head is resolved; then hga_step's work queue and exit count.
+// hga_select's unit counters per (row, KV head) (the last unit resolves), after hga_attend's split
+// counters in P.done; back to 0 after every step.
 __device__ __forceinline__ int* units_done(const HgaParams& P) { return P.done + (long long)P.batch * (KVH * HTILES); }
-__device__ __forceinline__ int* tiles_done(const HgaParams& P) { return units_done(P) + (long long)P.batch * KVH; }
-__device__ __forceinline__ int* kv_resolved(const HgaParams& P) { return tiles_done(P) + (long long)P.batch * KVH; }
-__device__ __forceinline__ int* step_queue(const HgaParams& P) { return kv_resolved(P) + (long long)P.batch * KVH; }
-
-// Publishes the block's writes before it: every thread's (the barrier), then one release add.
-__device__ __forceinline__ void signal_add(int* counter) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(counter, 1);
-    }
-}
-
-// Waits until *counter >= target (set by signal_add of other blocks of the same launch); after it,
-// every thread of the block sees what those blocks wrote before signalling. A wait that outlasts
-// 4 s is a bug (a counter left set by an aborted step): the kernel traps instead of hanging.
-__device__ __forceinline__ void wait_count(const int* counter, int target) {
-    if (threadIdx.x == 0) {
-        int v;
-        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
-        if (v < target) {
-            unsigned long long t0;
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-            for (unsigned polls = 1;; ++polls) {
-                asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
-                if (v >= target) break;
-                if ((polls & 1023u) == 0u) {
-                    unsigned long long t;
-                    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-                    if (t - t0 > 4000000000ull) __trap();
-                }
-            }
-        }
-        __threadfence();
-    }
-    __syncthreads();
-}
 
 #define RESOLVE_SMEM 1024
 #define HASH_CAP 1024
@@ -892,21 +854,14 @@ struct RouteSmem {
 // chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
 // With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
-// In hga_step (`in_step`) the unit first waits for its KV head's chunk scores, and the KV head is
-// flagged resolved (also when the row sits the step out); `scores_in_step`: the chunk scores come from
-// items of the same launch (else from hga_chunk_score, launched before). grid (UNITS, B), block SNT.
+// grid (UNITS, B), block SNT.
 template <int THREADS>
-__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, bool in_step, bool scores_in_step,
-                            RouteSmem<THREADS>& sm) {
+__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, RouteSmem<THREADS>& sm) {
     const int pos = P.pos[b];
     const int kvh = SHARED ? u : u / GQA;
-    if (pos < 0) {
-        if (in_step && threadIdx.x == 0) atomicExch(kv_resolved(P) + bk_of(b, kvh), 1);
-        return;
-    }
+    if (pos < 0) return;
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
-    if (in_step && scores_in_step) wait_count(tiles_done(P) + bk_of(b, kvh), (n_cand + CHUNK_TILE - 1) / CHUNK_TILE);
     TRACE(TR_SELECT_BEGIN);
     const long long ou = (long long)b * UNITS + u;
 #if SHARED
@@ -975,19 +930,12 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
     resolve_kv<THREADS>(P, b, kvh, sm.u.res);
-    if (in_step) {
-        // resolve_kv ends with a barrier before thread 0's last writes, which it then publishes.
-        if (threadIdx.x == 0) {
-            __threadfence();
-            atomicExch(kv_resolved(P) + bk_of(b, kvh), 1);
-        }
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
     STEP_PROLOGUE();
     __shared__ RouteSmem<SNT> sm;
-    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, false, false, sm);
+    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1332,9 +1280,9 @@ struct AttendSmem {
     float wgt[HT][SK];
 };
 
-// Split `split` of head tile y (KV head y / HTILES) of row b. In hga_step (`in_step`) it first waits
+// Split `split` of head tile y (KV head y / HTILES) of row b.
 // for the KV head's resolve.
-__device__ void attend_split(const HgaParams& P, int split, int y, int b, bool in_step, AttendSmem& sm) {
+__device__ void attend_split(const HgaParams& P, int split, int y, int b, AttendSmem& sm) {
     float (*wm_s)[8] = sm.wm;
     float (*wl_s)[8] = sm.wl;
     float (*o_s)[D] = sm.o;
@@ -1344,7 +1292,6 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
     const int kvh = y / HTILES, h0 = (y % HTILES) * HT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
     const long long bk = bk_of(b, kvh);
-    if (in_step) wait_count(kv_resolved(P) + bk, 1);
     TRACE(TR_ATTEND_BEGIN);
     // The position, the union's size and the queries are loaded together (all are valid memory for an
     // inactive row too): one memory latency before the first token instead of three.
@@ -1377,11 +1324,8 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
 #pragma unroll
     for (int i = 0; i < WORDS / 2; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.f, 0.f};
-    // With one step per pass, a pass's token references (union entry -> slot or host record) are
-    // resolved while the pass before it loads its rows: one memory latency per pass on the critical
-    // path instead of two. (Longer passes have their loads in flight together already, and holding
-    // their references too would spill.)
-    constexpr bool AHEAD = PASS == 1;
+    // A pass's token references (union entry -> slot or host record) are resolved while the pass
+    // before it loads its rows: one memory latency per pass on the critical path instead of two.
     TokenRef refs[PASS][2];
     unsigned heads_next[PASS][2];
     auto resolve_pass = [&](int s0) {
@@ -1394,9 +1338,8 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                 heads_next[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &refs[p][half]) : 0u;
             }
     };
-    if (AHEAD) resolve_pass(warp * PASS);
+    resolve_pass(warp * PASS);
     for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
-        if (!AHEAD) resolve_pass(s0);
         // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
         unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
         unsigned heads[PASS][2];
@@ -1418,7 +1361,7 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
                 }
             }
         }
-        if (AHEAD && s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
+        if (s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
         // Missed rows go into their slots (after the next pass's references: a store waits for its data).
 #pragma unroll
         for (int p = 0; p < PASS; ++p)
@@ -1594,58 +1537,5 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, bool i
 extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     STEP_PROLOGUE();
     __shared__ AttendSmem sm;
-    attend_split(P, blockIdx.x, blockIdx.y, blockIdx.z, false, sm);
-}
-
-
-// ---------------------------------------------------------------------------------------------------
-// hga_step: chunk score → select + resolve → attend of a whole step in one launch (for budgets whose
-// resolve fuses into the selection). The grid is persistent: blocks take work items from a queue in
-// dependency order, `chunk_items` scoring items (chunk tiles) per (row, KV head), then
-// the routing units, then the attention splits, and an item waits (spinning) only for items taken
-// before it, which running blocks hold: any grid size makes progress, and the step pays one launch
-// instead of three gaps between kernels. With chunk_items = 0 the scores come from hga_chunk_score,
-// launched before (long scans want its many small blocks). The last block out resets the queue and
-// the counters. grid (any; the runtime sizes it to what is resident at once), block NT.
-union StepSmem {
-    RouteSmem<NT> route;
-    AttendSmem attend;
-};
-
-extern "C" __global__ void __launch_bounds__(NT, 1) hga_step(HgaParams P, int chunk_items) {
-    STEP_PROLOGUE();
-    __shared__ StepSmem sm;
-    __shared__ int item_s;
-    int* queue = step_queue(P);
-    const int B = P.batch;
-    const int n_score = B * KVH * chunk_items;
-    const int n_route = n_score + B * UNITS;
-    const int n_items = n_route + B * KVH * HTILES * SK;
-    while (true) {
-        __syncthreads();  // the last item's shared memory, and item_s, are free again
-        if (threadIdx.x == 0) item_s = atomicAdd(queue, 1);
-        __syncthreads();
-        const int it = item_s;
-        if (it >= n_items) break;
-        if (it < n_score) {
-            const int tile = it % chunk_items, kvh = (it / chunk_items) % KVH, b = it / (chunk_items * KVH);
-            if (chunk_score_tile<NT>(P, tile, kvh, b, sm.route.q_s)) signal_add(tiles_done(P) + bk_of(b, kvh));
-        } else if (it < n_route) {
-            const int x = it - n_score;
-            select_unit<NT>(P, x % UNITS, x / UNITS, true, true, chunk_items > 0, sm.route);
-        } else {
-            const int x = it - n_route;
-            attend_split(P, x % SK, (x / SK) % (KVH * HTILES), x / (SK * KVH * HTILES), true, sm.attend);
-        }
-    }
-    __shared__ int last_s;
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last_s = atomicAdd(queue + 1, 1) == (int)gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!last_s) return;
-    __threadfence();
-    // tiles_done and kv_resolved, then the queue and the exit count.
-    for (int i = threadIdx.x; i < 2 * B * KVH + 2; i += NT) tiles_done(P)[i] = 0;
+    attend_split(P, blockIdx.x, blockIdx.y, blockIdx.z, sm);
 }

@@ -20,10 +20,8 @@
 //! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order); standalone form of the fused resolve |
 //! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention on tensor cores (`mma.sync` m16n8k16: Q·Kᵀ and P·V, f32 accumulators; sm_80+), misses read from host and cached on the way, fp32 online softmax; the last split merges |
 //!
-//! | `hga_step` | (resident blocks), block `threads` | `chunk_score`, `select` + resolve and `attend` in one persistent launch: blocks take work items from a queue in dependency order and wait (spinning on counters) only for items taken before theirs |
-//!
-//! A decode step is `append`, `summarize` (on chunk close), then `hga_step` where the resolve fuses
-//! into the selection (else `chunk_score`, `select` (+ resolve), `attend`).
+//! A decode step is `append`, `summarize` (on chunk close), `chunk_score`, `select` (+ resolve),
+//! `attend`: five launches, three of them in the route/attend part.
 //!
 //! ```
 //! use hga_dsl::{codegen, presets, Spec};
@@ -45,8 +43,8 @@ use std::fmt::Write;
 pub const GENERATOR_VERSION: &str = "hga-codegen-6";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
-/// `hga_summarize`, and last `hga_step` (chunk score, select + resolve and attend in one launch).
-pub const ENTRY_POINTS: [&str; 9] = [
+/// `hga_summarize`.
+pub const ENTRY_POINTS: [&str; 8] = [
     "hga_append",
     "hga_summarize",
     "hga_ingest_summarize",
@@ -55,7 +53,6 @@ pub const ENTRY_POINTS: [&str; 9] = [
     "hga_select",
     "hga_resolve",
     "hga_attend",
-    "hga_step",
 ];
 
 /// Events of the step trace, in the order of the source's `enum TraceEvent`: where a block of the

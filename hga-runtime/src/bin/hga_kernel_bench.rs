@@ -5,8 +5,7 @@
 //! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace]` (kernel parameters default
 //! to `KernelParams::default()`). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
 //! the timings, prints when the first and the last block reached each point of the step (mean over
-//! `--iters` graph replays, µs from the first block's start), for both the one-launch and the
-//! three-launch step. Inputs are random bf16 (never zeros); several copies
+//! `--iters` graph replays, µs from the first block's start). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
 //! every step: groups read by `hga_attend` from mapped pinned host memory). Whole steps are timed as separate
@@ -39,11 +38,7 @@ impl Rng {
     }
 }
 
-/// Median; NaN for no samples.
 fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -158,60 +153,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.sync()?;
         let graphs: Vec<_> =
             batches.iter_mut().map(|b| b.capture_step(b.max_candidates() + 4)).collect::<Result<_, _>>()?;
-        // The same step with route, fetch and attend as three launches (where hga_step is the default),
-        // timed in the same run for comparison.
-        let one_launch = batches[0].uses_step_kernel();
-        let mut split_graphs = Vec::new();
-        if one_launch {
-            for b in batches.iter_mut() {
-                b.set_step_kernel(false)?;
-                split_graphs.push(b.capture_step(b.max_candidates() + 4)?);
-                b.set_step_kernel(true)?;
-            }
-        }
         let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
         let n_cand = batches[0].max_candidates() as usize;
         for regime in ["hit", "miss"] {
             if trace {
-                println!(
-                    "\ncontext {}K, batch 1, {regime}: step trace, µs from the first block's start",
-                    context / 1024
-                );
-                let mut paths = vec![("one launch", &graphs)];
-                if one_launch {
-                    paths.push(("three launches", &split_graphs));
-                }
-                for (what, gs) in paths {
-                    let mut sum = vec![(0.0f64, 0.0f64, 0usize); hga_dsl::codegen::TRACE_EVENTS.len()];
-                    for it in 0..iters {
-                        let b = &mut batches[it % copies];
-                        if regime == "miss" {
-                            let q: Vec<u16> = (0..qh * d).map(|_| rng.bf16()).collect();
-                            b.upload_q(&q)?;
-                        } else {
-                            b.upload_q(&queries[it % copies])?;
-                        }
-                        b.upload_close(&[-1])?;
-                        b.upload_new_kv(&kv_new, &kv_new)?;
-                        kernels.reset_trace(&st)?;
-                        b.launch_graph(&gs[it % copies])?;
-                        let spans = kernels.read_trace(&st)?;
-                        let Some(t0) = spans.iter().filter_map(|s| s.first_ns).min() else { continue };
-                        for (acc, s) in sum.iter_mut().zip(&spans) {
-                            if let (Some(f), Some(l)) = (s.first_ns, s.last_ns) {
-                                acc.0 += (f - t0) as f64 / 1e3;
-                                acc.1 += (l - t0) as f64 / 1e3;
-                                acc.2 += 1;
-                            }
-                        }
-                    }
-                    println!("  {what}:");
-                    for (e, (f, l, n)) in hga_dsl::codegen::TRACE_EVENTS.iter().zip(sum) {
-                        if n > 0 {
-                            println!("    {e:<46} first {:>7.2}  last {:>7.2}", f / n as f64, l / n as f64);
-                        }
-                    }
-                }
+                print_trace(
+                    &gpu,
+                    &kernels,
+                    &mut batches,
+                    &graphs,
+                    &queries,
+                    &kv_new,
+                    regime,
+                    context,
+                    iters,
+                    &mut rng,
+                )?;
                 continue;
             }
             let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
@@ -219,7 +176,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut closing = Vec::new();
             let mut graph_steady = Vec::new();
             let mut graph_closing = Vec::new();
-            let mut graph_split = Vec::new();
             let mut misses = Vec::new();
             let events: Vec<_> = (0..=KERNELS.len()).map(|_| gpu.timer()).collect::<Result<_, _>>()?;
             for it in 0..iters {
@@ -231,21 +187,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     b.upload_q(&queries[it % copies])?;
                 }
                 let close_chunk = (context / c) as i32 - 1;
-                let mode = it % if one_launch { 6 } else { 5 };
-                if mode >= 3 {
-                    // The whole step as one CUDA graph replay: steady, closing a chunk, or steady as
-                    // three launches.
+                let mode = it % 5;
+                if mode == 3 || mode == 4 {
+                    // The whole step as one CUDA graph replay: steady, or closing a chunk.
                     b.upload_close(&[if mode == 4 { close_chunk } else { -1 }])?;
                     b.upload_new_kv(&kv_new, &kv_new)?;
-                    let g = if mode == 5 { &split_graphs[it % copies] } else { &graphs[it % copies] };
+                    let g = &graphs[it % copies];
                     let tm = gpu.timer()?;
                     tm.start()?;
                     b.launch_graph(g)?;
                     let us = tm.stop_us()?;
-                    match mode {
-                        4 => graph_closing.push(us),
-                        5 => graph_split.push(us),
-                        _ => graph_steady.push(us),
+                    if mode == 4 {
+                        graph_closing.push(us)
+                    } else {
+                        graph_steady.push(us)
                     }
                 } else if mode != 2 {
                     // Whole step, events only around it: a steady step (no chunk closes), or one whose
@@ -258,7 +213,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if mode == 1 {
                         b.launch_summarize_kernel()?;
                     }
-                    b.launch_decode()?;
+                    b.launch_route()?;
+                    b.launch_fetch()?;
+                    b.launch_attend()?;
                     let us = tm.stop_us()?;
                     if mode == 1 {
                         closing.push(us)
@@ -300,7 +257,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let med: Vec<f64> = per_kernel.iter_mut().map(|v| median(v)).collect();
             let step_us = median(&mut whole);
             let closing_us = median(&mut closing);
-            let graph_us = (median(&mut graph_steady), median(&mut graph_closing), median(&mut graph_split));
+            let graph_us = (median(&mut graph_steady), median(&mut graph_closing));
             let miss = median(&mut misses);
             // Bytes each kernel must move at least (each input read once, each output written once).
             let tok = (r.keep_first as usize + r.keep_last as usize) * c + c / 2;
@@ -314,8 +271,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (union * g + kvh * tok) * d * 2 * 2 + qh * lp.split_k as usize * (d + 2) * 4 * 2 + qh * d * 2,
             ];
             let total_bytes: usize = model_bytes.iter().sum();
-            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"graph_three_launch_step_us\": {}, \"one_launch\": {one_launch}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
-                graph_us.0, graph_us.1, if graph_us.2.is_nan() { "null".to_string() } else { format!("{:.2}", graph_us.2) },
+            let _ = writeln!(json, "  \"ctx{context}_{regime}\": {{\"step_us\": {step_us:.2}, \"closing_step_us\": {closing_us:.2}, \"graph_step_us\": {:.2}, \"graph_closing_step_us\": {:.2}, \"misses\": {miss}, \"union_groups\": {union}, \"candidates\": {n_cand}, \"bytes\": {total_bytes}, \"kernels\": {{{}}}}},",
+                graph_us.0, graph_us.1,
                 KERNELS.iter().zip(&med).zip(&model_bytes).map(|((k, t), b)| format!("\"{k}\": {{\"us\": {t:.2}, \"bytes\": {b}}}")).collect::<Vec<_>>().join(", "));
             rows.push((context, regime, med, model_bytes, step_us, closing_us, graph_us, miss, union, n_cand));
         }
@@ -364,17 +321,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {:<14} {:>9.2} (steady), {:.2} (closing): one CUDA graph launch per step",
             "step as graph", graph_us.0, graph_us.1
         );
-        if !graph_us.2.is_nan() {
-            println!(
-                "  {:<14} {:>9.2} (steady): the graph with route, fetch and attend as three launches",
-                "  without hga_step", graph_us.2
-            );
-        }
         println!("  miss floor over PCIe at 50 GB/s (DESIGN.md §6): {:.1} us", miss * 8192.0 / 50e9 * 1e6);
     }
     if let Some(p) = json_path {
         std::fs::write(&p, json)?;
         println!("\nwrote {p}");
+    }
+    Ok(())
+}
+
+/// The step trace of `iters` graph replays of `regime` (the same queries, or fresh ones every step),
+/// averaged: per event, when the first and the last block reached it, µs from the first block's start.
+#[allow(clippy::too_many_arguments)]
+fn print_trace(
+    gpu: &Gpu,
+    kernels: &DecodeKernels,
+    batches: &mut [DecodeBatch],
+    graphs: &[hga_runtime::cuda::StepGraph],
+    queries: &[Vec<u16>],
+    kv_new: &[u16],
+    regime: &str,
+    context: usize,
+    iters: usize,
+    rng: &mut Rng,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use hga_dsl::codegen::TRACE_EVENTS;
+    println!("\ncontext {}K, batch 1, {regime}: step trace, µs from the first block's start", context / 1024);
+    let st = gpu.stream().clone();
+    let mut sum = vec![(0.0f64, 0.0f64, 0usize); TRACE_EVENTS.len()];
+    for it in 0..iters {
+        let b = &mut batches[it % graphs.len()];
+        if regime == "miss" {
+            let q: Vec<u16> = (0..queries[0].len()).map(|_| rng.bf16()).collect();
+            b.upload_q(&q)?;
+        } else {
+            b.upload_q(&queries[it % graphs.len()])?;
+        }
+        b.upload_close(&[-1])?;
+        b.upload_new_kv(kv_new, kv_new)?;
+        kernels.reset_trace(&st)?;
+        b.launch_graph(&graphs[it % graphs.len()])?;
+        let spans = kernels.read_trace(&st)?;
+        let Some(t0) = spans.iter().filter_map(|s| s.first_ns).min() else { continue };
+        for (acc, s) in sum.iter_mut().zip(&spans) {
+            if let (Some(f), Some(l)) = (s.first_ns, s.last_ns) {
+                acc.0 += (f - t0) as f64 / 1e3;
+                acc.1 += (l - t0) as f64 / 1e3;
+                acc.2 += 1;
+            }
+        }
+    }
+    for (e, (f, l, n)) in TRACE_EVENTS.iter().zip(sum) {
+        if n > 0 {
+            println!("  {e:<46} first {:>7.2}  last {:>7.2}", f / n as f64, l / n as f64);
+        }
     }
     Ok(())
 }

@@ -61,9 +61,6 @@ pub struct DecodeBatch<'k> {
     /// The last [`DecodeBatch::launch_route`] resolved too (fused into `hga_select`): the next
     /// [`DecodeBatch::launch_fetch`] has nothing to launch.
     route_resolved: bool,
-    /// Route, fetch and attend run as one `hga_step` launch ([`DecodeBatch::launch_decode`]): where the
-    /// resolve fuses into the selection, unless `HGA_STEP_KERNEL=0`.
-    step_kernel: bool,
     /// Launch with programmatic dependent launch (sm_90+, opt-in with `HGA_PDL=1`: on the H200 it made
     /// the graph-replayed step slower, 58.3 → 68.7 µs at 64K, so it is off by default).
     pdl: bool,
@@ -223,7 +220,7 @@ impl<'k> DecodeBatch<'k> {
             kge: l.kge as i32,
             ucap: ucap as i32,
         };
-        let mut batch = DecodeBatch {
+        Ok(DecodeBatch {
             gpu: gpu.clone(),
             kernels,
             lp,
@@ -240,11 +237,8 @@ impl<'k> DecodeBatch<'k> {
             staging: None,
             capture_cands: None,
             route_resolved: false,
-            step_kernel: false,
             pdl: gpu.arch().cc() >= 90 && std::env::var("HGA_PDL").as_deref() == Ok("1"),
-        };
-        batch.step_kernel = batch.resolve_fuses() && std::env::var("HGA_STEP_KERNEL").as_deref() != Ok("0");
-        Ok(batch)
+        })
     }
 
     /// Maps the table pages (and the scratch's chunk-score pages) rows `need` = (row, chunks) use
@@ -820,65 +814,14 @@ impl<'k> DecodeBatch<'k> {
         self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
     }
 
-    /// Route → fetch → attend: one `hga_step` launch where the resolve fuses into the selection
-    /// ([`DecodeBatch::uses_step_kernel`]), else [`DecodeBatch::launch_route`],
-    /// [`DecodeBatch::launch_fetch`] and [`DecodeBatch::launch_attend`].
-    pub fn launch_decode(&mut self) -> Result<(), CudaError> {
-        if !self.step_kernel {
-            self.launch_route()?;
-            self.launch_fetch()?;
-            return self.launch_attend();
-        }
-        self.route_resolved = false;
-        let (b, _, kvh, _) = self.dims();
-        let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
-        let tiles = cands.div_ceil(self.lp.chunk_tile).max(1);
-        let resident = self.kernels.step_blocks();
-        // The chunk scan joins hga_step while it is one tile per resident block at most; a longer scan
-        // is bandwidth-bound, and hga_chunk_score's many small blocks keep more loads in flight than
-        // the step's few large ones (H200, 1M context: 84 µs per step with the scan inside, 72 without).
-        let items = if tiles * b * kvh <= resident {
-            tiles
-        } else {
-            self.launch_chunk_score()?;
-            0
-        };
-        let total = b * kvh * items + b * self.lp.units + b * kvh * self.lp.head_tiles * self.lp.split_k;
-        let args = [Arg::Int(items as i32)];
-        self.launch(Kernel::Step, (total.min(resident), 1, 1), self.lp.threads, &args)
-    }
-
-    /// Whether [`DecodeBatch::launch_decode`] is the one `hga_step` launch: where the resolve fuses
-    /// into the selection ([`DecodeBatch::resolve_fuses`]), unless the environment sets
-    /// `HGA_STEP_KERNEL=0` (three launches, for comparison).
-    pub fn uses_step_kernel(&self) -> bool {
-        self.step_kernel
-    }
-
-    /// Chooses between `hga_step` (`true`; an error where the resolve does not fuse into the selection)
-    /// and three launches for [`DecodeBatch::launch_decode`]; graphs captured before keep what they
-    /// captured.
-    pub fn set_step_kernel(&mut self, on: bool) -> Result<(), CudaError> {
-        if on && !self.resolve_fuses() {
-            return Err(CudaError::Invalid {
-                field: "step_kernel",
-                value: "true".into(),
-                rule: format!(
-                    "hga_step needs the resolve fused into the selection: units per KV head × top groups <= {}",
-                    hga_dsl::codegen::RESOLVE_STAGED_LISTS
-                ),
-            });
-        }
-        self.step_kernel = on;
-        Ok(())
-    }
-
     /// One whole decode step after [`DecodeBatch::set_positions`] and [`DecodeBatch::upload_q`]:
     /// append the new token's K/V, summarize closed chunks, route, resolve, attend.
     pub fn step(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         self.launch_append(k, v)?;
         self.launch_summarize_closed()?;
-        self.launch_decode()
+        self.launch_route()?;
+        self.launch_fetch()?;
+        self.launch_attend()
     }
 
     /// Captures one whole step as a CUDA graph. Its chunk-score grid covers `candidate_capacity`
@@ -891,7 +834,9 @@ impl<'k> DecodeBatch<'k> {
         let launched = (|| {
             self.launch_append_kernel()?;
             self.launch_summarize_kernel()?;
-            self.launch_decode()
+            self.launch_route()?;
+            self.launch_fetch()?;
+            self.launch_attend()
         })();
         self.capture_cands = None;
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));

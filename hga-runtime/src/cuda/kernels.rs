@@ -42,7 +42,6 @@ pub struct DecodeKernels {
     compiled: Compiled,
     funcs: Vec<CudaFunction>,
     attributes: Vec<FuncAttributes>,
-    step_blocks: u32,
     module: Arc<CudaModule>,
     traced: bool,
 }
@@ -87,15 +86,8 @@ impl DecodeKernels {
             });
             funcs.push(f);
         }
-        // hga_step's persistent grid: as many blocks as are resident at once (more would only queue).
-        let step = &funcs[Kernel::Step as usize];
-        let per_sm = step.occupancy_max_active_blocks_per_multiprocessor(generated.launch.threads, 0, None)?;
-        let sms = gpu
-            .context()
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        let step_blocks = per_sm.max(1) * sms.max(1) as u32;
         let traced = jit.is_traced();
-        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, step_blocks, module, traced })
+        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, module, traced })
     }
 
     /// The spec.
@@ -113,10 +105,6 @@ impl DecodeKernels {
     /// Driver-reported attributes of each kernel, in [`ENTRY_POINTS`] order.
     pub fn attributes(&self) -> &[FuncAttributes] {
         &self.attributes
-    }
-    /// Blocks of `hga_step` resident on the device at once (its grid's upper bound).
-    pub fn step_blocks(&self) -> u32 {
-        self.step_blocks
     }
     /// Whether the kernels record the step trace (loaded through [`Jit::traced`]).
     pub fn traced(&self) -> bool {
@@ -181,7 +169,6 @@ pub(super) enum Kernel {
     Select,
     Resolve,
     Attend,
-    Step,
 }
 
 /// Mirror of the generated `struct HgaParams` (same field order and C layout; raw device pointers).

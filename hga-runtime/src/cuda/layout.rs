@@ -177,9 +177,8 @@ impl Layout {
             ("miss_list", b * kvh * self.ucap),
             ("part_ml", b * self.qh * self.split_k * 2),
             ("part_acc", b * self.qh * self.split_k * self.d),
-            // hga_attend's split counters, hga_select's unit counters (fused resolve), hga_step's
-            // chunk-score and resolve counters, its work queue and exit count.
-            ("done", b * kvh * (self.head_tiles + 3) + 2),
+            // hga_attend's split counters, then hga_select's unit counters (fused resolve).
+            ("done", b * kvh * (self.head_tiles + 1)),
         ]
         .map(|(n, x)| (n, x.max(1)))
     }

@@ -25,12 +25,8 @@
 //! the resolve fused in: union, slot lookup, slots for the misses), [`DecodeBatch::launch_fetch`]
 //! (nothing after a route; `hga_resolve` after [`DecodeBatch::launch_select`] alone),
 //! [`DecodeBatch::launch_attend`] (split-K attention that reads the misses from host memory and merges));
-//! time them with [`Gpu::timer`] (CUDA events on the batch's stream). [`DecodeBatch::launch_decode`]
-//! runs route → fetch → attend the way a step does: one persistent `hga_step` launch where the resolve
-//! fuses into the selection (chunk scoring inside it while the scan is short, else
-//! `hga_chunk_score` first), else the three stages ([`DecodeBatch::set_step_kernel`] chooses for a
-//! comparison). [`DecodeBatch::capture_step`] records a whole step as a CUDA graph ([`StepGraph`]),
-//! replayed with [`DecodeBatch::launch_graph`].
+//! time them with [`Gpu::timer`] (CUDA events on the batch's stream). [`DecodeBatch::capture_step`]
+//! records a whole step as a CUDA graph ([`StepGraph`]), replayed with [`DecodeBatch::launch_graph`].
 //!
 //! For engines: one batch holds up to `batch` sequences (rows); [`DecodeBatch::set_rows`] picks the
 //! rows of a step (the others sit out untouched), [`DecodeBatch::append_block`] /

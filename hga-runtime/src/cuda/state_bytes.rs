@@ -156,8 +156,7 @@ mod tests {
             + b * kvh * ucap
             + b * qh * sk * 2
             + b * qh * sk * d
-            + b * kvh * (lp.head_tiles as u64 + 3)
-            + 2)
+            + b * kvh * (lp.head_tiles as u64 + 1))
     }
 
     #[test]

@@ -426,20 +426,15 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Route, fetch and attend: one `hga_step` launch between the first and last stage events, or
-    /// separate launches between stage events (with full telemetry); `at`: queries and outputs read
-    /// and written in place at these device addresses for this run of rows
-    /// ([`DecodeBatch::with_io_at`]).
+    /// Route, fetch and attend as separate launches, between stage events with full telemetry;
+    /// `at`: queries and outputs read and written in place at these device addresses for this run of
+    /// rows ([`DecodeBatch::with_io_at`]).
     fn launch_stages(&mut self, layer: usize, at: Option<(u64, u64, Range<usize>)>) -> Result<(), RuntimeError> {
         let events = self.full_telemetry().then_some(&self.events);
         let stream = self.gpu.stream().clone();
         let stages = |b: &mut DecodeBatch<'static>| -> Result<(), RuntimeError> {
             let rec = |i| events.map_or(Ok(()), |e| e.record(i, &stream));
             rec(0)?;
-            if b.uses_step_kernel() {
-                b.launch_decode().map_err(cuda_err("step"))?;
-                return rec(3);
-            }
             b.launch_route().map_err(cuda_err("route"))?;
             rec(1)?;
             b.launch_fetch().map_err(cuda_err("fetch"))?;
@@ -486,10 +481,9 @@ impl GpuBackend {
         }
         let ms = |a, b| self.events.elapsed(a, b);
         tel.stages.device = ms(0, 3)?;
-        tel.step_kernel = self.batches[layer].uses_step_kernel();
         if self.cuda_graph {
             tel.graph_replay = true;
-        } else if !tel.step_kernel {
+        } else {
             (tel.stages.route, tel.stages.fetch, tel.stages.attend) = (ms(0, 1)?, ms(1, 2)?, ms(2, 3)?);
         }
         let kvh = self.spec().model().kv_heads as usize;

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 /// Time spent in each stage of one decode step: wall clock on the CPU backend (which reports routing and
 /// attention together as `attend`); CUDA events on the GPU backend (`attend` includes the split-K merge,
-/// which is launched with it, so `merge` stays zero). When the GPU backend runs the chain as one
-/// `hga_step` launch (`StepTelemetry::step_kernel`) or replays it as a CUDA graph
-/// (`CacheConfig::cuda_graph`), events cannot mark the stages inside it: `route`, `fetch` and `attend`
-/// stay zero and `device` times the whole chain. With `TelemetryLevel::Off` only `total` is set.
+/// which is launched with it, so `merge` stays zero). When the GPU backend replays the launch chain as a
+/// CUDA graph (`CacheConfig::cuda_graph`), events cannot mark the stages inside it: `route`, `fetch`
+/// and `attend` stay zero and `device` times the whole chain. With `TelemetryLevel::Off` only `total`
+/// is set.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
     /// Scoring chunk and group summaries and choosing the groups. On the GPU backend also the fetch
@@ -49,8 +49,6 @@ pub struct StepTelemetry {
     pub stages: StageTimes,
     /// The GPU backend replayed the launch chain as a CUDA graph (see [`StageTimes`]).
     pub graph_replay: bool,
-    /// The GPU backend ran route, fetch and attend as one `hga_step` launch (see [`StageTimes`]).
-    pub step_kernel: bool,
 }
 
 impl StepTelemetry {

@@ -14,12 +14,9 @@
 //! `context − 1, context, …`, each appending a random token (append + summarize on chunk close) and
 //! running route (chunk score, then select with the resolve fused in: union, slot lookup and
 //! assignment) → fetch (nothing left to launch since codegen 4) → attend
-//! (split-K; missed groups read from host memory inside it and cached; the last split merges). Since
-//! codegen 6 route → attend is one `hga_step` launch (`HGA_STEP_KERNEL=0`: the three launches). Cold
-//! fetch bandwidth is the missed bytes over the fetch and attend stages (resolve + attend up to codegen
-//! 3; attend alone since the resolve moved into route), and over the whole `hga_step` launch, routing
-//! included, where there is no stage boundary (a lower bound; `route_us`, `fetch_us` and
-//! `attend_merge_us` are then null).
+//! (split-K; missed groups read from host memory inside it and cached; the last split merges). Cold
+//! fetch bandwidth is therefore the missed bytes over the fetch and attend stages (resolve + attend
+//! up to codegen 3; attend alone since the resolve moved into route).
 //!
 //! - **Steady state**: queries correlated across steps as in real decoding: per head,
 //!   `q_t = normalize(ρ·q_{t−1} + (1−ρ)·n_t)·√D` with `n_t` standard normal, ρ = 0.9 (the cosine
@@ -318,19 +315,11 @@ impl Bench<'_> {
                 st.memset_zeros(&mut self.spacer)?;
             }
             self.ev[2].record(&st)?;
-            let one_launch = b.uses_step_kernel();
-            if one_launch {
-                // hga_step: no stage boundary inside the launch.
-                b.launch_decode()?;
-                self.ev[3].record(&st)?;
-                self.ev[4].record(&st)?;
-            } else {
-                b.launch_route()?;
-                self.ev[3].record(&st)?;
-                b.launch_fetch()?;
-                self.ev[4].record(&st)?;
-                b.launch_attend()?;
-            }
+            b.launch_route()?;
+            self.ev[3].record(&st)?;
+            b.launch_fetch()?;
+            self.ev[4].record(&st)?;
+            b.launch_attend()?;
             self.ev[5].record(&st)?;
             self.ev[5].synchronize()?;
             let misses = b.last_misses()? as u64;
@@ -338,11 +327,9 @@ impl Bench<'_> {
             for p in pos.iter_mut() {
                 *p += 1;
             }
-            // Misses move inside attend (read from host memory): resolve + attend is their stage; with
-            // hga_step the whole launch (routing included: a lower bound of the fetch bandwidth).
-            let fetch_from = if one_launch { &self.ev[2] } else { &self.ev[3] };
             if t == 0 {
-                let f = us(fetch_from, &self.ev[5])?;
+                // Misses move inside attend (read from host memory): resolve + attend is their stage.
+                let f = us(&self.ev[3], &self.ev[5])?;
                 s.first = Some((us(&self.ev[2], &self.ev[5])?, f, misses, routed));
             }
             if t < warmup {
@@ -355,12 +342,11 @@ impl Bench<'_> {
             let total = us(&self.ev[2], &self.ev[5])?;
             if queued {
                 s.gpu.push(total);
-                if !one_launch {
-                    s.route.push(us(&self.ev[2], &self.ev[3])?);
-                    s.fetch.push(us(&self.ev[3], &self.ev[4])?);
-                    s.attend.push(us(&self.ev[4], &self.ev[5])?);
-                }
-                s.miss_fetch_us.push((misses, us(fetch_from, &self.ev[5])?));
+                s.route.push(us(&self.ev[2], &self.ev[3])?);
+                let f = us(&self.ev[3], &self.ev[4])?;
+                s.fetch.push(f);
+                s.miss_fetch_us.push((misses, us(&self.ev[3], &self.ev[5])?));
+                s.attend.push(us(&self.ev[4], &self.ev[5])?);
             } else {
                 s.step.push(total);
             }
