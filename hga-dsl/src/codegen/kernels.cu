@@ -41,7 +41,8 @@ struct HgaParams {
     int* slot_stamp;          // [B*KVH][part_slots] step that last used the slot
     int* part_state;          // [B*KVH][4]: step id, clock hand, misses of the last step, misses
                               //   left without a slot (read from host, not cached)
-    int* miss_list;           // [B][KVH][ucap] scratch: union entries that missed
+    int* miss_list;           // [B][KVH][ucap] scratch: union entries that missed, past the resolve's
+                              //   shared memory (RESOLVE_SMEM)
     const unsigned long long* group_addr;
     elem_t* slots;
     float* part_ml;           // [B][QH][SK][2] running max and sum of each split
@@ -74,6 +75,40 @@ struct HgaParams {
 #else
 #define STEP_PROLOGUE() \
     do {                \
+    } while (0)
+#endif
+
+// Step trace, compiled in only with -DHGA_TRACE (hga_runtime::jit::Jit::traced): for each event of
+// TraceEvent, the earliest and the latest %globaltimer (ns) at which a block's thread 0 reached it,
+// folded atomically into hga_trace[2e] and [2e + 1] (the host resets them before a step). Reduction
+// atomics: a block does not wait for them.
+enum TraceEvent {
+    TR_SCORE_BEGIN, TR_SCORE_END,
+    TR_SELECT_BEGIN, TR_CHUNKS_SELECTED, TR_GROUPS_SCORED, TR_GROUPS_SELECTED,
+    TR_RESOLVE_BEGIN, TR_RESOLVE_STAGED, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
+    TR_ATTEND_BEGIN, TR_ATTEND_LOADED, TR_ATTEND_TOKENS, TR_ATTEND_COMBINED, TR_ATTEND_PARTIALS,
+    TR_MERGE_BEGIN, TR_MERGE_END,
+    TR_EVENTS
+};
+#ifdef HGA_TRACE
+__device__ unsigned long long hga_trace[2 * TR_EVENTS];
+// `dep`: a value the timer read waits for (a load's result arrives only when it is first used).
+__device__ __forceinline__ void trace_event(int e, int dep) {
+    if (threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) : "r"(dep) : "memory");
+        atomicMin(&hga_trace[2 * e], t);
+        atomicMax(&hga_trace[2 * e + 1], t);
+    }
+}
+#define TRACE(e) trace_event(e, 0)
+#define TRACE_AFTER(e, dep) trace_event(e, dep)
+#else
+#define TRACE(e) \
+    do {         \
+    } while (0)
+#define TRACE_AFTER(e, dep) \
+    do {                    \
     } while (0)
 #endif
 
@@ -232,6 +267,8 @@ __device__ __forceinline__ unsigned order_key(float v) {
 
 #define SEL_VPT 32
 #define SEL_CAND 2048
+#define SEL_REG 64       // values per thread block_select holds in registers (16K at 256 threads)
+#define SEL_REG_TAIL 8
 // block_select's general path: each thread holds a contiguous run of the values (the first SEL_VPT in
 // registers); the k-th best key is found one bit at a time by 32 block-wide counts (a radix select),
 // then ties at that key are taken lowest index first.
@@ -309,33 +346,64 @@ __device__ int block_select_radix(const float* vals, int n, int k, int* out, int
 
 // Writes the positions (+ out_offset) of the best k of vals[0..n) (higher value first, then lower
 // index: the CPU's ranking) to out in ascending order; returns min(k, n). Fast path (k <= half the
-// block): thread t takes values t, t + SNT, ... (coalesced; re-reads hit L1). The k-th best of the
+// block): thread t takes values t, t + THREADS, ... (coalesced; re-reads hit L1). The k-th best of the
 // maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
 // them at least, usually few more) are ranked exactly; the radix select above when they are too many.
-// Every thread of the block must call it; the block must have SNT threads.
-__device__ int block_select(const float* vals, int n, int k, int* out, int out_offset) {
-    __shared__ float tmax_v[SNT];
-    __shared__ int tmax_i[SNT];
-    __shared__ float cand_v[SEL_CAND];
-    __shared__ int cand_i[SEL_CAND];
-    __shared__ unsigned char cand_take[SEL_CAND];
-    __shared__ float thr_s;
+// Every thread of the block must call it; the block must have THREADS threads.
+// f(value, i) for each of thread t's values i = t + j * THREADS of block_select: `v` holds the first
+// SEL_REG, any beyond are read from `vals`, SEL_REG_TAIL loads at a time.
+template <int THREADS, typename F>
+__device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
+#pragma unroll
+    for (int j = 0; j < SEL_REG; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        if (i < n) f(v[j], i);
+    }
+#pragma unroll SEL_REG_TAIL
+    for (int i = threadIdx.x + SEL_REG * THREADS; i < n; i += THREADS) f(vals[i], i);
+}
+
+template <int THREADS>
+struct SelectSmem {
+    float tmax_v[THREADS];
+    int tmax_i[THREADS];
+    float cand_v[SEL_CAND];
+    int cand_i[SEL_CAND];
+    unsigned char cand_take[SEL_CAND];
+    float thr;
+};
+
+template <int THREADS>
+__device__ int block_select(const float* vals, int n, int k, int* out, int out_offset, SelectSmem<THREADS>& sm) {
+    float* tmax_v = sm.tmax_v;
+    int* tmax_i = sm.tmax_i;
+    float* cand_v = sm.cand_v;
+    int* cand_i = sm.cand_i;
+    unsigned char* cand_take = sm.cand_take;
+    float& thr_s = sm.thr;
     const int cnt = min(k, n);
     if (cnt <= 0) return 0;
     if (cnt == n) {
-        for (int i = threadIdx.x; i < n; i += SNT) out[i] = i + out_offset;
+        for (int i = threadIdx.x; i < n; i += THREADS) out[i] = i + out_offset;
         return cnt;
     }
-    if (cnt > SNT / 2) return block_select_radix(vals, n, k, out, out_offset);
+    if (cnt > THREADS / 2) return block_select_radix(vals, n, k, out, out_offset);
+    // Thread t's values t + j * THREADS: the first SEL_REG in registers (all loads in flight at once),
+    // any beyond from memory, SEL_REG_TAIL loads at a time.
+    float v[SEL_REG];
+#pragma unroll
+    for (int j = 0; j < SEL_REG; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        v[j] = i < n ? vals[i] : NEG_INF;
+    }
     float lm = NEG_INF;
     int li = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += SNT) {
-        const float x = vals[i];
+    sel_each<THREADS>(v, vals, n, [&](float x, int i) {
         if (x > lm) { lm = x; li = i; }  // ascending i: the first of equal values is kept
-    }
+    });
     // A lower bound of the answer: the cnt-th best of the maxima of lane groups of gs threads, gs as
     // large as leaves cnt groups holding values (fewer maxima to rank, fewer candidates above them).
-    const int busy = min(n, SNT);  // threads holding values: >= cnt
+    const int busy = min(n, THREADS);  // threads holding values: >= cnt
     int gs = 32;
     while (gs > 1 && busy / gs < cnt) gs >>= 1;
     for (int o = gs >> 1; o > 0; o >>= 1) {
@@ -360,17 +428,16 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     __syncthreads();
     const float thr = thr_s;
     int c = 0;
-    for (int i = threadIdx.x; i < n; i += SNT) c += vals[i] >= thr;
+    sel_each<THREADS>(v, vals, n, [&](float x, int) { c += x >= thr; });
     int total;
     int at = block_excl_scan(c, &total);
     if (total > SEL_CAND) return block_select_radix(vals, n, k, out, out_offset);
-    for (int i = threadIdx.x; i < n; i += SNT) {
-        const float x = vals[i];
+    sel_each<THREADS>(v, vals, n, [&](float x, int i) {
         if (x >= thr) { cand_v[at] = x; cand_i[at] = i; ++at; }
-    }
+    });
     __syncthreads();
     // Exact ranks among the candidates; the best cnt are taken.
-    for (int x = threadIdx.x; x < total; x += SNT) {
+    for (int x = threadIdx.x; x < total; x += THREADS) {
         const float cv = cand_v[x];
         const int ci = cand_i[x];
         int r = 0;
@@ -379,13 +446,41 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     }
     __syncthreads();
     // Output position: taken candidates with a lower index.
-    for (int x = threadIdx.x; x < total; x += SNT) {
+    for (int x = threadIdx.x; x < total; x += THREADS) {
         if (!cand_take[x]) continue;
         const int ci = cand_i[x];
         int o = 0;
         for (int y = 0; y < total; ++y) o += cand_take[y] && cand_i[y] < ci;
         out[o] = ci + out_offset;
     }
+    return cnt;
+}
+
+// block_select for n <= THREADS, through a map: writes map(i) for the best k of vals[0..n) (the
+// CPU's ranking) to out in ascending order of i; returns min(k, n). Thread i ranks value i against all
+// of them in shared memory and output positions come from warp ballots: one load and two barriers,
+// where block_select takes several rounds of each. map(i)'s loads are issued with the value's. Every
+// thread of the block must call it; the block must have THREADS threads.
+template <int THREADS, typename Map>
+__device__ int block_select_few(const float* vals, int n, int k, int* out, Map map, SelectSmem<THREADS>& sm) {
+    const int cnt = min(k, n);
+    const int i = threadIdx.x, warp = i >> 5, lane = i & 31;
+    const bool have = i < n;
+    const float v = have ? vals[i] : NEG_INF;
+    const int mapped = have ? map(i) : 0;
+    sm.tmax_v[i] = v;
+    __syncthreads();
+    int r = 0;
+    if (have && cnt < n) {
+        for (int j = 0; j < n; ++j) r += better(sm.tmax_v[j], j, v, i);
+    }
+    const bool take = have && r < cnt;
+    const unsigned ballot = __ballot_sync(0xffffffffu, take);
+    if (lane == 0) sm.cand_i[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0;
+    for (int w = 0; w < warp; ++w) before += sm.cand_i[w];
+    if (take) out[before + __popc(ballot & ((1u << lane) - 1u))] = mapped;
     return cnt;
 }
 
@@ -640,12 +735,29 @@ __device__ void stage_queries(const HgaParams& P, int b, int qh0, int nh, float 
     __syncthreads();
 }
 
+// Prefetches into L1 the rows that score_rows' first round loads (a lane per row reads its lines).
+template <typename RowOf>
+__device__ void prefetch_rows(const bf16_t* table, RowOf row_of, int i0, int i1) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    if ((lane & 7) != 0) return;
+#pragma unroll
+    for (int s = 0; s < SB; ++s) {
+        const int i = i0 + warp * 4 + s * nw * 4 + (lane >> 3);
+        if (i >= i1) continue;
+        const bf16_t* row = table + (long long)row_of(i) * (SV * D);
+#pragma unroll
+        for (int x = 0; x < SV * D; x += 64) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + x));
+    }
+}
+
 // Scores of summary rows i0 .. i1 (table row row_of(i)) against query heads qh0 .. qh0 + nh of row b,
-// staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. Starts with a block barrier
-// (stage_queries'), so the caller's writes that row_of reads are visible. Every thread must call it.
+// staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. The first round's rows are
+// prefetched before the queries are staged, so that the two loads' latencies overlap: row_of must be
+// readable on entry. Every thread must call it.
 template <int THREADS, typename RowOf>
 __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf16_t* table, RowOf row_of, int i0,
                             int i1, float* out, long long out_stride, float (*q_s)[D]) {
+    prefetch_rows(table, row_of, i0, i1);
     for (int h0 = 0; h0 < nh; h0 += GQA_TILE_Q) {
         const int n = min(GQA_TILE_Q, nh - h0);
         stage_queries<THREADS>(P, b, qh0 + h0, n, q_s);
@@ -656,20 +768,28 @@ __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf
 // ---------------------------------------------------------------------------------------------------
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
 // grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
+// Tile `tile` of (row b, KV head kvh); returns whether it holds candidates.
+template <int THREADS>
+__device__ bool chunk_score_tile(const HgaParams& P, int tile, int kvh, int b, float (*q_s)[D]) {
+    const int pos = P.pos[b];
+    if (pos < 0) return false;
+    const Windows w = windows_at(pos);
+    const int n_cand = w.local_start - w.sinks_end;
+    const int i0 = tile * CHUNK_TILE;
+    if (i0 >= n_cand) return false;
+    const int i1 = min(n_cand, i0 + CHUNK_TILE);
+    TRACE(TR_SCORE_BEGIN);
+    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
+    score_heads<THREADS>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
+                         P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    TRACE(TR_SCORE_END);
+    return true;
+}
+
 extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
     STEP_PROLOGUE();
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    const int kvh = blockIdx.y, b = blockIdx.z;
-    const int pos = P.pos[b];
-    if (pos < 0) return;
-    const Windows w = windows_at(pos);
-    const int n_cand = w.local_start - w.sinks_end;
-    const int i0 = blockIdx.x * CHUNK_TILE;
-    if (i0 >= n_cand) return;
-    const int i1 = min(n_cand, i0 + CHUNK_TILE);
-    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
-    score_heads<CNT>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
-                     P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    chunk_score_tile<CNT>(P, blockIdx.x, blockIdx.y, blockIdx.z, q_s);
 }
 
 // Summed softmax mass over the GQA query heads of KV head kvh (shared routing), written to mass[0..n).
@@ -690,72 +810,132 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
     __syncthreads();
 }
 
+// ---------------------------------------------------------------------------------------------------
+// hga_select's unit counters per (row, KV head) (the last unit resolves), after hga_attend's split
+// counters in P.done; back to 0 after every step.
+__device__ __forceinline__ int* units_done(const HgaParams& P) { return P.done + (long long)P.batch * (KVH * HTILES); }
+
+#define RESOLVE_SMEM 1024
+#define HASH_CAP 1024
+// Up to this many units per KV head, the union searches the sorted lists; beyond, a hash table.
+#define UNION_SEARCH_UNITS 16
+// Shared memory of resolve_kv.
+struct ResolveSmem {
+    int new_hand;
+    int lists[RESOLVE_SMEM];
+    int uni[RESOLVE_SMEM];   // the union's first RESOLVE_SMEM groups (also in P.uni_group)
+    int miss[RESOLVE_SMEM];  // the first RESOLVE_SMEM misses (the rest in P.miss_list)
+    int cnt[GQA];
+    int hkey[HASH_CAP];
+    int hfirst[HASH_CAP];
+    unsigned hmask[HASH_CAP];
+};
+
 template <int THREADS>
-__device__ void resolve_kv(const HgaParams& P, int b, int kvh);
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm);
+
+// Shared memory of select_unit (the selection's and the resolve's are never live together).
+#define ROUTE_SEL_SMEM 256
+#define ROUTE_CAND_SMEM 1024
+template <int THREADS>
+struct RouteSmem {
+    float red[32];
+    __align__(16) float q_s[GQA_TILE_Q][D];
+    int last;
+    int sel_s[ROUTE_SEL_SMEM];    // the selected chunks, where kce fits
+    int cand_s[ROUTE_CAND_SMEM];  // their first ROUTE_CAND_SMEM candidate groups
+    union {
+        SelectSmem<THREADS> sel;
+        ResolveSmem res;
+    } u;
+};
 
 // hga_select: routing of one unit (query head, or KV head when shared): the top TOP_CHUNKS candidate
 // chunks (block_select), their groups scored, the top TOP_GROUPS of those. Lists come out ascending.
 // With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
 // grid (UNITS, B), block SNT.
-extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
-    STEP_PROLOGUE();
-    __shared__ float red[32];
-    __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    const int u = blockIdx.x, b = blockIdx.y;
+template <int THREADS>
+__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, RouteSmem<THREADS>& sm) {
     const int pos = P.pos[b];
+    const int kvh = SHARED ? u : u / GQA;
     if (pos < 0) return;
     const Windows w = windows_at(pos);
     const int n_cand = w.local_start - w.sinks_end;
+    TRACE(TR_SELECT_BEGIN);
     const long long ou = (long long)b * UNITS + u;
-    const int kvh = SHARED ? u : u / GQA;
 #if SHARED
     float* cvals = P.chunk_mass + bk_of(b, kvh) * P.cap_chunks;
-    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, cvals, red);
+    shared_mass(P.chunk_score + ((long long)b * QH + u * GQA) * P.cap_chunks, P.cap_chunks, n_cand, cvals, sm.red);
 #else
     const float* cvals = P.chunk_score + ((long long)b * QH + u) * P.cap_chunks;
 #endif
     int* sel = P.sel_chunk + ou * P.kce;
-    const int nsel = block_select(cvals, n_cand, P.kce, sel, w.sinks_end);
+    // The selection goes to shared memory where it fits (read right below), and is copied out after.
+    int* sel_w = P.kce <= ROUTE_SEL_SMEM ? sm.sel_s : sel;
+    const int nsel = n_cand <= THREADS
+                         ? block_select_few<THREADS>(cvals, n_cand, P.kce, sel_w, [&](int i) { return w.sinks_end + i; }, sm.u.sel)
+                         : block_select<THREADS>(cvals, n_cand, P.kce, sel_w, w.sinks_end, sm.u.sel);
     if (threadIdx.x == 0) P.n_sel_chunk[ou] = nsel;
     __syncthreads();
+    TRACE(TR_CHUNKS_SELECTED);
+    if (sel_w != sel) {
+        for (int i = threadIdx.x; i < nsel; i += THREADS) sel[i] = sel_w[i];
+    }
     // The selected chunks' groups, ascending (the chunks are).
     const int kg = P.kce * GPC;
     const int n = nsel * GPC;
     int* cand = P.group_cand + ou * (long long)kg;
-    for (int i = threadIdx.x; i < n; i += SNT) cand[i] = sel[i / GPC] * GPC + i % GPC;
+    for (int i = threadIdx.x; i < n; i += THREADS) {
+        const int g = sel_w[i / GPC] * GPC + i % GPC;
+        cand[i] = g;
+        if (i < ROUTE_CAND_SMEM) sm.cand_s[i] = g;
+    }
+    __syncthreads();
+    auto cand_at = [&](int i) { return i < ROUTE_CAND_SMEM ? sm.cand_s[i] : cand[i]; };
     const bf16_t* table = P.group_sum + bk_of(b, kvh) * P.cap_groups * (long long)(SV * D);
     const int qh_unit = SHARED ? u * GQA : u;
-    // (score_heads' first barrier publishes cand.)
-    score_heads<SNT>(P, b, qh_unit, UNIT_HEADS, table, [&](int i) { return cand[i]; }, 0, n,
-                     P.group_score + ((long long)b * QH + qh_unit) * kg, kg, q_s);
+    score_heads<THREADS>(P, b, qh_unit, UNIT_HEADS, table, cand_at, 0, n,
+                         P.group_score + ((long long)b * QH + qh_unit) * kg, kg, sm.q_s);
     __syncthreads();
+    TRACE(TR_GROUPS_SCORED);
 #if SHARED
     float* gvals = P.group_mass + bk_of(b, kvh) * kg;
-    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, red);
+    shared_mass(P.group_score + ((long long)b * QH + u * GQA) * kg, kg, n, gvals, sm.red);
 #else
     const float* gvals = P.group_score + ((long long)b * QH + u) * kg;
 #endif
     int* out = P.sel_group + ou * P.kge;
-    const int cnt = block_select(gvals, n, P.kge, out, 0);
-    __syncthreads();
-    // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
-    // through L2: no L1 line of the lists may go stale for the block that resolves below.)
-    for (int r = threadIdx.x; r < cnt; r += SNT) out[r] = cand[__ldcg(&out[r])];
+    int cnt;
+    if (n <= THREADS) {
+        cnt = block_select_few<THREADS>(gvals, n, P.kge, out, cand_at, sm.u.sel);
+    } else {
+        cnt = block_select<THREADS>(gvals, n, P.kge, out, 0, sm.u.sel);
+        __syncthreads();
+        // block_select wrote candidate positions (ascending); their groups are ascending too. (Read
+        // through L2: no L1 line of the lists may go stale for the block that resolves below.)
+        for (int r = threadIdx.x; r < cnt; r += THREADS) out[r] = cand_at(__ldcg(&out[r]));
+    }
     if (threadIdx.x == 0) P.n_sel_group[ou] = cnt;
+    TRACE(TR_GROUPS_SELECTED);
     if (!fuse_resolve) return;
     // The last unit of the KV head to finish resolves it (its lists' writes are ordered before the
     // counter update, as in hga_attend's merge).
-    __shared__ int last_s;
     __threadfence();
     __syncthreads();
-    int* done = P.done + (long long)P.batch * (KVH * HTILES) + bk_of(b, kvh);
-    if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
+    int* done = units_done(P) + bk_of(b, kvh);
+    if (threadIdx.x == 0) sm.last = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
     __syncthreads();
-    if (!last_s) return;
+    if (!sm.last) return;
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
-    resolve_kv<SNT>(P, b, kvh);
+    resolve_kv<THREADS>(P, b, kvh, sm.u.res);
+}
+
+extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
+    STEP_PROLOGUE();
+    __shared__ RouteSmem<SNT> sm;
+    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -777,17 +957,16 @@ __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
 // memory by hga_attend without being cached. Run by hga_resolve (grid (KVH, B), block RNT), or fused
 // into hga_select by the last unit of the KV head to finish (block SNT). Lists written by other blocks
 // of the same kernel are read through L2 (__ldcg): L1 is not coherent within a kernel.
-#define RESOLVE_SMEM 1024
-#define HASH_CAP 1024
 template <int THREADS>
-__device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
-    __shared__ int new_hand;
-    __shared__ int lists_s[RESOLVE_SMEM];
-    __shared__ int cnt_s[GQA];
-    __shared__ int hkey[HASH_CAP];
-    __shared__ int hfirst[HASH_CAP];
-    __shared__ unsigned hmask[HASH_CAP];
+__device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) {
+    int& new_hand = sm.new_hand;
+    int* lists_s = sm.lists;
+    int* cnt_s = sm.cnt;
+    int* hkey = sm.hkey;
+    int* hfirst = sm.hfirst;
+    unsigned* hmask = sm.hmask;
     if (P.pos[b] < 0) return;
+    TRACE(TR_RESOLVE_BEGIN);
     const long long bk = bk_of(b, kvh);
     const int kge = P.kge;
     const int n_units = SHARED ? 1 : GQA;
@@ -802,6 +981,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
     }
     for (int h = threadIdx.x; h < n_units; h += THREADS) cnt_s[h] = __ldcg(&cnt_g[h]);
     __syncthreads();
+    TRACE(TR_RESOLVE_STAGED);
     const int* sel = staged ? lists_s : sel_g;
     const int* cnt = cnt_s;
     int* state = P.part_state + bk * 4;
@@ -812,10 +992,11 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
     int* slot_of = P.slot_of + bk * P.cap_groups;
     const long long ue0 = bk * P.ucap;
     // Union in entry order (unit, then rank): an entry is kept where its group first occurs, with the
-    // mask of the units that opened the group. A shared-memory hash table (group -> first entry, mask)
-    // when it fits; else binary searches of the sorted lists.
+    // mask of the units that opened the group. Binary searches of the sorted lists (staged in shared
+    // memory when they fit); a shared-memory hash table (group -> first entry, mask) for many units
+    // (GQA > UNION_SEARCH_UNITS) whose lists fit it.
     int n_u = 0;
-    if (E <= HASH_CAP / 2) {
+    if (E <= HASH_CAP / 2 && n_units > UNION_SEARCH_UNITS) {
         int tb = 32;
         while (tb < 2 * E) tb <<= 1;
         for (int x = threadIdx.x; x < tb; x += THREADS) { hkey[x] = -1; hfirst[x] = 0x7fffffff; hmask[x] = 0u; }
@@ -847,6 +1028,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
             n_u += total;
             if (first) {
                 P.uni_group[ue0 + idx] = sel[e];
+                if (idx < RESOLVE_SMEM) sm.uni[idx] = sel[e];
                 // Masks wider than 32 units (GQA > 32) come from the list searches below.
                 if (MW == 1) P.uni_mask[ue0 + idx] = hmask[x];
                 else {
@@ -860,36 +1042,45 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
             }
         }
     } else {
-    for (int e0 = 0; e0 < E; e0 += THREADS) {
-        const int e = e0 + threadIdx.x;
-        const int h = e / kge, r = e % kge;
-        const int g = e < E && r < cnt[h] ? sel[e] : -1;
-        bool first = g >= 0;
-        for (int h2 = 0; h2 < h && first; ++h2) first = !list_has(sel + h2 * kge, cnt[h2], g);
-        int total;
-        const int idx = n_u + block_prefix_count(first, &total);
-        n_u += total;
-        if (first) {
+        // Every entry searches every unit's sorted list (independent searches, unrolled): its mask, and
+        // whether an earlier unit opened the group too.
+        for (int e0 = 0; e0 < E; e0 += THREADS) {
+            const int e = e0 + threadIdx.x;
+            const int h = e / kge, r = e % kge;
+            const int g = e < E && r < cnt[h] ? sel[e] : -1;
+            bool first = g >= 0;
             unsigned mask[MW];
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
-            if (!SHARED) {
-                mask[h >> 5] |= 1u << (h & 31);
-                for (int h2 = h + 1; h2 < n_units; ++h2)
-                    if (list_has(sel + h2 * kge, cnt[h2], g)) mask[h2 >> 5] |= 1u << (h2 & 31);
+            if (!SHARED && g >= 0) {
+#pragma unroll 8
+                for (int h2 = 0; h2 < n_units; ++h2) {
+                    const bool has = h2 == h || list_has(sel + h2 * kge, cnt[h2], g);
+                    if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
+                    first = first && !(has && h2 < h);
+                }
             }
-            P.uni_group[ue0 + idx] = g;
+            int total;
+            const int idx = n_u + block_prefix_count(first, &total);
+            n_u += total;
+            if (first) {
+                P.uni_group[ue0 + idx] = g;
+                if (idx < RESOLVE_SMEM) sm.uni[idx] = g;
 #pragma unroll
-            for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
+                for (int m = 0; m < MW; ++m) P.uni_mask[(ue0 + idx) * MW + m] = mask[m];
+            }
         }
     }
-    }
     __syncthreads();
-    // Hits keep their slot (stamped: not evictable this step); misses are listed.
+    TRACE(TR_RESOLVE_UNION);
+    // Hits keep their slot (stamped: not evictable this step); misses are listed. The union and the
+    // miss list are read back from shared memory where they fit (this block wrote both).
+    auto uni_at = [&](int i) { return i < RESOLVE_SMEM ? sm.uni[i] : P.uni_group[ue0 + i]; };
     int n_miss = 0;
     for (int i0 = 0; i0 < n_u; i0 += THREADS) {
         const int i = i0 + threadIdx.x;
-        const int s = i < n_u ? slot_of[P.uni_group[ue0 + i]] : -1;
+        const int g = i < n_u ? uni_at(i) : -1;
+        const int s = i < n_u ? slot_of[g] : -1;
         const bool miss = i < n_u && s < 0;
         int total;
         const int m = n_miss + block_prefix_count(miss, &total);
@@ -898,14 +1089,16 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
             if (s >= 0) stamp[s] = step;
             P.uni_slot[ue0 + i] = s >= 0 ? s : NO_SLOT;
             if (miss) {
-                P.miss_list[ue0 + m] = i;
-                if (host_record(P, bk, P.uni_group[ue0 + i]) == nullptr) atomicAdd(P.error, 1);
+                if (m < RESOLVE_SMEM) sm.miss[m] = i;
+                else P.miss_list[ue0 + m] = i;
+                if (host_record(P, bk, g) == nullptr) atomicAdd(P.error, 1);
             }
         }
     }
     const int hand = state[1];
     if (threadIdx.x == 0) new_hand = hand;
     __syncthreads();
+    TRACE(TR_RESOLVE_LISTED);
     int assigned = 0;
     for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += THREADS) {
         const int off = scanned + threadIdx.x;
@@ -914,8 +1107,8 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
         int total;
         const int m = assigned + block_prefix_count(ok, &total);
         if (ok && m < n_miss) {
-            const int i = P.miss_list[ue0 + m];
-            const int g = P.uni_group[ue0 + i];
+            const int i = m < RESOLVE_SMEM ? sm.miss[m] : P.miss_list[ue0 + m];
+            const int g = uni_at(i);
             const int old = owner[s];
             if (old >= 0) slot_of[old] = -1;
             owner[s] = g;
@@ -934,11 +1127,13 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh) {
         state[2] = n_miss;
         state[3] = n_miss - assigned;
     }
+    TRACE(TR_RESOLVE_END);
 }
 
 extern "C" __global__ void __launch_bounds__(RNT) hga_resolve(HgaParams P) {
     STEP_PROLOGUE();
-    resolve_kv<RNT>(P, blockIdx.y, blockIdx.x);
+    __shared__ ResolveSmem sm;
+    resolve_kv<RNT>(P, blockIdx.y, blockIdx.x, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1076,17 +1271,28 @@ __device__ __forceinline__ unsigned token_heads(const HgaParams& P, int b, int k
     return bits;
 }
 
-extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
-    STEP_PROLOGUE();
-    __shared__ float wm_s[NWARPS][8], wl_s[NWARPS][8];
-    __shared__ __align__(16) float o_s[HT][D];
-    __shared__ float2 blk_s[HT];
-    __shared__ int last_s;
-    __shared__ float2 ml_s[HT][SK];
-    __shared__ float wgt_s[HT][SK];
-    const int split = blockIdx.x, kvh = blockIdx.y / HTILES, h0 = (blockIdx.y % HTILES) * HT, b = blockIdx.z;
+// Shared memory of attend_split.
+struct AttendSmem {
+    float wm[NWARPS][8], wl[NWARPS][8];
+    __align__(16) float o[HT][D];
+    float2 blk[HT];
+    int last;
+    float wgt[HT][SK];
+};
+
+// Split `split` of head tile y (KV head y / HTILES) of row b.
+// for the KV head's resolve.
+__device__ void attend_split(const HgaParams& P, int split, int y, int b, AttendSmem& sm) {
+    float (*wm_s)[8] = sm.wm;
+    float (*wl_s)[8] = sm.wl;
+    float (*o_s)[D] = sm.o;
+    float2* blk_s = sm.blk;
+    int& last_s = sm.last;
+    float (*wgt_s)[SK] = sm.wgt;
+    const int kvh = y / HTILES, h0 = (y % HTILES) * HT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
     const long long bk = bk_of(b, kvh);
+    TRACE(TR_ATTEND_BEGIN);
     // The position, the union's size and the queries are loaded together (all are valid memory for an
     // inactive row too): one memory latency before the first token instead of three.
     const int pos = P.pos[b];
@@ -1108,6 +1314,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
     const int t_begin = split * per * 16, t_end = min(n_total, (split + 1) * per * 16);
     const int my_steps = t_end > t_begin ? (t_end - t_begin + 15) / 16 : 0;
     if (split == 0 && h0 == 0 && threadIdx.x == 0) P.n_att[bk] = n_total;
+    TRACE_AFTER(TR_ATTEND_LOADED, n_total + (int)qb[0]);
     // Every warp runs its own online softmax over its 16-token steps (warp, warp + NWARPS, ... of the
     // split): no block barrier until the warps' results are combined. Tokens and dimensions are the M
     // side of the tiles, the block's heads the N side: Sᵀ = K·Qᵀ, then Oᵀ += Vᵀ·Pᵀ. Lane (fg, ft) keeps
@@ -1117,30 +1324,53 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
 #pragma unroll
     for (int i = 0; i < WORDS / 2; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.f, 0.f};
-    for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
-        // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
-        unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
-        unsigned heads[PASS][2];
+    // A pass's token references (union entry -> slot or host record) are resolved while the pass
+    // before it loads its rows: one memory latency per pass on the critical path instead of two.
+    TokenRef refs[PASS][2];
+    unsigned heads_next[PASS][2];
+    auto resolve_pass = [&](int s0) {
 #pragma unroll
         for (int p = 0; p < PASS; ++p)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int tok = t_begin + 16 * (s0 + p) + 8 * half + fg;
-                TokenRef ref;
-                heads[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &ref) : 0u;
-                if (s0 + p < my_steps && ref.k != nullptr) {
+                refs[p][half] = TokenRef{nullptr, nullptr, -1};
+                heads_next[p][half] = s0 + p < my_steps ? token_heads(P, b, kvh, h0, tok, t_end, S, U, local0, &refs[p][half]) : 0u;
+            }
+    };
+    resolve_pass(warp * PASS);
+    for (int s0 = warp * PASS; s0 < my_steps; s0 += NWARPS * PASS) {
+        // Lane (fg, ft) loads its quarter of tokens fg and 8 + fg of each step: keys and values.
+        unsigned kw[PASS][2][WORDS], vw[PASS][2][WORDS];
+        unsigned heads[PASS][2];
+        long long fill[PASS][2];
+#pragma unroll
+        for (int p = 0; p < PASS; ++p) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const TokenRef ref = refs[p][half];
+                heads[p][half] = heads_next[p][half];
+                fill[p][half] = ref.fill;
+                if (ref.k != nullptr) {
                     load_quarter(ref.k, ft, kw[p][half]);
                     load_quarter(ref.v, ft, vw[p][half]);
-                    if (ref.fill >= 0) {
-                        store_quarter(P.slots + ref.fill, ft, kw[p][half]);
-                        store_quarter(P.slots + ref.fill + G * D, ft, vw[p][half]);
-                    }
                 } else {
                     // Rows past the end (or without a record) are zero and masked: 0 * garbage could be NaN.
 #pragma unroll
                     for (int i = 0; i < WORDS; ++i) kw[p][half][i] = vw[p][half][i] = 0u;
                 }
             }
+        }
+        if (s0 + NWARPS * PASS < my_steps) resolve_pass(s0 + NWARPS * PASS);
+        // Missed rows go into their slots (after the next pass's references: a store waits for its data).
+#pragma unroll
+        for (int p = 0; p < PASS; ++p)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+                if (fill[p][half] >= 0) {
+                    store_quarter(P.slots + fill[p][half], ft, kw[p][half]);
+                    store_quarter(P.slots + fill[p][half] + G * D, ft, vw[p][half]);
+                }
 #pragma unroll
         for (int p = 0; p < PASS; ++p) {
             if (s0 + p >= my_steps) break;
@@ -1190,6 +1420,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             }
         }
     }
+    TRACE_AFTER(TR_ATTEND_TOKENS, __float_as_int(l_r[0] + acc[0][0]));
     // The block's split: its warps' partial results rescaled to the block's maximum and summed, in warp
     // order (the same sum every run).
     if (fg == 0) {
@@ -1198,14 +1429,20 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
             if (2 * ft + j < HT) { wm_s[warp][2 * ft + j] = m_r[j]; wl_s[warp][2 * ft + j] = l_r[j]; }
     }
     __syncthreads();
+    // The block's maximum and sum per head first; each lane then rescales its heads to that maximum.
+    if (threadIdx.x < HT) {
+        const int h = threadIdx.x;
+        float m = NEG_INF;
+        for (int v = 0; v < NWARPS; ++v) m = fmaxf(m, wm_s[v][h]);
+        float l = 0.f;
+        for (int v = 0; v < NWARPS; ++v) l += wm_s[v][h] == NEG_INF ? 0.f : wl_s[v][h] * expf(wm_s[v][h] - m);
+        blk_s[h] = make_float2(m, l);
+    }
+    __syncthreads();
     float sc[2];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        float m_blk = NEG_INF;
-        if (2 * ft + j < HT)
-            for (int v = 0; v < NWARPS; ++v) m_blk = fmaxf(m_blk, wm_s[v][2 * ft + j]);
-        sc[j] = m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - m_blk);
-    }
+    for (int j = 0; j < 2; ++j)
+        sc[j] = 2 * ft + j >= HT || m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - blk_s[2 * ft + j].x);
     for (int v = 0; v < NWARPS; ++v) {
         if (warp == v) {
 #pragma unroll
@@ -1219,15 +1456,7 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
         }
         __syncthreads();
     }
-    if (threadIdx.x < HT) {
-        const int h = threadIdx.x;
-        float m = NEG_INF;
-        for (int v = 0; v < NWARPS; ++v) m = fmaxf(m, wm_s[v][h]);
-        float l = 0.f;
-        for (int v = 0; v < NWARPS; ++v) l += wm_s[v][h] == NEG_INF ? 0.f : wl_s[v][h] * expf(wm_s[v][h] - m);
-        blk_s[h] = make_float2(m, l);
-    }
-    __syncthreads();
+    TRACE(TR_ATTEND_COMBINED);
     for (int x = threadIdx.x; x < HT * D; x += NT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + x / D) * SK + split;
         P.part_acc[row * D + x % D] = o_s[x / D][x % D];
@@ -1236,41 +1465,77 @@ extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + threadIdx.x) * SK + split;
         *(float2*)&P.part_ml[row * 2] = blk_s[threadIdx.x];
     }
+    TRACE(TR_ATTEND_PARTIALS);
     // The last split to finish merges (its partials' writes are ordered before its counter update).
     __threadfence();
     __syncthreads();
-    int* done = P.done + (long long)b * (KVH * HTILES) + blockIdx.y;
+    int* done = P.done + (long long)b * (KVH * HTILES) + y;
     if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == SK - 1;
     __syncthreads();
     if (!last_s) return;
     __threadfence();
-    // Each head's split weights exp(m_s - m) / l once, then every output element in one round of
-    // independent loads (SK is a compile-time constant).
-    for (int x = threadIdx.x; x < HT * SK; x += NT) {
-        const long long row = ((long long)b * QH + kvh * GQA + h0 + x / SK) * SK + x % SK;
-        ml_s[x / SK][x % SK] = __ldcg((const float2*)&P.part_ml[row * 2]);
-    }
-    __syncthreads();
-    if (threadIdx.x < HT) {
-        const int h = threadIdx.x;
-        float m = NEG_INF;
-        for (int s = 0; s < SK; ++s) m = fmaxf(m, ml_s[h][s].x);
-        float l = 0.f;
-        for (int s = 0; s < SK; ++s) {
-            const float e = ml_s[h][s].x == NEG_INF ? 0.f : expf(ml_s[h][s].x - m);
-            wgt_s[h][s] = e;
-            l += e * ml_s[h][s].y;
-        }
-        for (int s = 0; s < SK; ++s) wgt_s[h][s] /= l;
-    }
-    __syncthreads();
-    for (int x = threadIdx.x; x < HT * D; x += NT) {
-        const int h = x / D, d = x % D;
-        const long long row = ((long long)b * QH + kvh * GQA + h0 + h) * SK;
-        float o = 0.f;
+    TRACE(TR_MERGE_BEGIN);
+    // Each thread merges four consecutive output elements. The partial accumulators of the first
+    // MERGE_PRE splits are loaded before the split weights (exp(m_s - m) / l per head) are computed,
+    // so the two loads' latencies overlap; later rounds (HT * D > 4 * NT) load theirs at once too.
+    constexpr int MERGE_PRE = SK < 16 ? SK : 16;
+    constexpr int X4 = HT * D / 4;
+    const long long row0 = ((long long)b * QH + kvh * GQA + h0) * SK;
+    float4 pre[MERGE_PRE];
+    auto load_pre = [&](int x) {
+        const long long at = (row0 + (long long)(4 * x / D) * SK) * D + 4 * x % D;
 #pragma unroll
-        for (int s = 0; s < SK; ++s) o += wgt_s[h][s] * __ldcg(&P.part_acc[(row + s) * D + d]);
-        P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] = st_elem(o);
+        for (int s = 0; s < MERGE_PRE; ++s) pre[s] = __ldcg((const float4*)&P.part_acc[at + (long long)s * D]);
+    };
+    if (threadIdx.x < X4) load_pre(threadIdx.x);
+    // Warp w weighs the splits of heads w, w + NWARPS, ..., lane s holding split s (+ 32j).
+    constexpr int SPL = (SK + 31) / 32;
+    for (int h = warp; h < HT; h += NWARPS) {
+        float2 ml[SPL];
+        float m = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < SPL; ++j) {
+            const int s = lane + 32 * j;
+            ml[j] = s < SK ? __ldcg((const float2*)&P.part_ml[(row0 + h * SK + s) * 2]) : make_float2(NEG_INF, 0.f);
+            m = fmaxf(m, ml[j].x);
+        }
+        m = warp_max(m);
+        float e[SPL], l = 0.f;
+#pragma unroll
+        for (int j = 0; j < SPL; ++j) {
+            e[j] = ml[j].x == NEG_INF ? 0.f : expf(ml[j].x - m);
+            l += e[j] * ml[j].y;
+        }
+        l = warp_sum(l);
+#pragma unroll
+        for (int j = 0; j < SPL; ++j)
+            if (lane + 32 * j < SK) wgt_s[h][lane + 32 * j] = e[j] / l;
     }
+    __syncthreads();
+    for (int x = threadIdx.x; x < X4; x += NT) {
+        if (x != threadIdx.x) load_pre(x);
+        const int h = 4 * x / D, d = 4 * x % D;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        auto add = [&](int s, float4 v) {
+            const float wv = wgt_s[h][s];
+            o.x += wv * v.x;
+            o.y += wv * v.y;
+            o.z += wv * v.z;
+            o.w += wv * v.w;
+        };
+#pragma unroll
+        for (int s = 0; s < MERGE_PRE; ++s) add(s, pre[s]);
+#pragma unroll
+        for (int s = MERGE_PRE; s < SK; ++s) add(s, __ldcg((const float4*)&P.part_acc[(row0 + (long long)h * SK + s) * D + d]));
+        *(uint2*)&P.out[((long long)b * QH + kvh * GQA + h0 + h) * D + d] =
+            make_uint2(pack_elems(o.x, o.y), pack_elems(o.z, o.w));
+    }
+    TRACE(TR_MERGE_END);
     if (threadIdx.x == 0) *done = 0;
+}
+
+extern "C" __global__ void __launch_bounds__(NT) hga_attend(HgaParams P) {
+    STEP_PROLOGUE();
+    __shared__ AttendSmem sm;
+    attend_split(P, blockIdx.x, blockIdx.y, blockIdx.z, sm);
 }

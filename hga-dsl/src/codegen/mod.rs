@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-5";
+pub const GENERATOR_VERSION: &str = "hga-codegen-6";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.
@@ -53,6 +53,31 @@ pub const ENTRY_POINTS: [&str; 8] = [
     "hga_select",
     "hga_resolve",
     "hga_attend",
+];
+
+/// Events of the step trace, in the order of the source's `enum TraceEvent`: where a block of the
+/// step's kernels is when it records each. Compiled in only with the `HGA_TRACE` define (the runtime's
+/// `Jit::traced`), which records, per event, the earliest and the latest GPU global time at which a
+/// block reached it.
+pub const TRACE_EVENTS: [&str; 18] = [
+    "chunk score: begin",
+    "chunk score: end",
+    "select: begin",
+    "select: chunks selected",
+    "select: groups scored",
+    "select: groups selected",
+    "resolve: begin",
+    "resolve: lists staged",
+    "resolve: union built",
+    "resolve: hits and misses listed",
+    "resolve: end",
+    "attend: begin",
+    "attend: position, union size, queries loaded",
+    "attend: tokens attended (warp 0)",
+    "attend: warps combined",
+    "attend: partials written",
+    "merge: begin",
+    "merge: end",
 ];
 
 /// Launch parameters derived from the spec; the runtime sizes grids and scratch buffers from them.
@@ -138,9 +163,9 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     // registers, which the register file allows up to 32 tokens at d <= 128 and 16 beyond.
     let tile_tokens = k.tile_tokens.clamp(16, max_warp_tile(d));
     let warps = k.threads / 32;
-    // Per-warp softmax state, the block's combined output and state, the merge's split maxima, sums and
-    // weights, the last-split flag.
-    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 12 + 4;
+    // Per-warp softmax state, the block's combined output and state, the merge's split weights, the
+    // last-split flag.
+    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 4 + 4;
     LaunchParams {
         threads: k.threads,
         select_threads: SELECT_THREADS,
@@ -266,6 +291,16 @@ mod tests {
     #[test]
     fn resolve_staging_matches_the_source() {
         assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
+    }
+
+    #[test]
+    fn trace_events_match_the_source_enum() {
+        let start = KERNELS.find("enum TraceEvent {").expect("the trace enum") + "enum TraceEvent {".len();
+        let body = &KERNELS[start..start + KERNELS[start..].find('}').unwrap()];
+        let names: Vec<&str> = body.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        assert_eq!(names.last(), Some(&"TR_EVENTS"));
+        assert_eq!(names.len() - 1, TRACE_EVENTS.len(), "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("TR_")));
     }
 
     #[test]

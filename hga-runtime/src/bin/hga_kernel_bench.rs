@@ -2,8 +2,10 @@
 //! Qwen3-30B-A3B shape (32 q heads, 4 KV heads, d 128) at 64K and 1M context, batch 1, next to two
 //! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
 //!
-//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N]` (kernel parameters default
-//! to `KernelParams::default()`). Inputs are random bf16 (never zeros); several copies
+//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace]` (kernel parameters default
+//! to `KernelParams::default()`). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
+//! the timings, prints when the first and the last block reached each point of the step (mean over
+//! `--iters` graph replays, µs from the first block's start). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
 //! (the same query every step: all opened groups already in the slot cache) and "miss" (a fresh query
 //! every step: groups read by `hga_attend` from mapped pinned host memory). Whole steps are timed as separate
@@ -47,7 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json_path = arg("--json");
     let iters: usize = arg("--iters").map(|s| s.parse()).transpose()?.unwrap_or(200);
     let gpu = Gpu::open(0)?;
-    let jit = Jit::from_env()?;
+    let trace = args.iter().any(|a| a == "--trace");
+    let jit = if trace { Jit::from_env()?.traced() } else { Jit::from_env()? };
     let mut kp = hga_dsl::KernelParams::default();
     if let Some(t) = arg("--threads") {
         kp.threads = t.parse()?;
@@ -153,6 +156,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let union: usize = batches[0].union()?.iter().map(|u| u.len()).sum();
         let n_cand = batches[0].max_candidates() as usize;
         for regime in ["hit", "miss"] {
+            if trace {
+                print_trace(
+                    &gpu,
+                    &kernels,
+                    &mut batches,
+                    &graphs,
+                    &queries,
+                    &kv_new,
+                    regime,
+                    context,
+                    iters,
+                    &mut rng,
+                )?;
+                continue;
+            }
             let mut per_kernel: Vec<Vec<f64>> = vec![Vec::new(); KERNELS.len()];
             let mut whole = Vec::new();
             let mut closing = Vec::new();
@@ -308,6 +326,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p) = json_path {
         std::fs::write(&p, json)?;
         println!("\nwrote {p}");
+    }
+    Ok(())
+}
+
+/// The step trace of `iters` graph replays of `regime` (the same queries, or fresh ones every step),
+/// averaged: per event, when the first and the last block reached it, µs from the first block's start.
+#[allow(clippy::too_many_arguments)]
+fn print_trace(
+    gpu: &Gpu,
+    kernels: &DecodeKernels,
+    batches: &mut [DecodeBatch],
+    graphs: &[hga_runtime::cuda::StepGraph],
+    queries: &[Vec<u16>],
+    kv_new: &[u16],
+    regime: &str,
+    context: usize,
+    iters: usize,
+    rng: &mut Rng,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use hga_dsl::codegen::TRACE_EVENTS;
+    println!("\ncontext {}K, batch 1, {regime}: step trace, µs from the first block's start", context / 1024);
+    let st = gpu.stream().clone();
+    let mut sum = vec![(0.0f64, 0.0f64, 0usize); TRACE_EVENTS.len()];
+    for it in 0..iters {
+        let b = &mut batches[it % graphs.len()];
+        if regime == "miss" {
+            let q: Vec<u16> = (0..queries[0].len()).map(|_| rng.bf16()).collect();
+            b.upload_q(&q)?;
+        } else {
+            b.upload_q(&queries[it % graphs.len()])?;
+        }
+        b.upload_close(&[-1])?;
+        b.upload_new_kv(kv_new, kv_new)?;
+        kernels.reset_trace(&st)?;
+        b.launch_graph(&graphs[it % graphs.len()])?;
+        let spans = kernels.read_trace(&st)?;
+        let Some(t0) = spans.iter().filter_map(|s| s.first_ns).min() else { continue };
+        for (acc, s) in sum.iter_mut().zip(&spans) {
+            if let (Some(f), Some(l)) = (s.first_ns, s.last_ns) {
+                acc.0 += (f - t0) as f64 / 1e3;
+                acc.1 += (l - t0) as f64 / 1e3;
+                acc.2 += 1;
+            }
+        }
+    }
+    for (e, (f, l, n)) in TRACE_EVENTS.iter().zip(sum) {
+        if n > 0 {
+            println!("  {e:<46} first {:>7.2}  last {:>7.2}", f / n as f64, l / n as f64);
+        }
     }
     Ok(())
 }

@@ -3,10 +3,11 @@
 use super::{CudaError, Gpu};
 use crate::jit::{Compiled, Jit};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-use cudarc::driver::{result, CudaFunction, DeviceRepr};
-use hga_dsl::codegen::{self, GeneratedSource, ENTRY_POINTS};
+use cudarc::driver::{result, CudaFunction, CudaModule, CudaStream, DeviceRepr};
+use hga_dsl::codegen::{self, GeneratedSource, ENTRY_POINTS, TRACE_EVENTS};
 use hga_dsl::ValidSpec;
 use std::fmt;
+use std::sync::Arc;
 
 /// Attributes the driver reports for a loaded kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,20 @@ pub struct DecodeKernels {
     compiled: Compiled,
     funcs: Vec<CudaFunction>,
     attributes: Vec<FuncAttributes>,
+    module: Arc<CudaModule>,
+    traced: bool,
+}
+
+/// One event of the step trace ([`TRACE_EVENTS`]): the GPU global time at which the first and the last
+/// block reached it since [`DecodeKernels::reset_trace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceSpan {
+    /// The event's name.
+    pub event: &'static str,
+    /// Earliest arrival, ns of the GPU's global timer; `None` where no block reached the event.
+    pub first_ns: Option<u64>,
+    /// Latest arrival, ns.
+    pub last_ns: Option<u64>,
 }
 
 /// Oldest compute capability the generated kernels run on (`hga_attend`'s `mma.sync` m16n8k16 on
@@ -71,7 +86,8 @@ impl DecodeKernels {
             });
             funcs.push(f);
         }
-        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes })
+        let traced = jit.is_traced();
+        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, module, traced })
     }
 
     /// The spec.
@@ -90,6 +106,53 @@ impl DecodeKernels {
     pub fn attributes(&self) -> &[FuncAttributes] {
         &self.attributes
     }
+    /// Whether the kernels record the step trace (loaded through [`Jit::traced`]).
+    pub fn traced(&self) -> bool {
+        self.traced
+    }
+
+    fn trace_error(&self) -> CudaError {
+        CudaError::Invalid {
+            field: "trace",
+            value: "untraced kernels".into(),
+            rule: "the step trace needs kernels loaded through Jit::traced()".into(),
+        }
+    }
+
+    /// Clears the step trace (queued on `stream`), so that the next read covers what runs after it.
+    pub fn reset_trace(&self, stream: &Arc<CudaStream>) -> Result<(), CudaError> {
+        if !self.traced {
+            return Err(self.trace_error());
+        }
+        let init: Vec<u64> = (0..2 * TRACE_EVENTS.len()).map(|i| if i % 2 == 0 { u64::MAX } else { 0 }).collect();
+        let mut sym = self.module.get_global("hga_trace", stream)?;
+        // SAFETY: `hga_trace` is `unsigned long long[2 * TR_EVENTS]` (codegen's test pins the count).
+        let mut words = unsafe { sym.transmute_mut::<u64>(init.len()) }.ok_or_else(|| self.trace_error())?;
+        stream.memcpy_htod(&init, &mut words)?;
+        Ok(())
+    }
+
+    /// The step trace since the last [`DecodeKernels::reset_trace`] (synchronizes `stream`).
+    pub fn read_trace(&self, stream: &Arc<CudaStream>) -> Result<Vec<TraceSpan>, CudaError> {
+        if !self.traced {
+            return Err(self.trace_error());
+        }
+        let n = 2 * TRACE_EVENTS.len();
+        let sym = self.module.get_global("hga_trace", stream)?;
+        // SAFETY: as in reset_trace.
+        let words = unsafe { sym.transmute::<u64>(n) }.ok_or_else(|| self.trace_error())?;
+        let v = stream.clone_dtoh(&words)?;
+        Ok(TRACE_EVENTS
+            .iter()
+            .enumerate()
+            .map(|(e, &event)| {
+                let (first, last) = (v[2 * e], v[2 * e + 1]);
+                let seen = first != u64::MAX;
+                TraceSpan { event, first_ns: seen.then_some(first), last_ns: seen.then_some(last) }
+            })
+            .collect())
+    }
+
     pub(super) fn func(&self, k: Kernel) -> &CudaFunction {
         &self.funcs[k as usize]
     }

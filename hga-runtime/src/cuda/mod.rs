@@ -51,7 +51,7 @@ pub mod vmm;
 
 pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
 pub use batch::{Capacity, DecodeBatch, StepGraph};
-pub use kernels::{DecodeKernels, FuncAttributes};
+pub use kernels::{DecodeKernels, FuncAttributes, TraceSpan};
 pub use scratch::StepScratch;
 pub use state_bytes::StateBytes;
 pub use vmm::GrowableBuffer;

@@ -139,6 +139,9 @@ pub struct Jit {
 /// and this JIT caches CUBINs with their reports itself.
 pub const BASE_OPTIONS: &[&str] = &["--std=c++17", "--ptxas-options=-v", "-lineinfo", "--no-cache"];
 
+/// The define that compiles the step trace in ([`Jit::traced`]).
+const TRACE_OPTION: &str = "-DHGA_TRACE";
+
 impl Jit {
     /// A JIT caching in `dir` (created on first write).
     pub fn with_cache_dir(dir: impl Into<PathBuf>) -> Jit {
@@ -148,6 +151,21 @@ impl Jit {
     /// A JIT caching in `$HGA_CACHE_DIR`, else `<user cache dir>/hga/jit`.
     pub fn from_env() -> Result<Jit, JitError> {
         Ok(Jit::with_cache_dir(cache_dir_from_env()?))
+    }
+
+    /// The same JIT compiling the step trace in (`-DHGA_TRACE`, a separate cache entry): the kernels
+    /// record when their blocks reach each of [`hga_dsl::codegen::TRACE_EVENTS`], read back with
+    /// [`crate::cuda::DecodeKernels::read_trace`]. For diagnosis only: every block adds a few atomics.
+    pub fn traced(mut self) -> Jit {
+        if !self.is_traced() {
+            self.options.push(TRACE_OPTION.to_string());
+        }
+        self
+    }
+
+    /// Whether kernels compiled by this JIT record the step trace.
+    pub fn is_traced(&self) -> bool {
+        self.options.iter().any(|o| o == TRACE_OPTION)
     }
 
     /// The cache directory.

@@ -27,7 +27,8 @@
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
 //! - Kernel parameters per (context, batch): resolved from a tuned config (`--config
 //!   kernels-generated/configs/h200-qwen3-30b.toml`, `--gpu h200`) by `hga_dsl::tuned::resolve`, as the
-//!   runtime picks them; the built-in defaults without one. The JSON names each variant and its source.
+//!   runtime picks them; the built-in defaults without one; `--kernel THREADS,SPLIT_K,TILE_TOKENS` for
+//!   every row (comparisons of parameters). The JSON names each variant and its source.
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
@@ -76,6 +77,7 @@ struct Args {
     dense_json: Option<String>,
     config: Option<String>,
     gpu_preset: String,
+    kernel: Option<hga_dsl::KernelParams>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -94,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
         dense_json: None,
         config: None,
         gpu_preset: "h200".into(),
+        kernel: None,
     };
     let list = |s: &str| -> Result<Vec<usize>, String> {
         s.split(',').map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"))).collect()
@@ -116,6 +119,20 @@ fn parse_args() -> Result<Args, String> {
             "--dense-json" => a.dense_json = Some(val()?),
             "--config" => a.config = Some(val()?),
             "--gpu" => a.gpu_preset = val()?,
+            "--kernel" => {
+                let v = list(&val()?)?;
+                let [threads, split_k, tile_tokens] = v[..] else {
+                    return Err("--kernel: expected THREADS,SPLIT_K,TILE_TOKENS".into());
+                };
+                let k = hga_dsl::KernelParams::default();
+                let conv = |x: usize| u32::try_from(x).map_err(|e| format!("--kernel: {e}"));
+                a.kernel = Some(hga_dsl::KernelParams {
+                    threads: conv(threads)?,
+                    split_k: conv(split_k)?,
+                    tile_tokens: conv(tile_tokens)?,
+                    ..k
+                });
+            }
             "-h" | "--help" => return Err("see the module docs in hga-runtime/src/bin/hga-bench.rs".into()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -506,14 +523,19 @@ fn run(a: Args) -> Res<()> {
         for &n in &a.contexts {
             let max_context = n + extra;
             let q = Query { gpu: &a.gpu_preset, arch: &arch, spec: &spec, context: n as u64, batch: bsz as u32 };
-            let resolved = resolve(&tuned, &q);
-            let key = resolved.spec.variant_key();
+            let (kspec, source) = match a.kernel.clone() {
+                Some(k) => (spec.with_kernel(k)?, "--kernel".to_string()),
+                None => {
+                    let r = resolve(&tuned, &q);
+                    (r.spec, r.source.to_string())
+                }
+            };
+            let key = kspec.variant_key();
             let kernels: &DecodeKernels = match loaded.get(&key) {
                 Some(k) => k,
                 None => {
                     let t0 = Instant::now();
-                    let k: &'static DecodeKernels =
-                        Box::leak(Box::new(DecodeKernels::load(&gpu, &jit, &resolved.spec)?));
+                    let k: &'static DecodeKernels = Box::leak(Box::new(DecodeKernels::load(&gpu, &jit, &kspec)?));
                     eprintln!("kernels {key} in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
                     loaded.insert(key.clone(), k);
                     k
@@ -522,8 +544,7 @@ fn run(a: Args) -> Res<()> {
             let cap_chunks = max_context.div_ceil(c);
             let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
             let need = bsz * kvh * units * kge;
-            let mut result =
-                json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": resolved.source.to_string() });
+            let mut result = json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": source });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
                 for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
