@@ -12,9 +12,12 @@
 //! waves once the blocks no longer fit; threads trade per-thread work against occupancy; tile tokens
 //! trade synchronisation rounds against padding; vector width changes load instructions.
 //!
-//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 4,
-//! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 512 split_k 16: step
-//! 62.3 / 76.2 µs launched; see `tests/cost_model.rs` for every figure it is checked against).
+//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 6,
+//! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 256 split_k 16
+//! tile_tokens 16: step 43.0 / 55.3 µs launched; see `tests/cost_model.rs` for every figure it is
+//! checked against). `hga-cost-9` follows codegen 6's shorter chains: summary rows prefetched while the
+//! queries load, selections kept in shared memory, block_select_few for small lists, one memory latency
+//! per attention pass, the merge's loads overlapped and its weights computed per warp.
 //!
 //! The model is deliberately monotone in context and batch (steady-state averages instead of per-step
 //! chunk-boundary effects), so a longer context is never modeled cheaper.
@@ -25,7 +28,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-8";
+pub const COST_MODEL_VERSION: &str = "hga-cost-9";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,14 +60,14 @@ pub struct Assumptions {
     /// memory round trips, arrival skew), cycles; calibrated on `hga_select` and `hga_resolve` (H200).
     pub block_round_cycles: f64,
     /// Fixed latency of one `hga_attend` block (the dependent loads before its first tile, the partials,
-    /// fence and counter after its last), in DRAM latencies; calibrated on the H200 (codegen 4 attend at
-    /// 64K: 23.7 µs with 512 threads and 16 splits, together with the merge tail below).
+    /// fence and counter after its last), in DRAM latencies; calibrated on the H200 (codegen 6 attend at
+    /// 64K: 16.2 µs with 256 threads, 16 splits, 16-token passes, together with the merge tail below).
     pub attend_block_rounds: f64,
     /// Fixed latency of the merge tail of `hga_attend` (the last split's wait for the others' partials
     /// and its loads of them), in DRAM latencies; calibrated on the H200.
     pub merge_fixed_rounds: f64,
-    /// Merge tail per split: the serial pass of a head's thread over the splits' maxima and sums in
-    /// shared memory (maximum, `expf`, sum, divide), cycles.
+    /// Merge tail per 32 splits of a head: a warp's loads of their maxima and sums, its shuffles for the
+    /// maximum and the sum, `expf`, the weights written, cycles.
     pub merge_split_cycles: f64,
 }
 
@@ -81,9 +84,9 @@ impl Default for Assumptions {
             scan_unroll: 8.0,
             narrow_load_efficiency: (0.95, 0.85),
             block_round_cycles: 900.0,
-            attend_block_rounds: 16.0,
-            merge_fixed_rounds: 15.0,
-            merge_split_cycles: 90.0,
+            attend_block_rounds: 8.0,
+            merge_fixed_rounds: 4.0,
+            merge_split_cycles: 300.0,
         }
     }
 }
@@ -247,6 +250,12 @@ const SMEM_ITER_CYCLES: f64 = 40.0;
 /// One element of a strided pass over a list that is already in L1 (load, compare, count).
 const PASS_ELEM_CYCLES: f64 = 20.0;
 
+/// One comparison of block_select_few's ranking (a broadcast shared-memory load, compare, add).
+const SMEM_RANK_CYCLES: f64 = 10.0;
+
+/// Values per thread block_select keeps in registers (the generator's `SEL_REG`).
+const SELECT_REGS: f64 = 64.0;
+
 /// Issue slots of one dependent tensor-core step of `hga_attend`: the `mma.sync` (m16n8k16) with its
 /// fragment operands, whose results feed the next.
 const MMA_STEP_INSTR: f64 = 8.0;
@@ -255,6 +264,8 @@ const MMA_STEP_INSTR: f64 = 8.0;
 // candidate buffer, `hga_resolve`'s hash table and its list staging, in entries.
 const SEL_CAND: f64 = 2048.0;
 const HASH_CAP: f64 = 1024.0;
+/// Units per KV head up to which the resolve's union searches the sorted lists instead of hashing.
+const UNION_SEARCH_UNITS: f64 = 16.0;
 const RESOLVE_SMEM_INTS: f64 = hga_dsl::codegen::RESOLVE_STAGED_LISTS as f64;
 
 struct Ctx<'a> {
@@ -392,13 +403,14 @@ fn chunk_score(x: &Ctx, s: &Shape) -> Part {
     let res = blocks_per_sm(x.gpu, lp.score_threads, regs, smem);
     let (waves, sharing) = x.waves(grid, res);
     let instr = score_batch_instr(s, sb, 8.0f64.min(s.gqa));
-    // Per pass: the queries staged (a load, two barriers), the batch's loads, their arithmetic.
+    // Per pass: the queries staged (a load, two barriers), the batch's loads, their arithmetic. The
+    // first pass's rows are prefetched while its queries load (codegen 6): one latency for both.
     let pass_cycles = a.dram_latency_cycles
         + 2.0 * barrier_cycles(lp.score_threads)
         + a.dram_latency_cycles
         + issue_cycles(instr, sharing * warps);
     // pos first: the block's candidate range depends on it.
-    let block_cycles = a.dram_latency_cycles + passes * pass_cycles;
+    let block_cycles = a.dram_latency_cycles + passes * pass_cycles - a.dram_latency_cycles;
     let bytes = s.b * s.kvh * rt.candidates * s.sv * s.d * 2.0 * passes + s.b * s.qh * rt.candidates * 4.0;
     let us = a.launch_us + x.us(waves * block_cycles) + x.dram_us(bytes);
     Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * rt.candidates * s.sv * s.d * 2.0 }
@@ -412,9 +424,15 @@ fn chunk_score(x: &Ctx, s: &Shape) -> Part {
 fn topk_cycles(a: &Assumptions, n: f64, k: f64, threads: u32) -> f64 {
     let nt = threads as f64;
     let per = (n / nt).ceil().max(1.0);
-    let first_pass = (per / a.scan_unroll).ceil() * a.l2_latency_cycles + per * PASS_ELEM_CYCLES;
+    // The first SELECT_REGS values per thread are loaded at once into registers, the rest strided.
+    let tail = (per - SELECT_REGS).max(0.0);
+    let first_pass = (1.0 + (tail / a.scan_unroll).ceil()) * a.l2_latency_cycles + per * PASS_ELEM_CYCLES;
     if k >= n {
         return per * PASS_ELEM_CYCLES;
+    }
+    if n <= nt {
+        // block_select_few: one load, every value ranked against all in shared memory, two barriers.
+        return a.l2_latency_cycles + n * SMEM_RANK_CYCLES + 2.0 * barrier_cycles(threads);
     }
     if k <= nt / 2.0 {
         let cands = (1.5 * k).min(n).min(SEL_CAND);
@@ -454,14 +472,16 @@ fn select(x: &Ctx, s: &Shape) -> Part {
     let sb = (lp.chunk_tile as f64 / (4.0 * (lp.score_threads / 32) as f64)).max(1.0);
     let passes = (unit_heads / 8.0).ceil();
     let batches = (n_groups / (4.0 * sb * warps)).ceil().max(1.0);
+    // The first batch's rows are prefetched while the queries load (codegen 6): one latency for both.
     let group_score = passes
         * (a.dram_latency_cycles
             + 2.0 * barrier_cycles(snt)
             + batches
-                * (a.dram_latency_cycles + issue_cycles(score_batch_instr(s, sb, 8.0f64.min(unit_heads)), warps)));
-    // pos; the selected chunks written and read back as the group list; the selected groups mapped back
-    // through it; the lists written at the end.
-    let chain = 2.0 * a.dram_latency_cycles + 2.0 * a.l2_latency_cycles + 2.0 * barrier_cycles(snt);
+                * (a.dram_latency_cycles + issue_cycles(score_batch_instr(s, sb, 8.0f64.min(unit_heads)), warps)))
+        - a.dram_latency_cycles;
+    // pos; the selected chunks and their candidate groups kept in shared memory (two barriers, a third
+    // before the group scoring); the lists written at the end.
+    let chain = 2.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(snt);
     let cycles = chain
         + mass(rt.candidates)
         + topk_cycles(a, rt.candidates, rt.selected, snt)
@@ -497,7 +517,7 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
     let threads = if fused { lp.select_threads } else { lp.resolve_threads };
     let rnt = threads as f64;
     let entry_rounds = (entries / rnt).ceil().max(1.0);
-    let union_cycles = if entries <= HASH_CAP / 2.0 {
+    let union_cycles = if entries <= HASH_CAP / 2.0 && n_units > UNION_SEARCH_UNITS {
         // Clear the table, insert (atomics in shared memory), then keep each entry where its group first
         // occurs (a lookup and a block scan per round).
         let table = (2.0 * entries).max(32.0).log2().ceil().exp2();
@@ -507,14 +527,14 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
             + 2.0 * barrier_cycles(threads)
             + entry_rounds * (SMEM_ITER_CYCLES + a.block_round_cycles)
     } else {
-        // Each entry searches the lists of the units before it (is it first?) and after it (its mask).
+        // Each entry searches every unit's list (is it first? its mask).
         let list_lat = if entries <= RESOLVE_SMEM_INTS { SMEM_ITER_CYCLES } else { a.l2_latency_cycles };
         let search = (r.top_groups as f64).log2().ceil().max(1.0) * list_lat;
         entry_rounds * (n_units * search + a.block_round_cycles)
     };
     let union_rounds = (rt.union / rnt).ceil().max(1.0);
-    // Per round of distinct groups: the group (just written), its slot, a scan listing the misses.
-    let lookup_cycles = union_rounds * (a.l2_latency_cycles + a.dram_latency_cycles + a.block_round_cycles);
+    // Per round of distinct groups: its slot (the union is in shared memory), a scan listing the misses.
+    let lookup_cycles = union_rounds * (a.dram_latency_cycles + a.block_round_cycles);
     // Misses: per round, a scan over the partition's slots for unstamped ones, then the owner's
     // slot_of cleared and the new owner written.
     let assign_cycles = (rt.misses / rnt).ceil() * (2.0 * a.dram_latency_cycles + a.block_round_cycles);
@@ -535,14 +555,13 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
 /// position, union size and queries, loaded together; after the last pass: the warps combined, partials
 /// written, fence, the split counter), then its warps' passes over 16-token steps (warp-tiled since
 /// codegen 5: each warp loads `tile_tokens` tokens' keys and values straight into tensor-core fragments,
-/// the union entry first, then the rows: two dependent memory latencies per pass, then the pass's
-/// compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time
+/// the next pass's union entries resolved while the rows load: one memory latency per pass, then the
+/// pass's compute). Missed groups are read from mapped host memory inside the kernel, so their PCIe time
 /// overlaps the attention of the other splits: the body costs max(compute / HBM time, block latency +
 /// PCIe time + one pass). The last split of each (row, KV head, head tile) merges all splits: a serial
-/// tail on one block, the split weights once per head, then one round of loads per output item
-/// (calibrated: H200, qwen3-30b at 64K, threads/split_k/tile_tokens 256/16/16: 21.9 µs, 512/16/16:
-/// 22.8 (spills 96 B: the tuner prunes it), 256/32/32: 22.8, 256/16/32: 23.7, 128/32/16: 25.3,
-/// 128/16/32: 28.0, 64/32/32: 33.5; every group missing: ~137 µs for 730 groups).
+/// tail on one block, its partials loaded with the split weights' inputs, a warp per head's weights
+/// (calibrated: H200, qwen3-30b at 64K, threads/split_k/tile_tokens 256/16/16: 16.2 µs, 256/32/16:
+/// 15.3; a fresh query every step: 133 µs for 743 missed groups).
 fn attend(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
@@ -568,10 +587,12 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     // The factor 4 is calibration: the step's instructions form dependent chains (the mma of Q·Kᵀ
     // accumulate into one fragment; shuffles and exponentials of the softmax), issued well below one
     // per cycle even with the SM to themselves.
-    let pass_cycles = 2.0 * a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
+    // The next pass's union entries are read while this pass's rows load (codegen 6): one latency.
+    let pass_cycles = a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
     // Combining the warps: one barrier per warp (a fixed summation order) and the block's partials.
     let combine_cycles = warps * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * 20.0;
-    let latency = a.attend_block_rounds * a.dram_latency_cycles + combine_cycles;
+    // The first pass's union entries come before its rows.
+    let latency = a.attend_block_rounds * a.dram_latency_cycles + a.l2_latency_cycles + combine_cycles;
     let block_cycles = latency + passes * pass_cycles;
     let kv_bytes = s.b * s.kvh * (rt.tokens - rt.misses * r.group as f64) * d * s.elem * 2.0;
     let partial_bytes = s.b * s.qh * sk * (d + 2.0) * 4.0 * 2.0;
@@ -585,13 +606,15 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let body_us = x.us(waves * block_cycles).max(x.dram_us(kv_bytes / load_eff + partial_bytes)).max(compute_us);
     // Every head tile's blocks read a missed group's record themselves.
     let pcie = s.b * s.kvh * lp.head_tiles as f64 * rt.misses * 2.0 * r.group as f64 * d * s.elem;
-    // The merge: the splits' maxima and sums staged once, per head the split weights (a serial pass over
-    // the splits), then per item (head, dimension) one round of independent loads of the partials.
-    let merge_items = (ht * d / nt).ceil();
+    // The merge (codegen 6): each thread's first four outputs' partials loaded with the splits' maxima
+    // and sums, a warp per head weighing its splits (shuffles, per 32 splits), one barrier, then per
+    // further round of four outputs one round of loads of the partials.
+    let merge_items = (ht * d / (4.0 * nt)).ceil();
     let merge_cycles = a.merge_fixed_rounds * a.dram_latency_cycles
-        + 2.0 * barrier_cycles(lp.threads)
-        + sk * a.merge_split_cycles
-        + merge_items * (a.l2_latency_cycles + sk * 4.0);
+        + barrier_cycles(lp.threads)
+        + (sk / 32.0).ceil() * (ht / warps).ceil() * a.merge_split_cycles
+        + merge_items * sk * 16.0
+        + (merge_items - 1.0) * a.l2_latency_cycles;
     // With misses, the blocks that read them still compute their last pass after its data arrives.
     let pcie_bound_us = if pcie > 0.0 { x.us(latency + pass_cycles) + x.pcie_us(pcie) } else { 0.0 };
     let us = a.launch_us + body_us.max(pcie_bound_us) + x.us(merge_cycles);
