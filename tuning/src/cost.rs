@@ -253,8 +253,8 @@ const PASS_ELEM_CYCLES: f64 = 20.0;
 /// One comparison of block_select_few's ranking (a broadcast shared-memory load, compare, add).
 const SMEM_RANK_CYCLES: f64 = 10.0;
 
-/// Values per thread block_select keeps in registers (the generator's `SEL_REG`).
-const SELECT_REGS: f64 = 64.0;
+/// Values per thread block_select keeps in registers.
+const SELECT_REGS: f64 = hga_dsl::codegen::SELECT_REGISTER_VALUES as f64;
 
 /// Issue slots of one dependent tensor-core step of `hga_attend`: the `mma.sync` (m16n8k16) with its
 /// fragment operands, whose results feed the next.
@@ -265,7 +265,7 @@ const MMA_STEP_INSTR: f64 = 8.0;
 const SEL_CAND: f64 = 2048.0;
 const HASH_CAP: f64 = 1024.0;
 /// Units per KV head up to which the resolve's union searches the sorted lists instead of hashing.
-const UNION_SEARCH_UNITS: f64 = 16.0;
+const UNION_SEARCH_UNITS: f64 = hga_dsl::codegen::UNION_SEARCH_UNITS as f64;
 const RESOLVE_SMEM_INTS: f64 = hga_dsl::codegen::RESOLVE_STAGED_LISTS as f64;
 
 struct Ctx<'a> {
@@ -409,8 +409,9 @@ fn chunk_score(x: &Ctx, s: &Shape) -> Part {
         + 2.0 * barrier_cycles(lp.score_threads)
         + a.dram_latency_cycles
         + issue_cycles(instr, sharing * warps);
-    // pos first: the block's candidate range depends on it.
-    let block_cycles = a.dram_latency_cycles + passes * pass_cycles - a.dram_latency_cycles;
+    // pos first (the block's candidate range depends on it); its latency stands where the first pass's
+    // rows' would, since those are prefetched while the queries load.
+    let block_cycles = passes * pass_cycles;
     let bytes = s.b * s.kvh * rt.candidates * s.sv * s.d * 2.0 * passes + s.b * s.qh * rt.candidates * 4.0;
     let us = a.launch_us + x.us(waves * block_cycles) + x.dram_us(bytes);
     Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * rt.candidates * s.sv * s.d * 2.0 }

@@ -136,6 +136,14 @@ pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
 /// coherent within a launch): runtimes fuse only up to this many entries.
 pub const RESOLVE_STAGED_LISTS: usize = 1024;
 
+/// Values per thread that `block_select` holds in registers (`SEL_REG` in the source); beyond, it reads
+/// them from memory a few at a time.
+pub const SELECT_REGISTER_VALUES: usize = 64;
+
+/// Units per KV head up to which the resolve builds the union by searching the units' sorted lists
+/// (`UNION_SEARCH_UNITS` in the source); more units use a hash table in shared memory.
+pub const UNION_SEARCH_UNITS: usize = 16;
+
 /// The generated translation unit and what the runtime needs to launch it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedSource {
@@ -289,8 +297,10 @@ mod tests {
     use crate::{presets, KernelParams, Routing, Spec};
 
     #[test]
-    fn resolve_staging_matches_the_source() {
+    fn exported_limits_match_the_source() {
         assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
+        assert!(KERNELS.contains(&format!("#define SEL_REG {SELECT_REGISTER_VALUES} ")));
+        assert!(KERNELS.contains(&format!("#define UNION_SEARCH_UNITS {UNION_SEARCH_UNITS}\n")));
     }
 
     #[test]
