@@ -158,7 +158,7 @@ fn warm_start_compiles_nothing_and_errors_carry_log_and_key() {
         }
     });
     assert!(other.compile(&src, Arch::new(89)).unwrap().cache_hit);
-    // The step trace is a separate cache entry, and compiles (its globals and atomics) for every arch.
+    // The step trace is a separate cache entry, and compiles (its global and atomics).
     let traced = jit.clone().traced();
     let tc = traced.compile(&src, Arch::new(90)).unwrap();
     assert!(!tc.cache_hit && tc.cache_path != cold.cache_path && tc.cubin != cold.cubin);
