@@ -28,7 +28,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-9";
+pub const COST_MODEL_VERSION: &str = "hga-cost-10";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -384,19 +384,41 @@ fn score_batch_instr(s: &Shape, sb: f64, heads: f64) -> f64 {
     sb * s.sv * ev * 4.0 + heads * (ev + sb * (ev * 4.0 * per_elem + 7.0))
 }
 
-/// `hga_chunk_score`, grid (⌈candidates / chunk_tile⌉, KVH, B), block 128: per pass of up to 8 query
-/// heads, stage the queries, load the block's rows of the bf16 chunk-summary table (one batch per warp,
-/// all loads in flight) and score them. Each warp loads its batch and then computes it, with nothing
-/// prefetched, so at long contexts the table's memory time adds to the issue time rather than hiding
-/// under it (calibrated: H200, 1M context, 16374 candidates: 16.2 µs).
+/// Instructions per thread of one warp's tile of 16 rows on tensor cores (`score_rows_mma`, codegen 7):
+/// the rows' and queries' fragment loads, D/16 dependent mma per 8 heads, the stores.
+fn mma_tile_instr(s: &Shape, heads: f64) -> f64 {
+    let loads = 2.0 * s.d / (4.0 * s.spec.kernel().vec_width as f64);
+    let head_tiles = (heads / 8.0).ceil();
+    loads + head_tiles * (loads + (s.d / 16.0) * MMA_STEP_INSTR + 12.0)
+}
+
+/// `hga_chunk_score`, grid (⌈candidates / chunk_tile⌉, KVH, B), block 128. Dot-product scores of bf16
+/// (`LaunchParams::score_mma`, codegen 7): each warp loads its 16 rows and the queries straight into
+/// tensor-core fragments (all in flight at once) and multiplies them, so a block is two memory
+/// latencies (pos, then rows) and the table streams in behind them (calibrated: H200, 1014 / 16374
+/// candidates: 5.9 / 9.8 µs with the launch gap). Else per pass of up to 8 query heads: stage the
+/// queries, load the block's rows (one batch per warp, all loads in flight) and score them by FMAs,
+/// the memory time adding to the issue time (codegen 6, H200, 1M: 16.2 µs).
 fn chunk_score(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt) = (&s.lp, &s.rt);
     let a = x.a;
     let warps = (lp.score_threads / 32) as f64;
     let tile = lp.chunk_tile as f64;
+    let grid = (rt.candidates / tile).ceil().max(1.0) * s.kvh * s.b;
+    let scores = s.b * s.qh * rt.candidates * 4.0;
+    let flops = s.b * s.qh * rt.candidates * s.sv * s.d * 2.0;
+    if lp.score_mma {
+        let res = blocks_per_sm(x.gpu, lp.score_threads, 48, 0);
+        let (waves, sharing) = x.waves(grid, res);
+        let tiles = (tile / (16.0 * warps)).ceil();
+        let block_cycles =
+            2.0 * a.dram_latency_cycles + issue_cycles(tiles * mma_tile_instr(s, s.gqa), sharing * warps);
+        let bytes = s.b * s.kvh * rt.candidates * s.d * 2.0 + scores;
+        let us = a.launch_us + x.us(waves * block_cycles) + x.dram_us(bytes);
+        return Part { us, dram: bytes, pcie: 0.0, flops };
+    }
     let sb = tile / (4.0 * warps);
     let passes = (s.gqa / 8.0).ceil();
-    let grid = (rt.candidates / tile).ceil().max(1.0) * s.kvh * s.b;
     // Registers: the widened batch (SB rows × SV vectors × D/8 floats per lane) and a base.
     let regs = (40.0 + sb * s.sv * s.d / 8.0) as u32;
     let smem = (8.0f64.min(s.gqa) * s.d * 4.0) as u32;
@@ -409,12 +431,10 @@ fn chunk_score(x: &Ctx, s: &Shape) -> Part {
         + 2.0 * barrier_cycles(lp.score_threads)
         + a.dram_latency_cycles
         + issue_cycles(instr, sharing * warps);
-    // pos first (the block's candidate range depends on it); its latency stands where the first pass's
-    // rows' would, since those are prefetched while the queries load.
     let block_cycles = passes * pass_cycles;
-    let bytes = s.b * s.kvh * rt.candidates * s.sv * s.d * 2.0 * passes + s.b * s.qh * rt.candidates * 4.0;
+    let bytes = s.b * s.kvh * rt.candidates * s.sv * s.d * 2.0 * passes + scores;
     let us = a.launch_us + x.us(waves * block_cycles) + x.dram_us(bytes);
-    Part { us, dram: bytes, pcie: 0.0, flops: s.b * s.qh * rt.candidates * s.sv * s.d * 2.0 }
+    Part { us, dram: bytes, pcie: 0.0, flops }
 }
 
 /// Cycles of `block_select` (top `k` of `n` values, a block of `threads`), as the generator does it: if
@@ -469,17 +489,23 @@ fn select(x: &Ctx, s: &Shape) -> Part {
                 + 2.0 * a.block_round_cycles)
     };
     let n_groups = rt.selected * s.spec.groups_per_chunk() as f64;
-    // Group scoring: per pass of up to 8 heads, stage the queries and one batch of rows per warp.
     let sb = (lp.chunk_tile as f64 / (4.0 * (lp.score_threads / 32) as f64)).max(1.0);
     let passes = (unit_heads / 8.0).ceil();
-    let batches = (n_groups / (4.0 * sb * warps)).ceil().max(1.0);
-    // The first batch's rows are prefetched while the queries load (codegen 6): one latency for both.
-    let group_score = passes
-        * (a.dram_latency_cycles
-            + 2.0 * barrier_cycles(snt)
-            + batches
-                * (a.dram_latency_cycles + issue_cycles(score_batch_instr(s, sb, 8.0f64.min(unit_heads)), warps)))
-        - a.dram_latency_cycles;
+    let group_score = if lp.score_mma {
+        // Tensor cores: rows of 16 per warp, rows and queries loaded together.
+        let rounds = (n_groups / (16.0 * warps)).ceil().max(1.0);
+        rounds * (a.dram_latency_cycles + issue_cycles(mma_tile_instr(s, unit_heads), warps))
+    } else {
+        // Per pass of up to 8 heads, stage the queries and one batch of rows per warp; the first
+        // batch's rows are prefetched while the queries load (codegen 6): one latency for both.
+        let batches = (n_groups / (4.0 * sb * warps)).ceil().max(1.0);
+        passes
+            * (a.dram_latency_cycles
+                + 2.0 * barrier_cycles(snt)
+                + batches
+                    * (a.dram_latency_cycles + issue_cycles(score_batch_instr(s, sb, 8.0f64.min(unit_heads)), warps)))
+            - a.dram_latency_cycles
+    };
     // pos; the selected chunks and their candidate groups kept in shared memory (two barriers, a third
     // before the group scoring); the lists written at the end.
     let chain = 2.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(snt);
@@ -590,8 +616,11 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     // per cycle even with the SM to themselves.
     // The next pass's union entries are read while this pass's rows load (codegen 6): one latency.
     let pass_cycles = a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
-    // Combining the warps: one barrier per warp (a fixed summation order) and the block's partials.
-    let combine_cycles = warps * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * 20.0;
+    // Combining the warps (a fixed summation order): each warp's output to its own rows of shared memory
+    // and one barrier where they fit (codegen 7), else one barrier per warp; the block's partials.
+    let rows = if warps * ht * d * 4.0 <= hga_dsl::codegen::COMBINE_SMEM as f64 { warps } else { 1.0 };
+    let rounds = if rows > 1.0 { 1.0 } else { warps };
+    let combine_cycles = rounds * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * (20.0 + 4.0 * rows);
     // The first pass's union entries come before its rows.
     let latency = a.attend_block_rounds * a.dram_latency_cycles + a.l2_latency_cycles + combine_cycles;
     let block_cycles = latency + passes * pass_cycles;

@@ -54,10 +54,10 @@ pub fn split_k_values() -> Vec<u32> {
 }
 
 /// Vector widths searched: 16-byte loads only. The attention reads missed groups from host memory with
-/// the same loads as hits, and narrower ones lose PCIe bandwidth that the tuner's hit-only timing cannot
-/// see (H200, codegen 5, hga-bench 2026-12-03: cold fetch 40.4–41.3 GB/s with 8-byte loads, 45.6–45.7
-/// with 16-byte loads, while the hit-only step differed by 0.5–2.5%). Narrower widths stay valid in
-/// specs written by hand.
+/// the same loads as hits, and narrower ones lose PCIe bandwidth (H200, codegen 5, hga-bench
+/// 2026-12-03: cold fetch 40.4–41.3 GB/s with 8-byte loads, 45.6–45.7 with 16-byte loads, while the
+/// all-hit step differed by 0.5–2.5%); searching them would double the variants to compile for no
+/// pick. Narrower widths stay valid in specs written by hand.
 pub const SEARCHED_VEC_WIDTH: &[u32] = &[8];
 
 /// Every searched combination, sorted by (threads, split_k, tile_tokens, vec_width).

@@ -268,11 +268,12 @@ __device__ __forceinline__ unsigned order_key(float v) {
 #define SEL_VPT 32
 #define SEL_CAND 2048
 #define SEL_REG 64       // values per thread block_select holds in registers (16K at 256 threads)
-#define SEL_REG_TAIL 8
+#define SEL_REG_TAIL 8   // register values handled as a group (and tail loads in flight at once)
 // block_select's general path: each thread holds a contiguous run of the values (the first SEL_VPT in
 // registers); the k-th best key is found one bit at a time by 32 block-wide counts (a radix select),
 // then ties at that key are taken lowest index first.
-__device__ int block_select_radix(const float* vals, int n, int k, int* out, int out_offset) {
+// Out of line: the rare path, called from two places of hga_select.
+__device__ __noinline__ int block_select_radix(const float* vals, int n, int k, int* out, int out_offset) {
     const int cnt = min(k, n);
     if (cnt <= 0) return 0;
     const int per = (n + (int)blockDim.x - 1) / (int)blockDim.x;
@@ -352,12 +353,25 @@ __device__ int block_select_radix(const float* vals, int n, int k, int* out, int
 // Every thread of the block must call it; the block must have THREADS threads.
 // f(value, i) for each of thread t's values i = t + j * THREADS of block_select: `v` holds the first
 // SEL_REG, any beyond are read from `vals`, SEL_REG_TAIL loads at a time.
+// The register values come in groups of SEL_REG_TAIL, and only the groups that n reaches are run: the
+// instructions a step executes (and fetches) grow with n, not with SEL_REG.
+template <int THREADS>
+__device__ __forceinline__ int sel_groups(int n) {
+    return min(SEL_REG / SEL_REG_TAIL, (n + SEL_REG_TAIL * THREADS - 1) / (SEL_REG_TAIL * THREADS));
+}
+
 template <int THREADS, typename F>
 __device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
+    const int ng = sel_groups<THREADS>(n);
 #pragma unroll
-    for (int j = 0; j < SEL_REG; ++j) {
-        const int i = threadIdx.x + j * THREADS;
-        if (i < n) f(v[j], i);
+    for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
+        if (g < ng) {
+#pragma unroll
+            for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
+                const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
+                if (i < n) f(v[j], i);
+            }
+        }
     }
 #pragma unroll SEL_REG_TAIL
     for (int i = threadIdx.x + SEL_REG * THREADS; i < n; i += THREADS) f(vals[i], i);
@@ -391,10 +405,16 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     // Thread t's values t + j * THREADS: the first SEL_REG in registers (all loads in flight at once),
     // any beyond from memory, SEL_REG_TAIL loads at a time.
     float v[SEL_REG];
+    const int ng = sel_groups<THREADS>(n);
 #pragma unroll
-    for (int j = 0; j < SEL_REG; ++j) {
-        const int i = threadIdx.x + j * THREADS;
-        v[j] = i < n ? vals[i] : NEG_INF;
+    for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
+        if (g < ng) {
+#pragma unroll
+            for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
+                const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
+                v[j] = i < n ? vals[i] : NEG_INF;
+            }
+        }
     }
     float lm = NEG_INF;
     int li = 0x7fffffff;
@@ -651,6 +671,85 @@ extern "C" __global__ void __launch_bounds__(NT)
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Tensor-core fragments, shared by the summary scoring and the attention.
+#if VW == 8
+typedef uint4 vec_t;
+#elif VW == 4
+typedef uint2 vec_t;
+#else
+typedef unsigned vec_t;
+#endif
+union VecWords {
+    vec_t v;
+    unsigned w[VW / 2];
+};
+constexpr int NWARPS = NT / 32;
+constexpr int WORDS = D / 8;         // 32-bit words of a row that one lane holds (a quarter of the row)
+constexpr int VPL = D / (4 * VW);    // vector loads per row and lane
+constexpr int KSTEPS = D / 16;       // k steps of Q·Kᵀ
+constexpr int PASS = TT / 16;        // 16-token steps whose loads a warp issues together
+
+// Tensor-core tiles (sm_80+): D(16x8, f32) += A(16x16, row) · B(16x8, col), elements bf16 or f16.
+// Fragments (g = lane / 4, t = lane % 4): a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g,
+// k 2t+8..), a3 (row g+8, k 2t+8..); b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g); c0/c1 (row g, cols
+// 2t, 2t+1), c2/c3 (row g+8, same cols).
+__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                          unsigned b1) {
+#if ELEM_BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+#endif
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The transpose of an 8x8 16-bit matrix held as one word per lane (row lane / 4, columns 2(lane % 4)..+1).
+__device__ __forceinline__ unsigned transpose8x8(unsigned x) {
+    unsigned y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+
+// Two floats as the element pair of one 32-bit word (lo = first).
+__device__ __forceinline__ unsigned pack_elems(float lo, float hi) {
+    return (unsigned)st_elem(lo) | ((unsigned)st_elem(hi) << 16);
+}
+
+// A lane's quarter of a row: lane column t (of 4) holds elements 4·VW·j + VW·t + e (j < VPL, e < VW), as
+// WORDS words in that order. Q·Kᵀ sums over the head dimension in any order, so lane t's words 2s and
+// 2s+1 are its k fragments of k step s (the same for the query row and the key rows); P·V's output
+// columns come out in the same order (see hga_attend).
+__device__ __forceinline__ void load_quarter(const elem_t* row, int t, unsigned* w) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        VecWords x;
+        x.v = *(const vec_t*)(row + 4 * VW * j + VW * t);
+#pragma unroll
+        for (int e = 0; e < VW / 2; ++e) w[j * (VW / 2) + e] = x.w[e];
+    }
+}
+
+__device__ __forceinline__ void store_quarter(elem_t* row, int t, const unsigned* w) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        VecWords x;
+#pragma unroll
+        for (int e = 0; e < VW / 2; ++e) x.w[e] = w[j * (VW / 2) + e];
+        *(vec_t*)(row + 4 * VW * j + VW * t) = x.v;
+    }
+}
+
+// Head dimension of element e (0 or 1) of word i of lane column t's quarter.
+__device__ __forceinline__ int quarter_dim(int t, int i, int e) {
+    const int x = 2 * i + e;
+    return 4 * VW * (x / VW) + VW * t + x % VW;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Summary scoring on tensor cores where the score is a dot product of bf16 vectors (SCORE_MMA:
+// score_rows_mma), else by FMAs (score_rows, over queries staged as floats).
+#if !SCORE_MMA
 // Scores of summary rows against staged query heads: out[h * out_stride + i] = SCALE * score(q_s[h],
 // table row row_of(i)) for i in [i0, i1), h < nh. Eight lanes share a row (lane `sub` holds elements
 // 32j + 4sub .. + 4: each load of the eight lanes reads 64 contiguous bytes), four rows per warp per
@@ -749,47 +848,84 @@ __device__ void prefetch_rows(const bf16_t* table, RowOf row_of, int i0, int i1)
         for (int x = 0; x < SV * D; x += 64) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + x));
     }
 }
+#endif
+
+// Dot-product scores on tensor cores (one summary vector, and bf16 queries like the bf16 tables): the
+// scores of 16 rows against 8 heads are KSTEPS mma of rows (A, straight from memory as in hga_attend)
+// by queries (B), where score_rows spends D / 8 FMAs and three shuffles per row, head and lane. Warp w
+// takes rows i0 + 16w .., 16·warps at a time; out[h * out_stride + i] for heads qh0 + h, h < nh.
+template <typename RowOf>
+__device__ void score_rows_mma(const HgaParams& P, int b, int qh0, int nh, const bf16_t* table, RowOf row_of, int i0,
+                               int i1, float* out, long long out_stride) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int fg = lane >> 2, ft = lane & 3;
+    for (int base = i0 + 16 * warp; base < i1; base += 16 * nw) {
+        unsigned kw[2][WORDS];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = base + 8 * half + fg;
+            load_quarter(table + (long long)row_of(i < i1 ? i : i0) * D, ft, kw[half]);
+        }
+        for (int h0 = 0; h0 < nh; h0 += 8) {
+            unsigned qb[WORDS];
+            if (h0 + fg < nh) load_quarter(P.q + ((long long)b * QH + qh0 + h0 + fg) * D, ft, qb);
+            else {
+#pragma unroll
+                for (int x = 0; x < WORDS; ++x) qb[x] = 0u;
+            }
+            // c0/c1: row fg's scores for heads 2ft, 2ft + 1; c2/c3: row 8 + fg's.
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int ks = 0; ks < KSTEPS; ++ks)
+                mma_16816(c, kw[0][2 * ks], kw[1][2 * ks], kw[0][2 * ks + 1], kw[1][2 * ks + 1], qb[2 * ks], qb[2 * ks + 1]);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = base + 8 * (r >> 1) + fg, h = h0 + 2 * ft + (r & 1);
+                if (i < i1 && h < nh) out[h * out_stride + i] = c[r] * SCALE;
+            }
+        }
+    }
+}
 
 // Scores of summary rows i0 .. i1 (table row row_of(i)) against query heads qh0 .. qh0 + nh of row b,
 // staged GQA_TILE_Q at a time: out[h * out_stride + i] for head qh0 + h. The first round's rows are
 // prefetched before the queries are staged, so that the two loads' latencies overlap: row_of must be
-// readable on entry. Every thread must call it.
+// readable on entry. Tensor cores instead where they apply (SCORE_MMA). Every thread must call it.
 template <int THREADS, typename RowOf>
 __device__ void score_heads(const HgaParams& P, int b, int qh0, int nh, const bf16_t* table, RowOf row_of, int i0,
                             int i1, float* out, long long out_stride, float (*q_s)[D]) {
+#if SCORE_MMA
+    score_rows_mma(P, b, qh0, nh, table, row_of, i0, i1, out, out_stride);
+#else
     prefetch_rows(table, row_of, i0, i1);
     for (int h0 = 0; h0 < nh; h0 += GQA_TILE_Q) {
         const int n = min(GQA_TILE_Q, nh - h0);
         stage_queries<THREADS>(P, b, qh0 + h0, n, q_s);
         score_rows(table, row_of, i0, i1, n, q_s, out + h0 * out_stride, out_stride);
     }
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------
 // hga_chunk_score: scores of the candidate chunks against every query head of a KV head.
-// grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight).
-// Tile `tile` of (row b, KV head kvh); returns whether it holds candidates.
-template <int THREADS>
-__device__ bool chunk_score_tile(const HgaParams& P, int tile, int kvh, int b, float (*q_s)[D]) {
-    const int pos = P.pos[b];
-    if (pos < 0) return false;
-    const Windows w = windows_at(pos);
-    const int n_cand = w.local_start - w.sinks_end;
-    const int i0 = tile * CHUNK_TILE;
-    if (i0 >= n_cand) return false;
-    const int i1 = min(n_cand, i0 + CHUNK_TILE);
-    TRACE(TR_SCORE_BEGIN);
-    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
-    score_heads<THREADS>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
-                         P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
-    TRACE(TR_SCORE_END);
-    return true;
-}
-
+// grid (ceil(max candidates / CHUNK_TILE), KVH, B), block CNT (small blocks: many of them in flight);
+// block (tile, kvh, b) scores candidates tile * CHUNK_TILE .. of row b, KV head kvh.
 extern "C" __global__ void __launch_bounds__(CNT) hga_chunk_score(HgaParams P) {
     STEP_PROLOGUE();
     __shared__ __align__(16) float q_s[GQA_TILE_Q][D];
-    chunk_score_tile<CNT>(P, blockIdx.x, blockIdx.y, blockIdx.z, q_s);
+    const int tile = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int pos = P.pos[b];
+    if (pos < 0) return;
+    const Windows w = windows_at(pos);
+    const int n_cand = w.local_start - w.sinks_end;
+    const int i0 = tile * CHUNK_TILE;
+    if (i0 >= n_cand) return;
+    const int i1 = min(n_cand, i0 + CHUNK_TILE);
+    TRACE(TR_SCORE_BEGIN);
+    const bf16_t* table = P.chunk_sum + bk_of(b, kvh) * P.cap_chunks * (long long)(SV * D);
+    score_heads<CNT>(P, b, kvh * GQA, GQA, table, [&](int i) { return w.sinks_end + i; }, i0, i1,
+                     P.chunk_score + ((long long)b * QH + kvh * GQA) * P.cap_chunks, P.cap_chunks, q_s);
+    TRACE(TR_SCORE_END);
 }
 
 // Summed softmax mass over the GQA query heads of KV head kvh (shared routing), written to mass[0..n).
@@ -837,7 +973,6 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm);
 // Shared memory of select_unit (the selection's and the resolve's are never live together).
 #define ROUTE_SEL_SMEM 256
 #define ROUTE_CAND_SMEM 1024
-template <int THREADS>
 struct RouteSmem {
     float red[32];
     __align__(16) float q_s[GQA_TILE_Q][D];
@@ -845,7 +980,7 @@ struct RouteSmem {
     int sel_s[ROUTE_SEL_SMEM];    // the selected chunks, where kce fits
     int cand_s[ROUTE_CAND_SMEM];  // their first ROUTE_CAND_SMEM candidate groups
     union {
-        SelectSmem<THREADS> sel;
+        SelectSmem<SNT> sel;
         ResolveSmem res;
     } u;
 };
@@ -855,8 +990,8 @@ struct RouteSmem {
 // With `fuse_resolve`, the last unit of a (row, KV head) to finish also resolves it (resolve_kv): one
 // launch less per step. Its counters follow attend's in `done` and are back to 0 after every step.
 // grid (UNITS, B), block SNT.
-template <int THREADS>
-__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, RouteSmem<THREADS>& sm) {
+__device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve, RouteSmem& sm) {
+    constexpr int THREADS = SNT;
     const int pos = P.pos[b];
     const int kvh = SHARED ? u : u / GQA;
     if (pos < 0) return;
@@ -934,19 +1069,21 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
 
 extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int fuse_resolve) {
     STEP_PROLOGUE();
-    __shared__ RouteSmem<SNT> sm;
-    select_unit<SNT>(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, sm);
+    __shared__ RouteSmem sm;
+    select_unit(P, blockIdx.x, blockIdx.y, fuse_resolve != 0, sm);
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Whether the ascending list l[0..n) holds g.
+__host__ __device__ constexpr int floor_pow2(int x) { return x < 2 ? 1 : 2 * floor_pow2(x / 2); }
+
+// Whether the ascending list l[0..n) holds g (n <= TOP_GROUPS). A binary search of fixed length (it
+// counts the entries below g in power-of-two steps): unrolled, without branches, so that the searches
+// of several lists interleave instead of running one data-dependent loop after another.
 __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (l[mid] < g) lo = mid + 1;
-        else hi = mid;
-    }
+    int lo = 0;
+#pragma unroll
+    for (int step = floor_pow2(TOP_GROUPS); step > 0; step >>= 1)
+        if (lo + step <= n && l[lo + step - 1] < g) lo += step;
     return lo < n && l[lo] == g;
 }
 
@@ -1053,7 +1190,9 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
             if (!SHARED && g >= 0) {
-#pragma unroll 8
+                // Not unrolled: the union took the same time either way on the H200 (4.2–4.3 µs of the
+                // step trace at 64K), and the loop is a tenth of the code.
+#pragma unroll 1
                 for (int h2 = 0; h2 < n_units; ++h2) {
                     const bool has = h2 == h || list_has(sel + h2 * kge, cnt[h2], g);
                     if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
@@ -1177,79 +1316,6 @@ __device__ __forceinline__ TokenRef token_ref(const HgaParams& P, int b, int kvh
     return r;
 }
 
-#if VW == 8
-typedef uint4 vec_t;
-#elif VW == 4
-typedef uint2 vec_t;
-#else
-typedef unsigned vec_t;
-#endif
-union VecWords {
-    vec_t v;
-    unsigned w[VW / 2];
-};
-constexpr int NWARPS = NT / 32;
-constexpr int WORDS = D / 8;         // 32-bit words of a row that one lane holds (a quarter of the row)
-constexpr int VPL = D / (4 * VW);    // vector loads per row and lane
-constexpr int KSTEPS = D / 16;       // k steps of Q·Kᵀ
-constexpr int PASS = TT / 16;        // 16-token steps whose loads a warp issues together
-
-// Tensor-core tiles (sm_80+): D(16x8, f32) += A(16x16, row) · B(16x8, col), elements bf16 or f16.
-// Fragments (g = lane / 4, t = lane % 4): a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g,
-// k 2t+8..), a3 (row g+8, k 2t+8..); b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g); c0/c1 (row g, cols
-// 2t, 2t+1), c2/c3 (row g+8, same cols).
-__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                          unsigned b1) {
-#if ELEM_BF16
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-#endif
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// The transpose of an 8x8 16-bit matrix held as one word per lane (row lane / 4, columns 2(lane % 4)..+1).
-__device__ __forceinline__ unsigned transpose8x8(unsigned x) {
-    unsigned y;
-    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
-    return y;
-}
-
-// Two floats as the element pair of one 32-bit word (lo = first).
-__device__ __forceinline__ unsigned pack_elems(float lo, float hi) {
-    return (unsigned)st_elem(lo) | ((unsigned)st_elem(hi) << 16);
-}
-
-// A lane's quarter of a row: lane column t (of 4) holds elements 4·VW·j + VW·t + e (j < VPL, e < VW), as
-// WORDS words in that order. Q·Kᵀ sums over the head dimension in any order, so lane t's words 2s and
-// 2s+1 are its k fragments of k step s (the same for the query row and the key rows); P·V's output
-// columns come out in the same order (see hga_attend).
-__device__ __forceinline__ void load_quarter(const elem_t* row, int t, unsigned* w) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-        VecWords x;
-        x.v = *(const vec_t*)(row + 4 * VW * j + VW * t);
-#pragma unroll
-        for (int e = 0; e < VW / 2; ++e) w[j * (VW / 2) + e] = x.w[e];
-    }
-}
-
-__device__ __forceinline__ void store_quarter(elem_t* row, int t, const unsigned* w) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-        VecWords x;
-#pragma unroll
-        for (int e = 0; e < VW / 2; ++e) x.w[e] = w[j * (VW / 2) + e];
-        *(vec_t*)(row + 4 * VW * j + VW * t) = x.v;
-    }
-}
-
-// Head dimension of element e (0 or 1) of word i of lane column t's quarter.
-__device__ __forceinline__ int quarter_dim(int t, int i, int e) {
-    const int x = 2 * i + e;
-    return 4 * VW * (x / VW) + VW * t + x % VW;
-}
 
 // Which of the block's heads h0 .. h0 + HT - 1 may attend virtual token tok (bit h for head h0 + h),
 // and its key/value rows. Zero bits past the split's end and for opened groups without a record.
@@ -1271,10 +1337,14 @@ __device__ __forceinline__ unsigned token_heads(const HgaParams& P, int b, int k
     return bits;
 }
 
+// The warps' outputs are combined in one round (each warp's to its own rows, then summed) when they
+// fit in COMBINE_SMEM bytes; else one warp after another adds its own into one row per head.
+constexpr int COMBINE_ROWS = NWARPS * HT * D * 4 <= COMBINE_SMEM ? NWARPS : 1;
+
 // Shared memory of attend_split.
 struct AttendSmem {
     float wm[NWARPS][8], wl[NWARPS][8];
-    __align__(16) float o[HT][D];
+    __align__(16) float o[COMBINE_ROWS][HT][D];
     float2 blk[HT];
     int last;
     float wgt[HT][SK];
@@ -1285,7 +1355,6 @@ struct AttendSmem {
 __device__ void attend_split(const HgaParams& P, int split, int y, int b, AttendSmem& sm) {
     float (*wm_s)[8] = sm.wm;
     float (*wl_s)[8] = sm.wl;
-    float (*o_s)[D] = sm.o;
     float2* blk_s = sm.blk;
     int& last_s = sm.last;
     float (*wgt_s)[SK] = sm.wgt;
@@ -1443,23 +1512,30 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, Attend
 #pragma unroll
     for (int j = 0; j < 2; ++j)
         sc[j] = 2 * ft + j >= HT || m_r[j] == NEG_INF ? 0.f : expf(m_r[j] - blk_s[2 * ft + j].x);
+    // Warp v's rescaled output goes to row v (or, one warp at a time, is added to row 0); the sum over
+    // the warps is in warp order either way.
     for (int v = 0; v < NWARPS; ++v) {
-        if (warp == v) {
+        if (COMBINE_ROWS > 1 || warp == v) {
+            float (*o_s)[D] = sm.o[COMBINE_ROWS > 1 ? warp : 0];
 #pragma unroll
             for (int i = 0; i < WORDS / 2; ++i)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
                     const int h = 2 * ft + (r & 1);
                     const int dd = quarter_dim(fg >> 1, 2 * i + (r >> 1), fg & 1);
-                    if (h < HT) o_s[h][dd] = (v == 0 ? 0.f : o_s[h][dd]) + acc[i][r] * sc[r & 1];
+                    if (h < HT) o_s[h][dd] = (COMBINE_ROWS > 1 || v == 0 ? 0.f : o_s[h][dd]) + acc[i][r] * sc[r & 1];
                 }
         }
         __syncthreads();
+        if (COMBINE_ROWS > 1) break;
     }
     TRACE(TR_ATTEND_COMBINED);
     for (int x = threadIdx.x; x < HT * D; x += NT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + x / D) * SK + split;
-        P.part_acc[row * D + x % D] = o_s[x / D][x % D];
+        float o = sm.o[0][x / D][x % D];
+#pragma unroll
+        for (int v = 1; v < COMBINE_ROWS; ++v) o += sm.o[v][x / D][x % D];
+        P.part_acc[row * D + x % D] = o;
     }
     if (threadIdx.x < HT) {
         const long long row = ((long long)b * QH + kvh * GQA + h0 + threadIdx.x) * SK + split;

@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-6";
+pub const GENERATOR_VERSION: &str = "hga-codegen-7";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.
@@ -114,6 +114,9 @@ pub struct LaunchParams {
     pub window_chunks: u32,
     /// Static shared memory of `hga_attend` in bytes.
     pub attend_smem_bytes: u32,
+    /// Summaries are scored on tensor cores (`SCORE_MMA`): one summary vector, and bf16 queries like
+    /// the bf16 tables; else by FMAs.
+    pub score_mma: bool,
 }
 
 /// Threads per block of `hga_select`: one block per routing unit, so it takes many threads.
@@ -126,6 +129,10 @@ pub const SCORE_THREADS: u32 = 128;
 /// Threads per block of `hga_resolve`: one block per (sequence, KV head) whose work is a few hundred
 /// entries; few warps keep its many barriers cheap.
 pub const RESOLVE_THREADS: u32 = 128;
+
+/// Shared memory for the warps' outputs of an `hga_attend` block, up to which the warps are combined in
+/// one round (`COMBINE_SMEM` in the source).
+pub const COMBINE_SMEM: u32 = 32768;
 
 /// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
 pub const ATTEND_SMEM_LIMIT: u32 = 46 * 1024;
@@ -171,9 +178,10 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
     // registers, which the register file allows up to 32 tokens at d <= 128 and 16 beyond.
     let tile_tokens = k.tile_tokens.clamp(16, max_warp_tile(d));
     let warps = k.threads / 32;
-    // Per-warp softmax state, the block's combined output and state, the merge's split weights, the
-    // last-split flag.
-    let smem = warps * 8 * 8 + head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 4 + 4;
+    // Per-warp softmax state, the warps' outputs (one row per warp where they fit COMBINE_SMEM, else
+    // one), the block's state, the merge's split weights, the last-split flag.
+    let combine_rows = if warps * head_tile * d * 4 <= COMBINE_SMEM { warps } else { 1 };
+    let smem = warps * 8 * 8 + combine_rows * head_tile * d * 4 + head_tile * 8 + head_tile * k.split_k * 4 + 4;
     LaunchParams {
         threads: k.threads,
         select_threads: SELECT_THREADS,
@@ -194,6 +202,7 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         summary_vectors: r.score.vectors() as u32,
         window_chunks: r.keep_first + r.keep_last + 1,
         attend_smem_bytes: smem,
+        score_mma: r.score.vectors() == 1 && m.dtype == DType::Bf16,
     }
 }
 
@@ -248,6 +257,7 @@ pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     define(w, "SV", lp.summary_vectors.to_string(), "vectors per summary");
     define(w, "SCORE_MIXED", u8::from(r.score == ScoreKind::MixedRope).to_string(), "score kind: mixed RoPE");
     define(w, "SCORE_MINMAX", u8::from(r.score == ScoreKind::MinMax).to_string(), "score kind: min/max bound");
+    define(w, "SCORE_MMA", u8::from(lp.score_mma).to_string(), "summaries scored on tensor cores");
     define(w, "SHARED", u8::from(r.sharing == Sharing::PerKvHead).to_string(), "routing shared per KV head");
     define(w, "UNITS", lp.units.to_string(), "routing units");
     let unit_heads = if r.sharing == Sharing::PerKvHead { gqa } else { 1 };
@@ -264,6 +274,7 @@ pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     define(w, "HT", lp.head_tile.to_string(), "query heads per attention block");
     define(w, "HTILES", lp.head_tiles.to_string(), "attention blocks per KV head");
     define(w, "CHUNK_TILE", lp.chunk_tile.to_string(), "candidate chunks per scoring block");
+    define(w, "COMBINE_SMEM", COMBINE_SMEM.to_string(), "bytes for the attention warps' outputs combined at once");
     define(w, "ELEM_BF16", u8::from(m.dtype == DType::Bf16).to_string(), "element type bf16 (else f16)");
     define(w, "ROPE_NEOX", u8::from(m.rope_style == RopeStyle::Neox).to_string(), "rotate_half pairing");
     define(w, "RDIM", rope.rotary_dim().to_string(), "rotary dimensions");

@@ -333,9 +333,15 @@ impl Bench<'_> {
             }
             self.ev[2].record(&st)?;
             b.launch_route()?;
-            self.ev[3].record(&st)?;
+            // Stage events only in the queued steps: an event between two kernels would also keep a
+            // programmatic dependent launch (HGA_PDL=1) from overlapping them.
+            if queued {
+                self.ev[3].record(&st)?;
+            }
             b.launch_fetch()?;
-            self.ev[4].record(&st)?;
+            if queued {
+                self.ev[4].record(&st)?;
+            }
             b.launch_attend()?;
             self.ev[5].record(&st)?;
             self.ev[5].synchronize()?;
