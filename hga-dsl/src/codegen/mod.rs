@@ -15,7 +15,7 @@
 //! | `hga_summarize` | (1 + groups per chunk, KVH, B), block D | bf16 chunk + group summaries of a chunk that just closed |
 //! | `hga_ingest_summarize` | (1 + groups per chunk, KVH, chunks), block D | summaries of the chunks a block append closes |
 //! | `hga_ingest` | (⌈n·KVH·D/8/threads⌉) | a block append of one row: host records, and the window rows that stay |
-//! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head |
+//! | `hga_chunk_score` | (⌈cands/chunk_tile⌉, KVH, B) | scores of candidate chunks, every query head (on tensor cores where the score is a bf16 dot product: [`LaunchParams::score_mma`]) |
 //! | `hga_select` | (units, B), block 256 | top `top_chunks`, their groups scored, top `top_groups`; with `fuse_resolve` the last unit of each (row, KV head) to finish runs the resolve below |
 //! | `hga_resolve` | (KVH, B), block 128 | union per KV head, slot-cache lookup, slots for the misses (clock order); standalone form of the fused resolve |
 //! | `hga_attend` | (split_k, KVH·head_tiles, B) | split-K exact attention on tensor cores (`mma.sync` m16n8k16: Q·Kᵀ and P·V, f32 accumulators; sm_80+), misses read from host and cached on the way, fp32 online softmax; the last split merges |

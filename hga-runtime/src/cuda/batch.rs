@@ -61,8 +61,9 @@ pub struct DecodeBatch<'k> {
     /// The last [`DecodeBatch::launch_route`] resolved too (fused into `hga_select`): the next
     /// [`DecodeBatch::launch_fetch`] has nothing to launch.
     route_resolved: bool,
-    /// Launch with programmatic dependent launch (sm_90+, opt-in with `HGA_PDL=1`: on the H200 it made
-    /// the graph-replayed step slower, 58.3 → 68.7 µs at 64K, so it is off by default).
+    /// Launch with programmatic dependent launch (sm_90+, opt-in with `HGA_PDL=1`). On the H200 it made
+    /// the codegen-2 graph-replayed step slower (58.3 → 68.7 µs at 64K); with codegen 7 it saves 0.4–1.3
+    /// µs of an all-hit graph step but slowed B=1 cold fetch at 64K (39.2 vs 44.1 GB/s), so it stays off.
     pdl: bool,
 }
 
