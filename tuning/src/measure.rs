@@ -11,8 +11,8 @@
 //! sample) and keeps the others, so most routed groups hit the slot cache and the fresh heads' groups
 //! miss (about 10% of a step's groups with 8 query heads per KV head; the measured miss share is in
 //! the notes). Missed groups are read from **pinned, device-mapped host memory** over PCIe as in
-//! production: how a variant overlaps those reads matters (an all-hit step favoured more, shorter
-//! splits at batch 1, whose all-miss steps are slower). Summaries, window, queries and the host
+//! production: how a variant overlaps those reads matters (all-hit steps favoured 32 splits at batch 1,
+//! which fetch misses more slowly than 16). Summaries, window, queries and the host
 //! records are fresh non-zero random values; the host records are a pool of [`HOST_POOL_RECORDS`]
 //! records that the groups share (the timing reads them, it does not check them).
 
@@ -93,6 +93,17 @@ fn seed() -> u64 {
 
 fn cuda(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// Gives sample `sample`'s fresh query heads new random values: head h of each row (of `qh` heads of `d`
+/// elements) when (h + sample) % FRESH_HEAD_EVERY == 0, so that over FRESH_HEAD_EVERY samples each
+/// head is refreshed once.
+fn refresh_heads(q: &mut [u16], d: usize, qh: usize, sample: usize, rng: &mut XorShift) {
+    for (h, head) in q.chunks_mut(d).enumerate() {
+        if (h % qh + sample) % FRESH_HEAD_EVERY == 0 {
+            head.iter_mut().for_each(|x| *x = rng.bf16());
+        }
+    }
 }
 
 /// Host arrays of one batch state (window, summaries, host store) and the position of its step.
@@ -230,6 +241,8 @@ struct Bucket {
     state: HostState,
     /// The host records' pool (pinned, device-mapped).
     pool: PinnedBuffer,
+    /// Groups per (row, KV head) at the bucket's capacity.
+    cap_groups: usize,
     copies: usize,
 }
 
@@ -353,7 +366,7 @@ impl<'a> DeviceTimer<'a> {
         let step_bytes = step_cost(self.gpu_spec, spec, w, &Assumptions::default()).dram_bytes;
         let l2 = self.gpu_spec.l2_mib * (1u64 << 20) as f64;
         let copies = ((3.0 * l2 / step_bytes.max(1.0)).ceil() as usize).clamp(MIN_COPIES, 16);
-        self.bucket = Some(Bucket { w, cap, state, pool, copies });
+        self.bucket = Some(Bucket { w, cap, state, pool, cap_groups, copies });
         Ok(())
     }
 
@@ -368,13 +381,13 @@ impl<'a> DeviceTimer<'a> {
             let mut b = DecodeBatch::new(&self.gpu, k, bk.cap).map_err(cuda)?;
             b.upload_window(&s.win_k, &s.win_v).map_err(cuda)?;
             b.upload_summaries(&s.chunk_sum, &s.group_sum).map_err(cuda)?;
+            // Group i of (row, KV head) reads pool record (its flat index) mod the pool's records.
             let (rec, records) = (b.record_bytes(), (bk.pool.len() * 2) as u64 / b.record_bytes());
-            let cap_groups = b.host_store_len() / (bk.cap.batch * kvh) * 2 / rec as usize;
+            let n = bk.cap_groups as u64;
             for row in 0..bk.cap.batch {
                 for h in 0..kvh {
-                    let first = ((row * kvh + h) * cap_groups) as u64;
-                    let addrs: Vec<u64> =
-                        (0..cap_groups as u64).map(|i| bk.pool.device_addr() + (first + i) % records * rec).collect();
+                    let first = (row * kvh + h) as u64 * n;
+                    let addrs: Vec<u64> = (0..n).map(|i| bk.pool.device_addr() + (first + i) % records * rec).collect();
                     // SAFETY: every address is a whole record of the pool, which outlives `b`.
                     unsafe { b.set_group_addrs(row, h, 0, &addrs) }.map_err(cuda)?;
                 }
@@ -393,11 +406,7 @@ impl<'a> DeviceTimer<'a> {
         for i in 0..WARMUP + SAMPLES {
             // This sample's fresh query heads, uploaded before the spin kernel (not timed).
             for (b, q) in copies.iter_mut() {
-                for (h, head) in q.chunks_mut(d).enumerate() {
-                    if (h % qh + i) % FRESH_HEAD_EVERY == 0 {
-                        head.iter_mut().for_each(|x| *x = self.rng.bf16());
-                    }
-                }
+                refresh_heads(q, d, qh, i, &mut self.rng);
                 b.upload_q(q).map_err(cuda)?;
             }
             let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
@@ -576,6 +585,27 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_query_head_in_eight_is_refreshed_per_sample_each_once_per_round() {
+        let (bsz, qh, d) = (2, 32, 4);
+        let mut rng = XorShift(seed());
+        let mut q: Vec<u16> = (0..bsz * qh * d).map(|_| rng.bf16()).collect();
+        let mut times = vec![0; bsz * qh];
+        for sample in 0..FRESH_HEAD_EVERY {
+            let before = q.clone();
+            refresh_heads(&mut q, d, qh, sample, &mut rng);
+            let changed: Vec<usize> =
+                (0..bsz * qh).filter(|&h| q[h * d..(h + 1) * d] != before[h * d..(h + 1) * d]).collect();
+            // Random bf16 values: a refreshed head equal to its old one is a 2^-64 event.
+            assert_eq!(changed.len(), bsz * qh / FRESH_HEAD_EVERY, "sample {sample}: {changed:?}");
+            for h in changed {
+                assert_eq!((h % qh + sample) % FRESH_HEAD_EVERY, 0, "sample {sample} head {h}");
+                times[h] += 1;
+            }
+        }
+        assert!(times.iter().all(|&t| t == 1), "{times:?}");
+    }
 
     #[test]
     fn bf16_rounding_is_nearest_even() {

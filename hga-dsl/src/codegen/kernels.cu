@@ -1077,8 +1077,7 @@ extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int
 __host__ __device__ constexpr int floor_pow2(int x) { return x < 2 ? 1 : 2 * floor_pow2(x / 2); }
 
 // Whether the ascending list l[0..n) holds g (n <= TOP_GROUPS). A binary search of fixed length (it
-// counts the entries below g in power-of-two steps): unrolled, without branches, so that the searches
-// of several lists interleave instead of running one data-dependent loop after another.
+// counts the entries below g in power-of-two steps, unrolled): no data-dependent trip count.
 __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
     int lo = 0;
 #pragma unroll
