@@ -315,6 +315,29 @@ mod tests {
     }
 
     #[test]
+    fn summaries_are_scored_on_tensor_cores_only_for_bf16_dot_products() {
+        use crate::model::DType;
+        use crate::routing::ScoreKind;
+        for dtype in [DType::Bf16, DType::F16] {
+            for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
+                let mut shape = presets::find("qwen3-8b").unwrap().shape;
+                shape.dtype = dtype;
+                let spec = Spec::new(shape).with_routing(Routing { score, ..Routing::default() }).validate().unwrap();
+                let want = dtype == DType::Bf16 && score != ScoreKind::MinMax;
+                assert_eq!(launch_params(&spec).score_mma, want, "{dtype:?} {score:?}");
+                let src = generate(&spec).source;
+                let value = src
+                    .lines()
+                    .find_map(|l| l.strip_prefix("#define SCORE_MMA "))
+                    .and_then(|rest| rest.split_whitespace().next());
+                assert_eq!(value, Some(if want { "1" } else { "0" }), "{dtype:?} {score:?}");
+            }
+        }
+        // The kernels pick the path from the define alone.
+        assert!(KERNELS.contains("#if SCORE_MMA") && !KERNELS.contains("#define SCORE_MMA"));
+    }
+
+    #[test]
     fn trace_events_match_the_source_enum() {
         let start = KERNELS.find("enum TraceEvent {").expect("the trace enum") + "enum TraceEvent {".len();
         let body = &KERNELS[start..start + KERNELS[start..].find('}').unwrap()];
