@@ -408,9 +408,7 @@ fn gpu_counters_match_per_buffer_readbacks() {
                 b.upload_q(&q).unwrap();
                 b.poison_output().unwrap();
             }
-            launched.launch_route().unwrap();
-            launched.launch_fetch().unwrap();
-            launched.launch_attend().unwrap();
+            launched.launch_decode().unwrap();
             launched.gather_counters(&mut counters).unwrap();
             let c = counters.read().unwrap();
             if !graph.as_ref().is_some_and(|g| replayed.attend_graph_fits(g)) {

@@ -618,7 +618,7 @@ fn attend(x: &Ctx, s: &Shape) -> Part {
     let pass_cycles = a.dram_latency_cycles + issue_cycles(pass_steps * step_instr * 4.0, sharing * warps);
     // Combining the warps (a fixed summation order): each warp's output to its own rows of shared memory
     // and one barrier where they fit (codegen 7), else one barrier per warp; the block's partials.
-    let rows = if warps * ht * d * 4.0 <= hga_dsl::codegen::COMBINE_SMEM as f64 { warps } else { 1.0 };
+    let rows = lp.combine_rows as f64;
     let rounds = if rows > 1.0 { 1.0 } else { warps };
     let combine_cycles = rounds * barrier_cycles(lp.threads) + (ht * d / nt).ceil() * (20.0 + 4.0 * rows);
     // The first pass's union entries come before its rows.

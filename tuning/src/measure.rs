@@ -416,9 +416,7 @@ impl<'a> DeviceTimer<'a> {
             unsafe { lb.launch(cfg) }.map_err(cuda)?;
             timer.start().map_err(cuda)?;
             for (b, _) in copies.iter_mut() {
-                b.launch_route().map_err(cuda)?;
-                b.launch_fetch().map_err(cuda)?;
-                b.launch_attend().map_err(cuda)?;
+                b.launch_decode().map_err(cuda)?;
             }
             let us = timer.stop_us().map_err(cuda)?;
             if i >= WARMUP {

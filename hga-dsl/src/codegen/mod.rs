@@ -114,6 +114,9 @@ pub struct LaunchParams {
     pub window_chunks: u32,
     /// Static shared memory of `hga_attend` in bytes.
     pub attend_smem_bytes: u32,
+    /// Rows of warp outputs an `hga_attend` block combines through shared memory (`COMBINE_ROWS` in the
+    /// source): one per warp (one round) where they fit [`COMBINE_SMEM`], else 1 (a round per warp).
+    pub combine_rows: u32,
     /// Summaries are scored on tensor cores (`SCORE_MMA`): one summary vector, and bf16 queries like
     /// the bf16 tables; else by FMAs.
     pub score_mma: bool,
@@ -202,6 +205,7 @@ pub fn launch_params(spec: &ValidSpec) -> LaunchParams {
         summary_vectors: r.score.vectors() as u32,
         window_chunks: r.keep_first + r.keep_last + 1,
         attend_smem_bytes: smem,
+        combine_rows,
         score_mma: r.score.vectors() == 1 && m.dtype == DType::Bf16,
     }
 }
@@ -312,6 +316,8 @@ mod tests {
         assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
         assert!(KERNELS.contains(&format!("#define SEL_REG {SELECT_REGISTER_VALUES} ")));
         assert!(KERNELS.contains(&format!("#define UNION_SEARCH_UNITS {UNION_SEARCH_UNITS}\n")));
+        // LaunchParams::combine_rows follows the source's rule.
+        assert!(KERNELS.contains("constexpr int COMBINE_ROWS = NWARPS * HT * D * 4 <= COMBINE_SMEM ? NWARPS : 1;"));
     }
 
     #[test]

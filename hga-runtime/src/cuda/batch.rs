@@ -815,14 +815,21 @@ impl<'k> DecodeBatch<'k> {
         self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
     }
 
+    /// Route → fetch → attend: [`DecodeBatch::launch_route`], [`DecodeBatch::launch_fetch`] and
+    /// [`DecodeBatch::launch_attend`], with nothing in between (the part of a step that tuned kernel
+    /// parameters change).
+    pub fn launch_decode(&mut self) -> Result<(), CudaError> {
+        self.launch_route()?;
+        self.launch_fetch()?;
+        self.launch_attend()
+    }
+
     /// One whole decode step after [`DecodeBatch::set_positions`] and [`DecodeBatch::upload_q`]:
     /// append the new token's K/V, summarize closed chunks, route, resolve, attend.
     pub fn step(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         self.launch_append(k, v)?;
         self.launch_summarize_closed()?;
-        self.launch_route()?;
-        self.launch_fetch()?;
-        self.launch_attend()
+        self.launch_decode()
     }
 
     /// Captures one whole step as a CUDA graph. Its chunk-score grid covers `candidate_capacity`
@@ -835,9 +842,7 @@ impl<'k> DecodeBatch<'k> {
         let launched = (|| {
             self.launch_append_kernel()?;
             self.launch_summarize_kernel()?;
-            self.launch_route()?;
-            self.launch_fetch()?;
-            self.launch_attend()
+            self.launch_decode()
         })();
         self.capture_cands = None;
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));

@@ -25,7 +25,8 @@
 //! the resolve fused in: union, slot lookup, slots for the misses), [`DecodeBatch::launch_fetch`]
 //! (nothing after a route; `hga_resolve` after [`DecodeBatch::launch_select`] alone),
 //! [`DecodeBatch::launch_attend`] (split-K attention that reads the misses from host memory and merges));
-//! time them with [`Gpu::timer`] (CUDA events on the batch's stream). [`DecodeBatch::capture_step`]
+//! time them with [`Gpu::timer`] (CUDA events on the batch's stream); [`DecodeBatch::launch_decode`]
+//! runs route → fetch → attend back to back. [`DecodeBatch::capture_step`]
 //! records a whole step as a CUDA graph ([`StepGraph`]), replayed with [`DecodeBatch::launch_graph`].
 //!
 //! For engines: one batch holds up to `batch` sequences (rows); [`DecodeBatch::set_rows`] picks the

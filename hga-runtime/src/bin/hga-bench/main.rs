@@ -366,8 +366,7 @@ impl Bench<'_> {
             if queued {
                 s.gpu.push(total);
                 s.route.push(us(&self.ev[2], &self.ev[3])?);
-                let f = us(&self.ev[3], &self.ev[4])?;
-                s.fetch.push(f);
+                s.fetch.push(us(&self.ev[3], &self.ev[4])?);
                 s.miss_fetch_us.push((misses, us(&self.ev[3], &self.ev[5])?));
                 s.attend.push(us(&self.ev[4], &self.ev[5])?);
             } else {

@@ -285,9 +285,7 @@ impl DecodeBatch<'_> {
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         self.capture_cands = Some(candidate_capacity);
         let launched = (|| {
-            self.launch_route()?;
-            self.launch_fetch()?;
-            self.launch_attend()?;
+            self.launch_decode()?;
             if let Some(c) = counters.as_mut() {
                 self.gather_counters(c)?;
             }
