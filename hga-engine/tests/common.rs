@@ -27,9 +27,11 @@ pub fn dev_data() -> PathBuf {
     shared().join("eval").join("dev_networkx_32k.bin")
 }
 
-/// A fresh seed, printed so that a failure can be replayed.
+/// A fresh seed (or `HGA_TEST_SEED`), printed so that a failure can be replayed.
 pub fn seed() -> u64 {
-    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("seed {s}");
+    let s = std::env::var("HGA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("seed {s} (set HGA_TEST_SEED={s} to replay)");
     s
 }
