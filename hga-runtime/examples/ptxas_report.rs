@@ -2,14 +2,22 @@
 //! without a GPU: `cargo run -p hga-runtime --example ptxas_report -- [PRESET] [ARCH] [THREADS SPLIT_K
 //! TILE_TOKENS] [--trace]` (defaults: qwen3-30b, 90, `KernelParams::default()`). Needs libnvrtc on
 //! LD_LIBRARY_PATH; compiles into a fresh temporary cache, or into `$HGA_CACHE_DIR` where it is set
-//! (kept: a JIT cache filled here serves a device with the same NVRTC version).
+//! (kept: a JIT cache filled here serves a device with the same NVRTC version). `--source PATH` also
+//! writes the generated source (the line numbers of the CUBIN's `-lineinfo`).
 
 use hga_dsl::{codegen, presets, KernelParams, Spec};
 use hga_runtime::jit::{Arch, Jit};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--trace").collect();
-    let trace = std::env::args().any(|a| a == "--trace");
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let trace = all.iter().any(|a| a == "--trace");
+    let source_path = all.iter().position(|a| a == "--source").and_then(|i| all.get(i + 1)).cloned();
+    let args: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *a != "--trace" && *a != "--source" && (*i == 0 || all[i - 1] != "--source"))
+        .map(|(_, a)| a.clone())
+        .collect();
     let preset = args.first().map_or("qwen3-30b", String::as_str);
     let arch = Arch::new(args.get(1).map_or(Ok(90), |a| a.parse())?);
     let mut kp = KernelParams::default();
@@ -22,7 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jit = if keep { Jit::from_env()? } else { Jit::with_cache_dir(&dir) };
     let jit = if trace { jit.traced() } else { jit };
     let t = std::time::Instant::now();
-    let compiled = jit.compile(&codegen::generate(&spec), arch)?;
+    let generated = codegen::generate(&spec);
+    if let Some(path) = &source_path {
+        std::fs::write(path, &generated.source)?;
+    }
+    let compiled = jit.compile(&generated, arch)?;
     println!("{} {arch}: {:.1} s", spec.variant_key(), t.elapsed().as_secs_f64());
     for r in &compiled.resources {
         println!("  {r}");

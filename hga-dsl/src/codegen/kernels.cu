@@ -85,7 +85,7 @@ struct HgaParams {
 enum TraceEvent {
     TR_SCORE_BEGIN, TR_SCORE_END,
     TR_SELECT_BEGIN, TR_CHUNKS_SELECTED, TR_GROUPS_SCORED, TR_GROUPS_SELECTED,
-    TR_RESOLVE_BEGIN, TR_RESOLVE_STAGED, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
+    TR_RESOLVE_BEGIN, TR_RESOLVE_STAGED, TR_RESOLVE_SEARCHED, TR_RESOLVE_UNION, TR_RESOLVE_LISTED, TR_RESOLVE_END,
     TR_ATTEND_BEGIN, TR_ATTEND_LOADED, TR_ATTEND_TOKENS, TR_ATTEND_COMBINED, TR_ATTEND_PARTIALS,
     TR_MERGE_BEGIN, TR_MERGE_END,
     TR_EVENTS
@@ -233,6 +233,23 @@ __device__ __forceinline__ bf16_t st_bf16(float f) {
     return h;
 }
 
+// Whether this block is the last of `n` to arrive at `counter` (every thread of the block calls it; the
+// answer goes through `*flag` in shared memory). The block's writes before the call are visible to the
+// last block after it: the barrier orders them before thread 0's release, whose acquire half orders
+// the last block's later reads (the pattern of CUTLASS's GenericBarrier). One acq_rel atomic instead of
+// two full fences around a relaxed one: each fence waits for all of the block's outstanding memory
+// operations (the step's chain at 64K was 1.1 µs shorter on the H200).
+__device__ __forceinline__ bool last_to_arrive(int* counter, int n, int* flag) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int old;
+        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
+        *flag = old == n - 1;
+    }
+    __syncthreads();
+    return *flag;
+}
+
 // Block-wide exclusive prefix sum of v over the threads below this one; `*total` gets the block's sum.
 // Every thread of the block must call it.
 __device__ int block_excl_scan(int v, int* total) {
@@ -247,12 +264,16 @@ __device__ int block_excl_scan(int v, int* total) {
     __syncthreads();
     if (lane == 31) warp_tot[warp] = x;
     __syncthreads();
-    int before = 0, all = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-        if (w < warp) before += warp_tot[w];
-        all += warp_tot[w];
+    // The warps' totals scanned across the lanes by shuffles: straight-line code (it runs cold).
+    const int wt = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : 0;
+    int incl = wt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
     }
-    *total = all;
+    *total = __shfl_sync(0xffffffffu, incl, 31);
+    const int before = __shfl_sync(0xffffffffu, incl - wt, warp);
     return before + x - v;
 }
 
@@ -267,7 +288,9 @@ __device__ __forceinline__ unsigned order_key(float v) {
 
 #define SEL_VPT 32
 #define SEL_CAND 2048
+#ifndef SEL_REG
 #define SEL_REG 64       // values per thread block_select holds in registers (16K at 256 threads)
+#endif
 #define SEL_REG_TAIL 8   // register values handled as a group (and tail loads in flight at once)
 // block_select's general path: each thread holds a contiguous run of the values (the first SEL_VPT in
 // registers); the k-th best key is found one bit at a time by 32 block-wide counts (a radix select),
@@ -360,17 +383,18 @@ __device__ __forceinline__ int sel_groups(int n) {
     return min(SEL_REG / SEL_REG_TAIL, (n + SEL_REG_TAIL * THREADS - 1) / (SEL_REG_TAIL * THREADS));
 }
 
+// The first group past n leaves the unrolled groups at once: one jump, not one per skipped group (this
+// code runs cold every step, and each jump to a line not yet fetched waits on instruction fetch).
 template <int THREADS, typename F>
 __device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
     const int ng = sel_groups<THREADS>(n);
 #pragma unroll
     for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
-        if (g < ng) {
+        if (g >= ng) break;
 #pragma unroll
-            for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
-                const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
-                if (i < n) f(v[j], i);
-            }
+        for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
+            const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
+            if (i < n) f(v[j], i);
         }
     }
 #pragma unroll SEL_REG_TAIL
@@ -408,12 +432,11 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     const int ng = sel_groups<THREADS>(n);
 #pragma unroll
     for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
-        if (g < ng) {
+        if (g >= ng) break;
 #pragma unroll
-            for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
-                const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
-                v[j] = i < n ? vals[i] : NEG_INF;
-            }
+        for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
+            const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
+            v[j] = i < n ? vals[i] : NEG_INF;
         }
     }
     float lm = NEG_INF;
@@ -1056,13 +1079,8 @@ __device__ void select_unit(const HgaParams& P, int u, int b, bool fuse_resolve,
     if (!fuse_resolve) return;
     // The last unit of the KV head to finish resolves it (its lists' writes are ordered before the
     // counter update, as in hga_attend's merge).
-    __threadfence();
-    __syncthreads();
     int* done = units_done(P) + bk_of(b, kvh);
-    if (threadIdx.x == 0) sm.last = atomicAdd(done, 1) == (SHARED ? 1 : GQA) - 1;
-    __syncthreads();
-    if (!sm.last) return;
-    __threadfence();
+    if (!last_to_arrive(done, SHARED ? 1 : GQA, &sm.last)) return;
     if (threadIdx.x == 0) *done = 0;
     resolve_kv<THREADS>(P, b, kvh, sm.u.res);
 }
@@ -1084,6 +1102,18 @@ __device__ __forceinline__ bool list_has(const int* l, int n, int g) {
     for (int step = floor_pow2(TOP_GROUPS); step > 0; step >>= 1)
         if (lo + step <= n && l[lo + step - 1] < g) lo += step;
     return lo < n && l[lo] == g;
+}
+
+// Whether the ascending list l[0..len) in shared memory (padded with INT_MAX past its count) holds g:
+// a binary search with a select per step instead of a branch.
+__device__ __forceinline__ bool staged_has(const int* l, int len, int g) {
+    int lo = 0;
+#pragma unroll
+    for (int step = floor_pow2(TOP_GROUPS); step > 0; step >>= 1) {
+        const int at = lo + step - 1;
+        lo += (at < len && l[at] < g) ? step : 0;
+    }
+    return (lo < len) & (l[min(lo, len - 1)] == g);
 }
 
 // hga_resolve: for one (row, KV head): the union of its units' opened groups (each group once, with the
@@ -1111,9 +1141,12 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     const int* sel_g = P.sel_group + ((long long)b * UNITS + u0) * kge;
     const int* cnt_g = P.n_sel_group + (long long)b * UNITS + u0;
     // The units' lists, searched many times below: in shared memory when they fit.
+    // Staged entries past a unit's count are INT_MAX (above every group): the searches below need no
+    // bound but the list length.
     const bool staged = E <= RESOLVE_SMEM;
     if (staged) {
-        for (int e = threadIdx.x; e < E; e += THREADS) lists_s[e] = __ldcg(&sel_g[e]);
+        for (int e = threadIdx.x; e < E; e += THREADS)
+            lists_s[e] = e % kge < __ldcg(&cnt_g[e / kge]) ? __ldcg(&sel_g[e]) : 0x7fffffff;
     }
     for (int h = threadIdx.x; h < n_units; h += THREADS) cnt_s[h] = __ldcg(&cnt_g[h]);
     __syncthreads();
@@ -1122,6 +1155,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     const int* cnt = cnt_s;
     int* state = P.part_state + bk * 4;
     const int step = state[0] + 1;
+    const int hand = state[1];  // loaded with the step id: one latency, not one more after the listing
     const int PS = P.part_slots;
     int* stamp = P.slot_stamp + bk * PS;
     int* owner = P.slot_owner + bk * PS;
@@ -1183,14 +1217,23 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
         for (int e0 = 0; e0 < E; e0 += THREADS) {
             const int e = e0 + threadIdx.x;
             const int h = e / kge, r = e % kge;
-            const int g = e < E && r < cnt[h] ? sel[e] : -1;
+            const int g = e < E && r < cnt[h] ? (staged ? lists_s[e] : __ldcg(&sel_g[e])) : -1;
             bool first = g >= 0;
             unsigned mask[MW];
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
-            if (!SHARED && g >= 0) {
-                // Not unrolled: the union took the same time either way on the H200 (4.2–4.3 µs of the
-                // step trace at 64K), and the loop is a tenth of the code.
+            if (!SHARED && g >= 0 && staged) {
+                // Straight-line code: the units' searches are independent chains of shared-memory loads
+                // (all in flight together), with no branch. Branchy searches of one unit after another
+                // took 3.6 µs of the 64K step on the H200, mostly waiting on instruction fetch: every
+                // step runs this code cold.
+#pragma unroll
+                for (int h2 = 0; h2 < (SHARED ? 1 : GQA); ++h2) {
+                    const bool has = (h2 == h) | staged_has(lists_s + h2 * kge, kge, g);
+                    if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
+                    first = first && !(has && h2 < h);
+                }
+            } else if (!SHARED && g >= 0) {
 #pragma unroll 1
                 for (int h2 = 0; h2 < n_units; ++h2) {
                     const bool has = h2 == h || list_has(sel + h2 * kge, cnt[h2], g);
@@ -1198,6 +1241,12 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
                     first = first && !(has && h2 < h);
                 }
             }
+#ifdef HGA_TRACE
+            if (e0 == 0) {
+                __syncthreads();  // trace only: when every thread's first searches are done
+                TRACE(TR_RESOLVE_SEARCHED);
+            }
+#endif
             int total;
             const int idx = n_u + block_prefix_count(first, &total);
             n_u += total;
@@ -1233,7 +1282,6 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
             }
         }
     }
-    const int hand = state[1];
     if (threadIdx.x == 0) new_hand = hand;
     __syncthreads();
     TRACE(TR_RESOLVE_LISTED);
@@ -1336,9 +1384,9 @@ __device__ __forceinline__ unsigned token_heads(const HgaParams& P, int b, int k
     return bits;
 }
 
-// The warps' outputs are combined in one round (each warp's to its own rows, then summed) when they
-// fit in COMBINE_SMEM bytes; else one warp after another adds its own into one row per head.
-constexpr int COMBINE_ROWS = NWARPS * HT * D * 4 <= COMBINE_SMEM ? NWARPS : 1;
+// The warps' outputs are combined in one round (each warp's to its own rows, then summed) when
+// COMBINE_ROWS (prelude) is NWARPS; when it is 1, one warp after another adds its own into one row per
+// head.
 
 // Shared memory of attend_split.
 struct AttendSmem {
@@ -1542,13 +1590,8 @@ __device__ void attend_split(const HgaParams& P, int split, int y, int b, Attend
     }
     TRACE(TR_ATTEND_PARTIALS);
     // The last split to finish merges (its partials' writes are ordered before its counter update).
-    __threadfence();
-    __syncthreads();
     int* done = P.done + (long long)b * (KVH * HTILES) + y;
-    if (threadIdx.x == 0) last_s = atomicAdd(done, 1) == SK - 1;
-    __syncthreads();
-    if (!last_s) return;
-    __threadfence();
+    if (!last_to_arrive(done, SK, &last_s)) return;
     TRACE(TR_MERGE_BEGIN);
     // Each thread merges four consecutive output elements. The partial accumulators of the first
     // MERGE_PRE splits are loaded before the split weights (exp(m_s - m) / l per head) are computed,

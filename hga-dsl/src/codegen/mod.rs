@@ -40,7 +40,7 @@ use std::fmt::Write;
 
 /// Version of the generator; part of every source header (and so of every JIT cache key). Bump when
 /// the kernels or the `HgaParams` layout change.
-pub const GENERATOR_VERSION: &str = "hga-codegen-7";
+pub const GENERATOR_VERSION: &str = "hga-codegen-8";
 
 /// Kernel entry points: the decode step's in launch order, with the block-append pair after
 /// `hga_summarize`.
@@ -59,7 +59,7 @@ pub const ENTRY_POINTS: [&str; 8] = [
 /// step's kernels is when it records each. Compiled in only with the `HGA_TRACE` define (the runtime's
 /// `Jit::traced`), which records, per event, the earliest and the latest GPU global time at which a
 /// block reached it.
-pub const TRACE_EVENTS: [&str; 18] = [
+pub const TRACE_EVENTS: [&str; 19] = [
     "chunk score: begin",
     "chunk score: end",
     "select: begin",
@@ -68,6 +68,7 @@ pub const TRACE_EVENTS: [&str; 18] = [
     "select: groups selected",
     "resolve: begin",
     "resolve: lists staged",
+    "resolve: first entries searched (trace adds a barrier)",
     "resolve: union built",
     "resolve: hits and misses listed",
     "resolve: end",
@@ -134,7 +135,7 @@ pub const SCORE_THREADS: u32 = 128;
 pub const RESOLVE_THREADS: u32 = 128;
 
 /// Shared memory for the warps' outputs of an `hga_attend` block, up to which the warps are combined in
-/// one round (`COMBINE_SMEM` in the source).
+/// one round (the source gets the resulting `COMBINE_ROWS`).
 pub const COMBINE_SMEM: u32 = 32768;
 
 /// Static shared memory allowed to `hga_attend` (below the 48 KiB static limit of every target).
@@ -278,7 +279,7 @@ pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     define(w, "HT", lp.head_tile.to_string(), "query heads per attention block");
     define(w, "HTILES", lp.head_tiles.to_string(), "attention blocks per KV head");
     define(w, "CHUNK_TILE", lp.chunk_tile.to_string(), "candidate chunks per scoring block");
-    define(w, "COMBINE_SMEM", COMBINE_SMEM.to_string(), "bytes for the attention warps' outputs combined at once");
+    define(w, "COMBINE_ROWS", lp.combine_rows.to_string(), "rows of warp outputs hga_attend combines at once");
     define(w, "ELEM_BF16", u8::from(m.dtype == DType::Bf16).to_string(), "element type bf16 (else f16)");
     define(w, "ROPE_NEOX", u8::from(m.rope_style == RopeStyle::Neox).to_string(), "rotate_half pairing");
     define(w, "RDIM", rope.rotary_dim().to_string(), "rotary dimensions");
@@ -316,8 +317,9 @@ mod tests {
         assert!(KERNELS.contains(&format!("#define RESOLVE_SMEM {RESOLVE_STAGED_LISTS}\n")));
         assert!(KERNELS.contains(&format!("#define SEL_REG {SELECT_REGISTER_VALUES} ")));
         assert!(KERNELS.contains(&format!("#define UNION_SEARCH_UNITS {UNION_SEARCH_UNITS}\n")));
-        // LaunchParams::combine_rows follows the source's rule.
-        assert!(KERNELS.contains("constexpr int COMBINE_ROWS = NWARPS * HT * D * 4 <= COMBINE_SMEM ? NWARPS : 1;"));
+        // The attention takes its combine rows from the prelude (LaunchParams::combine_rows), not a rule
+        // of its own.
+        assert!(!KERNELS.contains("#define COMBINE_ROWS") && !KERNELS.contains("COMBINE_SMEM"));
     }
 
     #[test]

@@ -148,9 +148,15 @@ impl Jit {
         Jit { cache_dir: dir.into(), options: BASE_OPTIONS.iter().map(|s| s.to_string()).collect() }
     }
 
-    /// A JIT caching in `$HGA_CACHE_DIR`, else `<user cache dir>/hga/jit`.
+    /// A JIT caching in `$HGA_CACHE_DIR`, else `<user cache dir>/hga/jit`. `$HGA_NVRTC_OPTIONS`
+    /// (whitespace-separated) adds NVRTC options, for kernel experiments such as `-DSEL_REG=8` (they
+    /// are part of the cache key).
     pub fn from_env() -> Result<Jit, JitError> {
-        Ok(Jit::with_cache_dir(cache_dir_from_env()?))
+        let mut jit = Jit::with_cache_dir(cache_dir_from_env()?);
+        if let Ok(extra) = std::env::var("HGA_NVRTC_OPTIONS") {
+            jit.options.extend(extra.split_whitespace().map(str::to_string));
+        }
+        Ok(jit)
     }
 
     /// The same JIT compiling the step trace in (`-DHGA_TRACE`, a separate cache entry): the kernels
