@@ -71,10 +71,12 @@ pub fn default_index(space: &Space) -> Option<usize> {
         .or_else(|| space.duplicates.iter().find(|(n, _)| *n == want).map(|(_, i)| *i))
 }
 
-/// Times every candidate in every bucket. `budget` bounds the whole search (split evenly over the buckets);
-/// a measured search times the built-in default first, then candidates in the order of `order` (most
-/// promising first), so a budget cut drops the least promising. Candidates `order` leaves out get the
-/// reason `skipped`.
+/// Times every candidate in every bucket. `budget` bounds the whole search: each bucket gets what is left
+/// of it over the buckets left (time a bucket does not use goes to the next), and a timing starts only
+/// while the bucket's share still holds one more as long as its last. A measured search times the
+/// built-in default first, then candidates in the order of `order` (most promising first), so a budget
+/// cut drops the least promising. The default and the first ranked candidate are timed whatever the
+/// budget: the least a bucket's result needs. Candidates `order` leaves out get the reason `skipped`.
 pub fn run(
     space: &Space,
     buckets: &[Workload],
@@ -106,18 +108,22 @@ pub fn run(
     } else {
         ProgressBar::hidden()
     };
-    let per_bucket = budget.map(|b| b / buckets.len().max(1) as u32);
+    let search_start = Instant::now();
     let mut out = Vec::new();
-    for (&w, seq) in buckets.iter().zip(&seqs) {
+    for (b, (&w, seq)) in buckets.iter().zip(&seqs).enumerate() {
         bar.set_message(format!("context {} batch {}", crate::buckets::fmt_context(w.context), w.batch));
+        let share = budget.map(|total| total.saturating_sub(search_start.elapsed()) / (buckets.len() - b) as u32);
         let start = Instant::now();
+        let mut last = Duration::ZERO;
         let mut times = vec![None; n];
         let mut reasons: Vec<Option<String>> = vec![None; n];
         for (k, &i) in seq.iter().enumerate() {
-            if let Some(limit) = per_bucket {
-                // The default and the first ranked candidate are always timed.
-                if k >= 2 && start.elapsed() > limit {
-                    let why = format!("not timed: time budget of {:.1} s per bucket spent", limit.as_secs_f64());
+            if let Some(limit) = share {
+                if k >= 2 && start.elapsed() + last > limit {
+                    let why = format!(
+                        "not timed: this bucket's share of the time budget ({:.1} s) spent",
+                        limit.as_secs_f64()
+                    );
                     for &j in &seq[k..] {
                         reasons[j] = Some(why.clone());
                     }
@@ -125,11 +131,13 @@ pub fn run(
                     break;
                 }
             }
+            let t0 = Instant::now();
             match timer.time(&space.candidates[i], w) {
                 Ok(t) if t.is_finite() && t > 0.0 => times[i] = Some(round_us(t)),
                 Ok(t) => reasons[i] = Some(format!("invalid time {t}")),
                 Err(e) => reasons[i] = Some(e),
             }
+            last = t0.elapsed();
             bar.inc(1);
         }
         for (i, r) in reasons.iter_mut().enumerate() {
@@ -171,4 +179,62 @@ pub fn overall_default(results: &[BucketResult]) -> Option<usize> {
         }
     }
     best.map(|(_, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hga_dsl::{presets, Spec};
+
+    /// A timer that takes `cost` per timing, as a device timing would (sleeps never return early).
+    struct Sleeper {
+        cost: Duration,
+        timed: usize,
+    }
+    impl Timer for Sleeper {
+        fn time(&mut self, _: &Candidate, _: Workload) -> Result<f64, String> {
+            std::thread::sleep(self.cost);
+            self.timed += 1;
+            Ok(10.0 + self.timed as f64)
+        }
+        fn is_model(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_budget_holds_beyond_each_buckets_minimum() {
+        let shape = presets::find("qwen3-30b").unwrap().shape;
+        let candidates: Vec<Candidate> = crate::space::grid()
+            .into_iter()
+            .filter_map(|k| Spec::new(shape.clone()).with_kernel(k).validate().ok())
+            .take(12)
+            .map(|spec| Candidate { name: hga_dsl::tuned::short_name(spec.kernel()), spec })
+            .collect();
+        let space = Space { candidates, pruned: Vec::new(), duplicates: Vec::new() };
+        let buckets: Vec<Workload> =
+            [1u64 << 12, 1 << 16, 1 << 20].iter().map(|&c| Workload { context: c, batch: 1 }).collect();
+        let all: Vec<usize> = (0..space.candidates.len()).collect();
+        let cost = Duration::from_millis(10);
+        let budget = Duration::from_millis(150);
+        let mut timer = Sleeper { cost, timed: 0 };
+        let results = run(&space, &buckets, &mut timer, Some(budget), &|_| all.clone(), "skipped", false);
+        // Every bucket times its minimum (two), and a timing starts only while the bucket's share holds
+        // one more: at most one timing's overshoot per bucket past the budget.
+        let per_bucket: Vec<usize> = results.iter().map(|r| r.times.iter().flatten().count()).collect();
+        assert!(per_bucket.iter().all(|&n| n >= 2), "{per_bucket:?}");
+        let cap = (budget.as_millis() / cost.as_millis()) as usize + buckets.len();
+        assert!(timer.timed <= cap, "{} timings, {cap} fit the budget: {per_bucket:?}", timer.timed);
+        // The budget cut is reported on every untimed candidate.
+        for r in &results {
+            let untimed = space.candidates.len() - r.times.iter().flatten().count();
+            assert_eq!(r.untimed.len(), untimed);
+            assert!(r.untimed.iter().all(|u| u.contains("share of the time budget")), "{:?}", r.untimed);
+        }
+        // Without a budget, everything is timed.
+        let mut timer = Sleeper { cost: Duration::ZERO, timed: 0 };
+        let results = run(&space, &buckets, &mut timer, None, &|_| all.clone(), "skipped", false);
+        assert!(results.iter().all(|r| r.untimed.is_empty()));
+        assert_eq!(timer.timed, space.candidates.len() * buckets.len());
+    }
 }
