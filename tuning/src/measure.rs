@@ -510,7 +510,8 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
             });
         }
     });
-    eprintln!("compiled in {:.1} s", start.elapsed().as_secs_f64());
+    let compile_s = start.elapsed().as_secs_f64();
+    eprintln!("compiled in {compile_s:.1} s");
 
     let ptx = cudarc::nvrtc::compile_ptx(SPIN_SRC).map_err(|e| cannot(format!("spin kernel: {e}")))?;
     let module = gpu.context().load_module(ptx).map_err(|e| cannot(format!("spin kernel: {e}")))?;
@@ -542,6 +543,16 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
     let budget = req.time_budget.unwrap_or(DEFAULT_BUDGET).saturating_sub(start.elapsed());
     let skipped = format!("not measured: outside the cost model's best {MEASURE_TOP} for this bucket");
     let results = search::run(&space, &workloads, &mut timer, Some(budget), &order, &skipped, req.progress);
+    let total = req.time_budget.unwrap_or(DEFAULT_BUDGET);
+    if start.elapsed() > total + total / 10 {
+        // The budget holds beyond each bucket's minimum (its default and first pick), not below it.
+        eprintln!(
+            "time budget {:.0} s exceeded ({:.0} s): compiling took {compile_s:.0} s, and every bucket times at \
+             least the default and the cost model's first pick",
+            total.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        );
+    }
     let worst_err = timer.worst_err;
     let miss_share = timer.missed as f64 / timer.routed.max(1) as f64;
     let checked_ok = timer.checked.values().filter(|r| r.is_ok()).count();
