@@ -12,12 +12,15 @@
 //! waves once the blocks no longer fit; threads trade per-thread work against occupancy; tile tokens
 //! trade synchronisation rounds against padding; vector width changes load instructions.
 //!
-//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 6,
+//! The constants that no datasheet gives are in [`Assumptions`], calibrated on the H200 (codegen 8,
 //! qwen3-30b shape, batch 1, CUDA events event to event: 64K / 1M context, threads 256 split_k 16
-//! tile_tokens 16: step 43.0 / 55.3 µs launched; see `tests/cost_model.rs` for every figure it is
+//! tile_tokens 16: step 37.3 / 43.8 µs launched; see `tests/cost_model.rs` for every figure it is
 //! checked against). `hga-cost-9` follows codegen 6's shorter chains: summary rows prefetched while the
 //! queries load, selections kept in shared memory, block_select_few for small lists, one memory latency
-//! per attention pass, the merge's loads overlapped and its weights computed per warp.
+//! per attention pass, the merge's loads overlapped and its weights computed per warp. `hga-cost-11`
+//! follows codegen 8's resolve: the units' list searches overlap (branch-free, unrolled over the units)
+//! when the lists are staged in shared memory, and the hand-off and the clock hand cost one memory
+//! latency less (checked against the codegen-8 figures).
 //!
 //! The model is deliberately monotone in context and batch (steady-state averages instead of per-step
 //! chunk-boundary effects), so a longer context is never modeled cheaper.
@@ -28,7 +31,7 @@ use hga_dsl::{Sharing, ValidSpec};
 
 /// Version of the model; part of every modeled config's provenance (a modeled config written by another
 /// version is stale).
-pub const COST_MODEL_VERSION: &str = "hga-cost-10";
+pub const COST_MODEL_VERSION: &str = "hga-cost-11";
 
 /// Assumptions that no datasheet gives; recorded in every modeled config.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -531,8 +534,8 @@ fn select(x: &Ctx, s: &Shape) -> Part {
 /// the KV head's units' opened groups (a hash table in shared memory when the lists are short, else
 /// binary searches of the sorted lists), slot lookups (hits stamped), then slots for the misses in the
 /// (row, KV head)'s partition, in clock order. Every step is a block-wide scan over rounds of 256
-/// entries: latency-bound (calibrated: H200, 256 entries, ~250 distinct groups: the step is 2.7 µs
-/// shorter than with `hga_resolve` launched apart at 12.8 µs).
+/// entries: latency-bound (calibrated: H200, codegen 8, 256 entries, ~250 distinct groups: `hga_resolve`
+/// launched apart took 9.7 µs at 64K event to event, 3.05 of them its launch).
 fn resolve(x: &Ctx, s: &Shape) -> Part {
     let (lp, rt, a) = (&s.lp, &s.rt, x.a);
     let r = s.spec.routing();
@@ -554,10 +557,16 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
             + 2.0 * barrier_cycles(threads)
             + entry_rounds * (SMEM_ITER_CYCLES + a.block_round_cycles)
     } else {
-        // Each entry searches every unit's list (is it first? its mask).
-        let list_lat = if entries <= RESOLVE_SMEM_INTS { SMEM_ITER_CYCLES } else { a.l2_latency_cycles };
-        let search = (r.top_groups as f64).log2().ceil().max(1.0) * list_lat;
-        entry_rounds * (n_units * search + a.block_round_cycles)
+        // Each entry searches every unit's list (is it first? its mask): staged in shared memory, the
+        // units' searches are independent chains issued together (one chain's latency, plus the issue of
+        // every unit's steps); in global memory, one unit after another.
+        let steps = (r.top_groups as f64).log2().ceil().max(1.0) + 1.0;
+        let search = if entries <= RESOLVE_SMEM_INTS {
+            steps * SMEM_ITER_CYCLES + n_units * steps * PASS_ELEM_CYCLES / 4.0
+        } else {
+            n_units * steps * a.l2_latency_cycles
+        };
+        entry_rounds * (search + a.block_round_cycles)
     };
     let union_rounds = (rt.union / rnt).ceil().max(1.0);
     // Per round of distinct groups: its slot (the union is in shared memory), a scan listing the misses.
@@ -568,8 +577,9 @@ fn resolve(x: &Ctx, s: &Shape) -> Part {
     // Dependent global round trips outside the rounds below: the unit counter (fence, atomic), the
     // lists and counts through L2, the partition state, the union written and read back, slot indices,
     // host-record checks, stamps, the miss list, owners; at the end the state and the union's size
-    // (calibrated: ~12 memory latencies, the standalone kernel's 8.6 µs body on the H200).
-    let chain = 3.0 * a.l2_latency_cycles + 12.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(threads);
+    // (calibrated: ~11 memory latencies since codegen 8's one-atomic hand-off and early clock hand, 12
+    // before; the standalone kernel's body was 6.6 µs at 64K on the H200).
+    let chain = 3.0 * a.l2_latency_cycles + 11.0 * a.dram_latency_cycles + 3.0 * barrier_cycles(threads);
     let cycles = chain + union_cycles + lookup_cycles + assign_cycles;
     let bytes = s.b * s.kvh * (entries * 4.0 + rt.union * 16.0 + rt.misses * 16.0);
     // One resolving block per (row, KV head) (fused: already resident): waves past one block per SM.
