@@ -163,6 +163,12 @@ fn warm_start_compiles_nothing_and_errors_carry_log_and_key() {
     let tc = traced.compile(&src, Arch::new(90)).unwrap();
     assert!(!tc.cache_hit && tc.cache_path != cold.cache_path && tc.cubin != cold.cubin);
     assert!(tc.log.contains("hga_attend"), "{}", tc.log);
+    // Extra options (HGA_NVRTC_OPTIONS) are a separate cache entry too, and reach the source: fewer
+    // register values for block_select change hga_select's code.
+    let fewer = jit.clone().with_options(["-DSEL_REG=8"]);
+    let fc = fewer.compile(&src, Arch::new(90)).unwrap();
+    assert!(!fc.cache_hit && fc.cache_path != cold.cache_path && fc.cubin != cold.cubin);
+    assert!(fewer.compile(&src, Arch::new(90)).unwrap().cache_hit);
     let mut broken = src.clone();
     broken.source.push_str("\nthis is not C++;\n");
     let err = jit.compile(&broken, Arch::new(90)).unwrap_err().to_string();

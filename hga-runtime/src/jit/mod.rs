@@ -152,11 +152,18 @@ impl Jit {
     /// (whitespace-separated) adds NVRTC options, for kernel experiments such as `-DSEL_REG=8` (they
     /// are part of the cache key).
     pub fn from_env() -> Result<Jit, JitError> {
-        let mut jit = Jit::with_cache_dir(cache_dir_from_env()?);
-        if let Ok(extra) = std::env::var("HGA_NVRTC_OPTIONS") {
-            jit.options.extend(extra.split_whitespace().map(str::to_string));
-        }
-        Ok(jit)
+        let jit = Jit::with_cache_dir(cache_dir_from_env()?);
+        Ok(match std::env::var("HGA_NVRTC_OPTIONS") {
+            Ok(extra) => jit.with_options(extra.split_whitespace()),
+            Err(_) => jit,
+        })
+    }
+
+    /// The same JIT passing `options` to NVRTC too (after the base options; part of the cache key):
+    /// for kernel experiments, e.g. `-DSEL_REG=8` where the source guards a constant with `#ifndef`.
+    pub fn with_options<S: Into<String>>(mut self, options: impl IntoIterator<Item = S>) -> Jit {
+        self.options.extend(options.into_iter().map(Into::into));
+        self
     }
 
     /// The same JIT compiling the step trace in (`-DHGA_TRACE`, a separate cache entry): the kernels
