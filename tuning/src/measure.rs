@@ -540,10 +540,11 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
         routed: 0,
     };
     let order = |w: Workload| ranked.get(&w).cloned().unwrap_or_default();
-    let budget = req.time_budget.unwrap_or(DEFAULT_BUDGET).saturating_sub(start.elapsed());
+    // The whole budget, less what compiling and the setup above took.
+    let total = req.time_budget.unwrap_or(DEFAULT_BUDGET);
+    let budget = total.saturating_sub(start.elapsed());
     let skipped = format!("not measured: outside the cost model's best {MEASURE_TOP} for this bucket");
     let results = search::run(&space, &workloads, &mut timer, Some(budget), &order, &skipped, req.progress);
-    let total = req.time_budget.unwrap_or(DEFAULT_BUDGET);
     if start.elapsed() > total + total / 10 {
         // The budget holds beyond each bucket's minimum (its default and first pick), not below it.
         eprintln!(

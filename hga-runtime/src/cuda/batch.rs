@@ -62,8 +62,9 @@ pub struct DecodeBatch<'k> {
     /// [`DecodeBatch::launch_fetch`] has nothing to launch.
     route_resolved: bool,
     /// Launch with programmatic dependent launch (sm_90+, opt-in with `HGA_PDL=1`). On the H200 it made
-    /// the codegen-2 graph-replayed step slower (58.3 → 68.7 µs at 64K); with codegen 7 it saves 0.4–1.3
-    /// µs of an all-hit graph step but slowed B=1 cold fetch at 64K (39.2 vs 44.1 GB/s), so it stays off.
+    /// the codegen-2 graph-replayed step slower (58.3 → 68.7 µs at 64K); with codegen 8 the launched B=1
+    /// steady step is 1.8 µs faster at 1M but 0.5 µs slower at 64K (cold fetch unchanged), so it stays
+    /// off by default.
     pdl: bool,
 }
 
