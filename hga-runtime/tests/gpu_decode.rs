@@ -4,7 +4,9 @@
 //! kernel parameters, contexts from one chunk to 128K, batch 1 and 8.
 //! Checks: relative L2 error of the output ≤ 1e-2 (printed), the same routing decisions per head except
 //! near-ties (printed), every output element written (poisoned with NaN first), summaries built by the
-//! GPU equal to the CPU's. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
+//! GPU equal to the CPU's, every slot the resolve assigns equal to the eviction model's
+//! (`offload::PartitionModel`, `Eviction::Clock`). Skips with "SKIPPED: ..." without a GPU; fails
+//! instead when HGA_REQUIRE_GPU=1.
 
 mod common;
 use common::{gpu_or_skip, random_bf16, rng};
@@ -14,6 +16,7 @@ use hga_dsl::{presets, Routing, ScoreKind, Sharing, Spec, ValidSpec};
 use hga_runtime::cpu::{HeadLayout, LayerCache, RouteTrace};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
+use hga_runtime::offload::{Eviction, PartitionModel};
 use rand::rngs::StdRng;
 
 /// One sequence's full token stream (for every KV head) and its CPU cache.
@@ -148,6 +151,8 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
     drop((win_k, win_v, chunk_sum, group_sum, store));
 
     let mut rep = Report::default();
+    let mut partitions: Vec<PartitionModel> =
+        (0..case.batch * kvh).map(|_| PartitionModel::new(batch.partition_slots()).unwrap()).collect();
     let units = batch.units();
     let gqa = spec.gqa();
     for step in 0..case.steps {
@@ -177,7 +182,14 @@ fn run_case(gpu: &Gpu, jit: &Jit, case: &Case, rng: &mut StdRng) -> Report {
         let sel_c = batch.selected_chunks().unwrap();
         let sel_g = batch.selected_groups().unwrap();
         let union = batch.union().unwrap();
+        let miss_counts = batch.miss_counts().unwrap();
         for (bk, u) in union.iter().enumerate() {
+            // The slots the GPU assigned (hits and misses alike) are the eviction model's, step by step.
+            let groups: Vec<u32> = u.iter().map(|x| x.0 as u32).collect();
+            let want = partitions[bk].resolve(&groups, Eviction::Clock).unwrap();
+            let got: Vec<Option<u32>> = u.iter().map(|x| u32::try_from(x.1).ok()).collect();
+            assert_eq!(got, want.slots, "step {step}, (row, KV head) {bk}: slots against the eviction model");
+            assert_eq!(miss_counts[bk], (want.misses, want.uncached), "step {step}, (row, KV head) {bk}: misses");
             let mut slots: Vec<i32> = u.iter().map(|x| x.1).collect();
             let part = batch.partition_slots();
             assert!(slots.iter().all(|&s| s >= 0 && (s as usize) < part), "unresolved slot in {u:?}");
@@ -427,6 +439,16 @@ fn gpu_fetch_evicts_with_a_minimal_slot_cache_and_full_budget_equals_dense() {
     let rep = run_case(&gpu, &jit, &case, &mut rng);
     assert!(rep.misses > need, "expected evictions and refetches, saw {} misses", rep.misses);
     check("tiny-code minimal slot cache", &rep);
+    // The same with partitions larger than the resolve's registers hold (1024 slots, 64 threads: the
+    // eviction reads its stamps from memory).
+    let k64 = hga_dsl::KernelParams { threads: 64, split_k: 2, tile_tokens: 16, vec_width: 2 };
+    let spec = Spec::new(hga_dsl::ModelShape::new(64, 4, 128, 1e6)).with_kernel(k64).validate().unwrap();
+    let need = 2 * spec.gqa() * spec.routing().top_groups as usize;
+    let case =
+        Case { spec, batch: 1, start: vec![6000], steps: 30, n_slots: Some(4 * need), graph: false, pinned: true };
+    let rep = run_case(&gpu, &jit, &case, &mut rng);
+    assert!(rep.misses > need, "expected evictions and refetches, saw {} misses", rep.misses);
+    check("q64 kv4 minimal slot cache, 64 threads", &rep);
     // Budgets above every candidate: HGA is dense attention.
     let full = Routing { top_chunks: 64, top_groups: 256, ..Routing::default() };
     let case = Case {

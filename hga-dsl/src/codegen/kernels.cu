@@ -368,14 +368,6 @@ __device__ __noinline__ int block_select_radix(const float* vals, int n, int k, 
     return cnt;
 }
 
-// Writes the positions (+ out_offset) of the best k of vals[0..n) (higher value first, then lower
-// index: the CPU's ranking) to out in ascending order; returns min(k, n). Fast path (k <= half the
-// block): thread t takes values t, t + THREADS, ... (coalesced; re-reads hit L1). The k-th best of the
-// maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
-// them at least, usually few more) are ranked exactly; the radix select above when they are too many.
-// Every thread of the block must call it; the block must have THREADS threads.
-// f(value, i) for each of thread t's values i = t + j * THREADS of block_select: `v` holds the first
-// SEL_REG, any beyond are read from `vals`, SEL_REG_TAIL loads at a time.
 // The register values come in groups of SEL_REG_TAIL, and only the groups that n reaches are run: the
 // instructions a step executes (and fetches) grow with n, not with SEL_REG.
 template <int THREADS>
@@ -383,20 +375,31 @@ __device__ __forceinline__ int sel_groups(int n) {
     return min(SEL_REG / SEL_REG_TAIL, (n + SEL_REG_TAIL * THREADS - 1) / (SEL_REG_TAIL * THREADS));
 }
 
-// The first group past n leaves the unrolled groups at once: one jump, not one per skipped group (this
-// code runs cold every step, and each jump to a line not yet fetched waits on instruction fetch).
+// f(j, i) for each register value j of the groups that n reaches (i = threadIdx.x + j * THREADS, which
+// may be >= n in the last group). The first group past n leaves the unrolled groups at once: one jump,
+// not one per skipped group (this code runs cold every step, and each jump to a line not yet fetched
+// waits on instruction fetch).
 template <int THREADS, typename F>
-__device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
+__device__ __forceinline__ void sel_reg_groups(int n, F f) {
     const int ng = sel_groups<THREADS>(n);
 #pragma unroll
     for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
         if (g >= ng) break;
 #pragma unroll
         for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
-            const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
-            if (i < n) f(v[j], i);
+            const int j = g * SEL_REG_TAIL + jj;
+            f(j, (int)threadIdx.x + j * THREADS);
         }
     }
+}
+
+// f(value, i) for each of thread t's values i = t + j * THREADS of block_select: `v` holds the first
+// SEL_REG, any beyond are read from `vals`, SEL_REG_TAIL loads at a time.
+template <int THREADS, typename F>
+__device__ __forceinline__ void sel_each(const float (&v)[SEL_REG], const float* vals, int n, F f) {
+    sel_reg_groups<THREADS>(n, [&](int j, int i) {
+        if (i < n) f(v[j], i);
+    });
 #pragma unroll SEL_REG_TAIL
     for (int i = threadIdx.x + SEL_REG * THREADS; i < n; i += THREADS) f(vals[i], i);
 }
@@ -411,6 +414,12 @@ struct SelectSmem {
     float thr;
 };
 
+// Writes the positions (+ out_offset) of the best k of vals[0..n) (higher value first, then lower
+// index: the CPU's ranking) to out in ascending order; returns min(k, n). Fast path (k <= half the
+// block): thread t takes values t, t + THREADS, ... (coalesced; re-reads hit L1). The k-th best of the
+// maxima of k or more lane groups bounds the answer from below, so only values at or above it (k of
+// them at least, usually few more) are ranked exactly; the radix select above when they are too many.
+// Every thread of the block must call it; the block must have THREADS threads.
 template <int THREADS>
 __device__ int block_select(const float* vals, int n, int k, int* out, int out_offset, SelectSmem<THREADS>& sm) {
     float* tmax_v = sm.tmax_v;
@@ -429,16 +438,7 @@ __device__ int block_select(const float* vals, int n, int k, int* out, int out_o
     // Thread t's values t + j * THREADS: the first SEL_REG in registers (all loads in flight at once),
     // any beyond from memory, SEL_REG_TAIL loads at a time.
     float v[SEL_REG];
-    const int ng = sel_groups<THREADS>(n);
-#pragma unroll
-    for (int g = 0; g < SEL_REG / SEL_REG_TAIL; ++g) {
-        if (g >= ng) break;
-#pragma unroll
-        for (int jj = 0; jj < SEL_REG_TAIL; ++jj) {
-            const int j = g * SEL_REG_TAIL + jj, i = threadIdx.x + j * THREADS;
-            v[j] = i < n ? vals[i] : NEG_INF;
-        }
-    }
+    sel_reg_groups<THREADS>(n, [&](int j, int i) { v[j] = i < n ? vals[i] : NEG_INF; });
     float lm = NEG_INF;
     int li = 0x7fffffff;
     sel_each<THREADS>(v, vals, n, [&](float x, int i) {
@@ -975,6 +975,15 @@ __device__ void shared_mass(const float* scores, long long head_stride, int n, f
 __device__ __forceinline__ int* units_done(const HgaParams& P) { return P.done + (long long)P.batch * (KVH * HTILES); }
 
 #define RESOLVE_SMEM 1024
+// Eviction: a miss takes the first slot from the clock hand not used in the last `recent` steps
+// (hga_runtime::offload::PartitionModel models it), then, when those run out, any slot not used this
+// step. Under first-in-first-out a slot lives about one lap of the hand, PS / misses per step; sparing
+// the slots used in the last quarter of a lap gives groups that came back a second chance, as CLOCK's
+// reference bit does, with no state beyond the stamps.
+__device__ __forceinline__ int recent_steps(int part_slots, int last_misses) {
+    return max(1, part_slots / (4 * max(1, last_misses)));
+}
+
 #define HASH_CAP 1024
 // Up to this many units per KV head, the union searches the sorted lists; beyond, a hash table.
 #define UNION_SEARCH_UNITS 16
@@ -1094,33 +1103,25 @@ extern "C" __global__ void __launch_bounds__(SNT, 1) hga_select(HgaParams P, int
 // ---------------------------------------------------------------------------------------------------
 __host__ __device__ constexpr int floor_pow2(int x) { return x < 2 ? 1 : 2 * floor_pow2(x / 2); }
 
-// Whether the ascending list l[0..n) holds g (n <= TOP_GROUPS). A binary search of fixed length (it
-// counts the entries below g in power-of-two steps, unrolled): no data-dependent trip count.
-__device__ __forceinline__ bool list_has(const int* l, int n, int g) {
-    int lo = 0;
-#pragma unroll
-    for (int step = floor_pow2(TOP_GROUPS); step > 0; step >>= 1)
-        if (lo + step <= n && l[lo + step - 1] < g) lo += step;
-    return lo < n && l[lo] == g;
-}
-
-// Whether the ascending list l[0..len) in shared memory (padded with INT_MAX past its count) holds g:
-// a binary search with a select per step instead of a branch.
-__device__ __forceinline__ bool staged_has(const int* l, int len, int g) {
+// Whether the ascending list l[0..len) holds g (len <= TOP_GROUPS; l[0] is read even when len is 0):
+// a binary search of fixed length with a select per step instead of a branch (this code runs cold
+// every step: each branch to a line not yet fetched waits on instruction fetch). Lists staged in
+// shared memory are padded with INT_MAX past their counts, so they can be searched at full length.
+__device__ __forceinline__ bool list_has(const int* l, int len, int g) {
     int lo = 0;
 #pragma unroll
     for (int step = floor_pow2(TOP_GROUPS); step > 0; step >>= 1) {
         const int at = lo + step - 1;
         lo += (at < len && l[at] < g) ? step : 0;
     }
-    return (lo < len) & (l[min(lo, len - 1)] == g);
+    return (lo < len) & (l[min(lo, max(len - 1, 0))] == g);
 }
 
 // hga_resolve: for one (row, KV head): the union of its units' opened groups (each group once, with the
 // mask of query heads that opened it), resolved against the row's partition of the slot cache: hits
-// are stamped with this step; misses get the slots not used this step, in clock order from the hand
-// (the previous owner loses its slot). Misses past the partition's free slots are read from host
-// memory by hga_attend without being cached. Run by hga_resolve (grid (KVH, B), block RNT), or fused
+// are stamped with this step; misses get slots in clock order from the hand, sparing those used
+// recently (see recent_steps; the previous owner loses its slot). Misses past the partition's free
+// slots are read from host memory by hga_attend without being cached. Run by hga_resolve (grid (KVH, B), block RNT), or fused
 // into hga_select by the last unit of the KV head to finish (block SNT). Lists written by other blocks
 // of the same kernel are read through L2 (__ldcg): L1 is not coherent within a kernel.
 template <int THREADS>
@@ -1145,8 +1146,11 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     // bound but the list length.
     const bool staged = E <= RESOLVE_SMEM;
     if (staged) {
-        for (int e = threadIdx.x; e < E; e += THREADS)
-            lists_s[e] = e % kge < __ldcg(&cnt_g[e / kge]) ? __ldcg(&sel_g[e]) : 0x7fffffff;
+        for (int e = threadIdx.x; e < E; e += THREADS) {
+            // Both loads issued at once: the entry does not wait for its count.
+            const int c = __ldcg(&cnt_g[e / kge]), g = __ldcg(&sel_g[e]);
+            lists_s[e] = e % kge < c ? g : 0x7fffffff;
+        }
     }
     for (int h = threadIdx.x; h < n_units; h += THREADS) cnt_s[h] = __ldcg(&cnt_g[h]);
     __syncthreads();
@@ -1156,6 +1160,7 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     int* state = P.part_state + bk * 4;
     const int step = state[0] + 1;
     const int hand = state[1];  // loaded with the step id: one latency, not one more after the listing
+    const int last_misses = state[2];
     const int PS = P.part_slots;
     int* stamp = P.slot_stamp + bk * PS;
     int* owner = P.slot_owner + bk * PS;
@@ -1222,24 +1227,19 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
             unsigned mask[MW];
 #pragma unroll
             for (int m = 0; m < MW; ++m) mask[m] = SHARED ? 0xffffffffu : 0u;
+            auto note = [&](int h2, bool has) {
+                if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
+                first = first && !(has && h2 < h);
+            };
             if (!SHARED && g >= 0 && staged) {
                 // Straight-line code: the units' searches are independent chains of shared-memory loads
                 // (all in flight together), with no branch. Branchy searches of one unit after another
-                // took 3.6 µs of the 64K step on the H200, mostly waiting on instruction fetch: every
-                // step runs this code cold.
+                // took 3.6 µs of the 64K step on the H200, mostly waiting on instruction fetch.
 #pragma unroll
-                for (int h2 = 0; h2 < (SHARED ? 1 : GQA); ++h2) {
-                    const bool has = (h2 == h) | staged_has(lists_s + h2 * kge, kge, g);
-                    if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
-                    first = first && !(has && h2 < h);
-                }
+                for (int h2 = 0; h2 < (SHARED ? 1 : GQA); ++h2) note(h2, (h2 == h) | list_has(lists_s + h2 * kge, kge, g));
             } else if (!SHARED && g >= 0) {
 #pragma unroll 1
-                for (int h2 = 0; h2 < n_units; ++h2) {
-                    const bool has = h2 == h || list_has(sel + h2 * kge, cnt[h2], g);
-                    if (has) mask[h2 >> 5] |= 1u << (h2 & 31);
-                    first = first && !(has && h2 < h);
-                }
+                for (int h2 = 0; h2 < n_units; ++h2) note(h2, h2 == h || list_has(sel + h2 * kge, cnt[h2], g));
             }
 #ifdef HGA_TRACE
             if (e0 == 0) {
@@ -1285,25 +1285,32 @@ __device__ void resolve_kv(const HgaParams& P, int b, int kvh, ResolveSmem& sm) 
     if (threadIdx.x == 0) new_hand = hand;
     __syncthreads();
     TRACE(TR_RESOLVE_LISTED);
+    // Two passes of the hand (the second only when the first leaves misses): slots not used in the last
+    // `recent` steps, then any not used this step. A thread sees the same slots in both passes.
+    const int recent = recent_steps(PS, last_misses);
     int assigned = 0;
-    for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += THREADS) {
-        const int off = scanned + threadIdx.x;
-        const int s = (hand + off) % PS;
-        const bool ok = off < PS && stamp[s] != step;
-        int total;
-        const int m = assigned + block_prefix_count(ok, &total);
-        if (ok && m < n_miss) {
-            const int i = m < RESOLVE_SMEM ? sm.miss[m] : P.miss_list[ue0 + m];
-            const int g = uni_at(i);
-            const int old = owner[s];
-            if (old >= 0) slot_of[old] = -1;
-            owner[s] = g;
-            slot_of[g] = s;
-            stamp[s] = step;
-            P.uni_slot[ue0 + i] = -(s + 1);
-            if (m == n_miss - 1) new_hand = (s + 1) % PS;
+    for (int pass = 0; pass < 2 && assigned < n_miss; ++pass) {
+        const int spare = pass == 0 ? recent : 0;
+        for (int scanned = 0; assigned < n_miss && scanned < PS; scanned += THREADS) {
+            const int off = scanned + threadIdx.x;
+            const int s = (hand + off) % PS;
+            const int st = off < PS ? stamp[s] : step;
+            const bool ok = st < 0 || step - st > spare;
+            int total;
+            const int m = assigned + block_prefix_count(ok, &total);
+            if (ok && m < n_miss) {
+                const int i = m < RESOLVE_SMEM ? sm.miss[m] : P.miss_list[ue0 + m];
+                const int g = uni_at(i);
+                const int old = owner[s];
+                if (old >= 0) slot_of[old] = -1;
+                owner[s] = g;
+                slot_of[g] = s;
+                stamp[s] = step;
+                P.uni_slot[ue0 + i] = -(s + 1);
+                if (m == n_miss - 1) new_hand = (s + 1) % PS;
+            }
+            assigned = min(n_miss, assigned + total);
         }
-        assigned = min(n_miss, assigned + total);
     }
     __syncthreads();
     if (threadIdx.x == 0) {

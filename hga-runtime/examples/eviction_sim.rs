@@ -1,0 +1,235 @@
+//! Slot-cache eviction policies on hga-bench's routed trace, on the CPU: hit rate and misses per step
+//! for the same sequence of unions under each [`Eviction`] policy (`Clock`: the kernels'), and two
+//! references: `Relevance` (evict the groups whose chunk scores lowest for the current query: a
+//! predictor the summaries give for free, not implemented in the kernels) and `Belady` (evict the
+//! group used again furthest in the future: the bound of any policy with this many slots).
+//!
+//! ```text
+//! cargo run --release -p hga-runtime --example eviction_sim -- [--contexts 65536,1048576]
+//!     [--slots-factor 2] [--warmup 50] [--steps 300] [--rho 0.9] [--seed 1]
+//! ```
+//!
+//! The trace is hga-bench's steady state for the Qwen3-30B-A3B shape (32 query heads, 4 KV heads,
+//! d 128) and the reference routing (chunk 64, group 16, sinks 2, local 8 chunks, top 16 chunks, top
+//! 32 groups, per query head): summary vectors uniform in [-1, 1) (as the bench uploads them), per
+//! head `q_t = normalize(ρ·q_(t−1) + (1−ρ)·n_t)·√D`, dot-product scores, one token appended per step.
+//! Chunks closed during the run get random summaries too (the bench summarizes its random keys). Each
+//! KV head's partition has `slots-factor × GQA × top groups` slots, as in hga-bench.
+
+use hga_runtime::offload::{Eviction, PartitionModel};
+use rayon::prelude::*;
+
+const QH: usize = 32;
+const KVH: usize = 4;
+const D: usize = 128;
+const C: usize = 64;
+const GPC: usize = C / 16; // groups of 16 tokens
+const KF: usize = 2;
+const KL: usize = 8;
+const TOP_CHUNKS: usize = 16;
+const TOP_GROUPS: usize = 32;
+
+/// SplitMix64 with Box-Muller normals (as hga-bench draws its queries).
+struct Mix(u64);
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit() + 1.0 / (1u64 << 24) as f32, self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+/// The best `k` of `scores` (higher first, then lower index), ascending by index.
+fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    let by = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, by);
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+struct Args {
+    contexts: Vec<usize>,
+    slots_factor: usize,
+    warmup: usize,
+    steps: usize,
+    rho: f32,
+    seed: u64,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args { contexts: vec![65536, 1 << 20], slots_factor: 2, warmup: 50, steps: 300, rho: 0.9, seed: 1 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let val = it.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {val}: {e}");
+        match flag.as_str() {
+            "--contexts" => {
+                a.contexts = val.split(',').map(|s| s.parse().map_err(|e| bad(&e))).collect::<Result<_, _>>()?
+            }
+            "--slots-factor" => a.slots_factor = val.parse().map_err(|e| bad(&e))?,
+            "--warmup" => a.warmup = val.parse().map_err(|e| bad(&e))?,
+            "--steps" => a.steps = val.parse().map_err(|e| bad(&e))?,
+            "--rho" => a.rho = val.parse().map_err(|e| bad(&e))?,
+            "--seed" => a.seed = val.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.contexts.iter().any(|&c| c < (KF + KL + 2) * C) || a.slots_factor == 0 || a.steps == 0 {
+        return Err(format!("contexts must be >= {} tokens, --slots-factor and --steps >= 1", (KF + KL + 2) * C));
+    }
+    if !(0.0..1.0).contains(&a.rho) {
+        return Err(format!("--rho {} must be in [0, 1)", a.rho));
+    }
+    Ok(a)
+}
+
+/// One step of the trace: per KV head, its union and the best chunk score over its query heads of
+/// every chunk (`-inf` outside the candidates).
+struct Step {
+    unions: Vec<Vec<u32>>,
+    relevance: Vec<Vec<f32>>,
+}
+
+fn trace(context: usize, a: &Args) -> Vec<Step> {
+    let total = a.warmup + a.steps;
+    let chunks = (context + total) / C + 1;
+    let mut rng = Mix(a.seed ^ context as u64);
+    let mut table = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit() * 2.0 - 1.0).collect() };
+    let chunk_sum = table(KVH * chunks * D);
+    let group_sum = table(KVH * chunks * GPC * D);
+    let mut qrng = Mix(a.seed.wrapping_mul(31) ^ 7);
+    let mut q = vec![0f32; QH * D];
+    let mut steps = Vec::with_capacity(total);
+    for t in 0..total {
+        let rho = if t == 0 { 0.0 } else { a.rho };
+        for h in q.chunks_mut(D) {
+            h.iter_mut().for_each(|x| *x = rho * *x + (1.0 - rho) * qrng.normal());
+            let norm = dot(h, h).sqrt().max(1e-20);
+            h.iter_mut().for_each(|x| *x *= (D as f32).sqrt() / norm);
+        }
+        let pos = context - 1 + t;
+        let closed = (pos + 1) / C;
+        let sinks_end = KF.min(closed);
+        let local_start = closed.saturating_sub(KL).max(sinks_end);
+        let per_head: Vec<(Vec<u32>, Vec<f32>)> = (0..QH)
+            .into_par_iter()
+            .map(|h| {
+                let kvh = h / (QH / KVH);
+                let qh = &q[h * D..(h + 1) * D];
+                let cs: Vec<f32> =
+                    (sinks_end..local_start).map(|c| dot(qh, &chunk_sum[(kvh * chunks + c) * D..][..D])).collect();
+                let cand: Vec<usize> = top_k(&cs, TOP_CHUNKS)
+                    .into_iter()
+                    .flat_map(|i| (0..GPC).map(move |j| (sinks_end + i) * GPC + j))
+                    .collect();
+                let gs: Vec<f32> =
+                    cand.iter().map(|&g| dot(qh, &group_sum[(kvh * chunks * GPC + g) * D..][..D])).collect();
+                (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs)
+            })
+            .collect();
+        let unions = (0..KVH)
+            .map(|kvh| {
+                let mut u: Vec<u32> = Vec::new();
+                for (list, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                    for &g in list {
+                        if !u.contains(&g) {
+                            u.push(g);
+                        }
+                    }
+                }
+                u
+            })
+            .collect();
+        let relevance = (0..KVH)
+            .map(|kvh| {
+                let mut r = vec![f32::NEG_INFINITY; chunks];
+                for (_, cs) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                    for (i, &x) in cs.iter().enumerate() {
+                        r[sinks_end + i] = r[sinks_end + i].max(x);
+                    }
+                }
+                r
+            })
+            .collect();
+        steps.push(Step { unions, relevance });
+    }
+    steps
+}
+
+fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("eviction_sim: {e}");
+            std::process::exit(2);
+        }
+    };
+    let slots = a.slots_factor * (QH / KVH) * TOP_GROUPS;
+    println!("slots per KV head: {slots}; {} warm-up steps, {} measured; rho {}", a.warmup, a.steps, a.rho);
+    println!("| context | policy | hit rate | misses / step (4 KV heads) | union / step |");
+    println!("| --- | --- | --- | --- | --- |");
+    for &context in &a.contexts {
+        let tr = trace(context, &a);
+        for policy in ["Fifo", "Clock", "Lru", "Relevance", "Belady"] {
+            let (mut hits, mut misses) = (0usize, 0usize);
+            for kvh in 0..KVH {
+                // Belady's bound: the step at which each step's groups are next used.
+                let mut next_use: Vec<std::collections::HashMap<u32, usize>> = vec![Default::default(); tr.len()];
+                let mut later: std::collections::HashMap<u32, usize> = Default::default();
+                for t in (0..tr.len()).rev() {
+                    next_use[t] = later.clone();
+                    for &g in &tr[t].unions[kvh] {
+                        later.insert(g, t);
+                    }
+                }
+                let mut p = PartitionModel::new(slots).expect("slots >= 1");
+                for (t, step) in tr.iter().enumerate() {
+                    let u = &step.unions[kvh];
+                    let r = match policy {
+                        "Fifo" => p.resolve(u, Eviction::Fifo),
+                        "Clock" => p.resolve(u, Eviction::Clock),
+                        "Lru" => p.resolve(u, Eviction::Lru),
+                        "Belady" => {
+                            let nu = &next_use[t];
+                            p.resolve_ranked(u, |g, _| {
+                                g.map_or(f64::NEG_INFINITY, |g| -(*nu.get(&g).unwrap_or(&usize::MAX) as f64))
+                            })
+                        }
+                        _ => {
+                            let rel = &step.relevance[kvh];
+                            p.resolve_ranked(u, |g, _| g.map_or(f64::NEG_INFINITY, |g| rel[g as usize / GPC] as f64))
+                        }
+                    }
+                    .expect("unions hold distinct groups");
+                    if t >= a.warmup {
+                        misses += r.misses;
+                        hits += u.len() - r.misses;
+                    }
+                }
+            }
+            println!(
+                "| {context} | {policy} | {:.1}% | {:.1} | {:.1} |",
+                100.0 * hits as f64 / (hits + misses) as f64,
+                misses as f64 / a.steps as f64,
+                (hits + misses) as f64 / a.steps as f64
+            );
+        }
+    }
+}
