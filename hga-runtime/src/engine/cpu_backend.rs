@@ -14,7 +14,9 @@ use std::time::Instant;
 ///
 /// It also models the GPU working set: a [`SlotPool`] of the configured GPU budget in bf16 group
 /// records sees every step's routed groups, so the telemetry reports the hit rate and host→device bytes
-/// the GPU backend would have at the same budget (with LRU eviction).
+/// the GPU backend would have at the same budget, approximately: this pool is exact LRU over all
+/// groups, while the GPU partitions its slots per (sequence, KV head) and evicts by
+/// [`Eviction::Clock`](crate::offload::Eviction) (within 3% of exact LRU's misses on hga-bench's trace).
 #[derive(Debug)]
 pub(crate) struct CpuBackend {
     spec: ValidSpec,
