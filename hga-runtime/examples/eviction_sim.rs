@@ -17,6 +17,8 @@
 //! KV head's partition has `slots-factor × GQA × top groups` slots, as in hga-bench.
 
 use hga_runtime::offload::{Eviction, PartitionModel};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 const QH: usize = 32;
@@ -29,23 +31,10 @@ const KL: usize = 8;
 const TOP_CHUNKS: usize = 16;
 const TOP_GROUPS: usize = 32;
 
-/// SplitMix64 with Box-Muller normals (as hga-bench draws its queries).
-struct Mix(u64);
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unit() + 1.0 / (1u64 << 24) as f32, self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
+/// A standard normal by Box-Muller (as hga-bench draws its queries).
+fn normal(rng: &mut StdRng) -> f32 {
+    let (u, v): (f32, f32) = (1.0 - rng.random::<f32>(), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
 }
 
 /// The best `k` of `scores` (higher first, then lower index), ascending by index.
@@ -110,17 +99,17 @@ struct Step {
 fn trace(context: usize, a: &Args) -> Vec<Step> {
     let total = a.warmup + a.steps;
     let chunks = (context + total) / C + 1;
-    let mut rng = Mix(a.seed ^ context as u64);
-    let mut table = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.unit() * 2.0 - 1.0).collect() };
+    let mut rng = StdRng::seed_from_u64(a.seed ^ context as u64);
+    let mut table = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
     let chunk_sum = table(KVH * chunks * D);
     let group_sum = table(KVH * chunks * GPC * D);
-    let mut qrng = Mix(a.seed.wrapping_mul(31) ^ 7);
+    let mut qrng = StdRng::seed_from_u64(a.seed.wrapping_mul(31) ^ 7);
     let mut q = vec![0f32; QH * D];
     let mut steps = Vec::with_capacity(total);
     for t in 0..total {
         let rho = if t == 0 { 0.0 } else { a.rho };
         for h in q.chunks_mut(D) {
-            h.iter_mut().for_each(|x| *x = rho * *x + (1.0 - rho) * qrng.normal());
+            h.iter_mut().for_each(|x| *x = rho * *x + (1.0 - rho) * normal(&mut qrng));
             let norm = dot(h, h).sqrt().max(1e-20);
             h.iter_mut().for_each(|x| *x *= (D as f32).sqrt() / norm);
         }

@@ -16,7 +16,7 @@ use std::time::Instant;
 /// records sees every step's routed groups, so the telemetry reports the hit rate and host→device bytes
 /// the GPU backend would have at the same budget, approximately: this pool is exact LRU over all
 /// groups, while the GPU partitions its slots per (sequence, KV head) and evicts by
-/// [`Eviction::Clock`](crate::offload::Eviction) (within 3% of exact LRU's misses on hga-bench's trace).
+/// [`Eviction::Clock`](crate::offload::Eviction) (within 3% of exact LRU's misses on a simulated hga-bench trace).
 #[derive(Debug)]
 pub(crate) struct CpuBackend {
     spec: ValidSpec,
