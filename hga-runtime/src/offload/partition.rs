@@ -57,13 +57,7 @@ pub struct PartitionModel {
 impl PartitionModel {
     /// An empty partition of `slots` slots (`1..=2^31`).
     pub fn new(slots: usize) -> Result<Self, RuntimeError> {
-        if slots == 0 || slots > 1 << 31 {
-            return Err(RuntimeError::InvalidConfig {
-                field: "slots",
-                value: slots.to_string(),
-                allowed: "must be in 1..=2^31".into(),
-            });
-        }
+        super::slot_pool::check_slots(slots)?;
         Ok(PartitionModel {
             owner: vec![None; slots],
             stamp: vec![None; slots],

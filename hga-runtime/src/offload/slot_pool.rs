@@ -42,6 +42,18 @@ impl Placement {
 
 const NIL: u32 = u32::MAX;
 
+/// A slot count must be in `1..=2^31` (slot indices are `u32`, and the GPU's are `i32`).
+pub(crate) fn check_slots(slots: usize) -> Result<(), RuntimeError> {
+    if slots == 0 || slots > 1 << 31 {
+        return Err(RuntimeError::InvalidConfig {
+            field: "slots",
+            value: slots.to_string(),
+            allowed: "must be in 1..=2^31".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Slots `0..capacity`; an index from group to slot; an LRU list threaded through the slots.
 #[derive(Debug, Clone)]
 pub struct SlotPool {
@@ -62,13 +74,7 @@ pub struct SlotPool {
 impl SlotPool {
     /// A pool of `capacity` empty slots (`1..=2^31`).
     pub fn new(capacity: usize) -> Result<Self, RuntimeError> {
-        if capacity == 0 || capacity > 1 << 31 {
-            return Err(RuntimeError::InvalidConfig {
-                field: "slots",
-                value: capacity.to_string(),
-                allowed: "must be in 1..=2^31".into(),
-            });
-        }
+        check_slots(capacity)?;
         Ok(SlotPool {
             map: HashMap::new(),
             owner: vec![None; capacity],
