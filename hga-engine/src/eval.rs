@@ -95,6 +95,7 @@ impl Acc {
             nll: self.nll / self.tokens.max(1) as f64,
             attended_fraction: s.attended as f64 / s.visible.max(1) as f64,
             groups_per_kv_head: (s.routings > 0).then(|| s.groups as f64 / s.routings as f64),
+            misses_per_kv_head: (s.cached_routings > 0).then(|| s.misses.map(|m| m as f64 / s.cached_routings as f64)),
         }
     }
 }
@@ -114,6 +115,9 @@ pub struct BucketResult {
     pub attended_fraction: f64,
     /// Distinct routed groups per KV head per token per layer (the transfer cost); `None` for dense.
     pub groups_per_kv_head: Option<f64>,
+    /// Of those, the slot-cache misses under each of [`crate::attention::EVICTIONS`] (FIFO, CLOCK,
+    /// LRU), for runs that replay the slot cache; `None` otherwise.
+    pub misses_per_kv_head: Option<[f64; 3]>,
 }
 
 /// One run's results.
@@ -274,6 +278,10 @@ pub fn table(report: &EvalReport) -> String {
         "{:<36} {:>15} {:>9} {:>9} {:>9} {:>14}\n",
         "run", "positions", "NLL", "vs dense", "attended", "groups/KVh/tok"
     );
+    let replayed = report.runs.iter().any(|r| r.overall.misses_per_kv_head.is_some());
+    if replayed {
+        s.insert_str(s.len() - 1, &format!(" {:>26}", "misses/KVh/tok FIFO CLOCK LRU"));
+    }
     let dense = report.runs.iter().find(|r| r.spec.is_none());
     for run in &report.runs {
         for (i, b) in run.buckets.iter().chain(std::iter::once(&run.overall)).enumerate() {
@@ -282,9 +290,15 @@ pub fn table(report: &EvalReport) -> String {
             let gap = base.map_or(String::from("-"), |d| format!("{:+.4}", b.nll - d.nll));
             let groups = b.groups_per_kv_head.map_or(String::from("-"), |g| format!("{g:.1}"));
             s += &format!(
-                "{:<36} {:>15} {:>9.4} {:>9} {:>9.4} {:>14}\n",
+                "{:<36} {:>15} {:>9.4} {:>9} {:>9.4} {:>14}",
                 run.name, range, b.nll, gap, b.attended_fraction, groups
             );
+            if replayed {
+                let m =
+                    b.misses_per_kv_head.map_or(String::from("-"), |m| format!("{:.2} {:.2} {:.2}", m[0], m[1], m[2]));
+                s += &format!(" {m:>29}");
+            }
+            s += "\n";
         }
     }
     s

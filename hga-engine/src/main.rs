@@ -69,6 +69,11 @@ struct EvalArgs {
     /// `LayerCache` directly: `gpu` evaluates the generated CUDA kernels.
     #[arg(long, value_enum)]
     runtime: Option<RuntimeArg>,
+    /// Also replay each (layer, KV head)'s routed groups, position by position, through a GPU slot
+    /// partition of this many slots under each eviction policy (FIFO, CLOCK: the kernels', LRU), and
+    /// report the misses (CPU `LayerCache` runs only: not with --runtime).
+    #[arg(long, value_name = "SLOTS", conflicts_with = "runtime")]
+    replay_slots: Option<usize>,
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -276,15 +281,21 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode, EngineError> {
     if !a.no_dense {
         runs.push(Run { name: "dense".to_string(), kind: AttentionKind::Dense });
     }
+    if a.replay_slots == Some(0) {
+        return Err(EngineError::argument("--replay-slots", 0, "must be >= 1"));
+    }
+    let kind_of = |spec: ValidSpec| match a.replay_slots {
+        Some(slots) => AttentionKind::HgaSlots { spec, slots },
+        None => hga_kind(spec, a.runtime, cfg.doc_bytes),
+    };
     for path in &a.spec {
         let spec = load_spec(path, &model)?;
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        runs.push(Run { name, kind: hga_kind(spec, a.runtime, cfg.doc_bytes) });
+        runs.push(Run { name, kind: kind_of(spec) });
     }
     if a.routing.hga {
         let o = a.routing.overrides();
-        let kind = hga_kind(o.spec(&model.config().attention)?, a.runtime, cfg.doc_bytes);
-        runs.push(Run { name: o.label(), kind });
+        runs.push(Run { name: o.label(), kind: kind_of(o.spec(&model.config().attention)?) });
     }
     if runs.is_empty() {
         return Err(EngineError::argument("--no-dense", true, "leaves nothing to evaluate: give --spec FILE or --hga"));

@@ -1,5 +1,6 @@
 //! A small evaluation on real data: dense and full-budget HGA agree; a small routing budget attends a
-//! fraction of the context and fetches a bounded number of groups.
+//! fraction of the context and fetches a bounded number of groups; replaying its routed groups through
+//! slot caches changes nothing else and counts misses (all policies alike when nothing is evicted).
 
 mod common;
 
@@ -24,7 +25,17 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
     let runs = vec![
         Run { name: "dense".into(), kind: AttentionKind::Dense },
         Run { name: "full".into(), kind: AttentionKind::Hga(base.with_routing(small.clone().full_budget()).unwrap()) },
-        Run { name: "small".into(), kind: AttentionKind::Hga(base.with_routing(small).unwrap()) },
+        Run { name: "small".into(), kind: AttentionKind::Hga(base.with_routing(small.clone()).unwrap()) },
+        // Two steps' worth of slots (gqa 4 × top 8 groups per step), and more than the 512 groups of a
+        // KV head: the latter never evicts.
+        Run {
+            name: "replay".into(),
+            kind: AttentionKind::HgaSlots { spec: base.with_routing(small.clone()).unwrap(), slots: 64 },
+        },
+        Run {
+            name: "roomy".into(),
+            kind: AttentionKind::HgaSlots { spec: base.with_routing(small).unwrap(), slots: 1024 },
+        },
     ];
     let cfg = EvalConfig { doc_bytes: 2048, docs: 1, first_doc: 3, block: 300 };
     let r = evaluate(&model, &data, &cfg, &runs, &mut |_| {}).unwrap();
@@ -43,4 +54,11 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
         "small {}",
         small.nll
     );
+    let (replay, roomy) = (&r.runs[3].overall, &r.runs[4].overall);
+    assert_eq!((replay.nll, replay.groups_per_kv_head), (small.nll, small.groups_per_kv_head));
+    assert!(small.misses_per_kv_head.is_none());
+    let m = replay.misses_per_kv_head.unwrap();
+    assert!(m.iter().all(|&x| x > 0.0 && x <= g), "misses per KV head {m:?} of {g} groups");
+    let all = roomy.misses_per_kv_head.unwrap();
+    assert!(all[0] == all[1] && all[1] == all[2] && all[0] <= m[0], "without evictions {all:?}, with {m:?}");
 }

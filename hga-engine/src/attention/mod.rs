@@ -15,6 +15,7 @@ pub use hga_runtime::engine::BackendChoice;
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
+use hga_runtime::offload::Eviction;
 
 /// Per-query-position statistics of the attention, summed over heads and layers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,7 +28,15 @@ pub struct PositionStats {
     pub groups: u64,
     /// KV-head routings counted in `groups` (layers × KV heads for a routed backend, 0 for dense).
     pub routings: u64,
+    /// Slot-cache misses of the routed groups under each of [`EVICTIONS`], summed over KV heads
+    /// (runs that replay the slot cache: [`AttentionKind::HgaSlots`]).
+    pub misses: [u64; 3],
+    /// KV-head routings replayed through the slot cache (counted in `misses`).
+    pub cached_routings: u64,
 }
+
+/// The eviction policies a slot-cache replay compares, in the order of [`PositionStats::misses`].
+pub const EVICTIONS: [Eviction; 3] = [Eviction::Fifo, Eviction::Clock, Eviction::Lru];
 
 impl PositionStats {
     /// Adds `other` into `self`.
@@ -36,6 +45,10 @@ impl PositionStats {
         self.visible += other.visible;
         self.groups += other.groups;
         self.routings += other.routings;
+        for (m, o) in self.misses.iter_mut().zip(other.misses) {
+            *m += o;
+        }
+        self.cached_routings += other.cached_routings;
     }
 }
 
@@ -72,6 +85,16 @@ pub enum AttentionKind {
     Dense,
     /// HGA with this spec (its `[model]` is the checkpoint's).
     Hga(ValidSpec),
+    /// HGA with this spec through the CPU `LayerCache` (as `Hga`), each (layer, KV head)'s routed
+    /// groups also replayed in position order through a slot partition of `slots` slots under each of
+    /// [`EVICTIONS`] (`hga_runtime::offload::PartitionModel`, the GPU resolve's model): hit rates of
+    /// the slot cache on real routing.
+    HgaSlots {
+        /// The routing spec (its `[model]` is the checkpoint's).
+        spec: ValidSpec,
+        /// Slots per (layer, KV head) partition.
+        slots: usize,
+    },
     /// HGA with this spec through the runtime's engine API ([`CacheAttention`]) on a backend, for
     /// sequences of at most `max_seq_len` tokens.
     HgaCache {
@@ -91,6 +114,7 @@ impl AttentionKind {
         Ok(match self {
             AttentionKind::Dense => Box::new(DenseAttention::new(cfg)),
             AttentionKind::Hga(spec) => Box::new(HgaAttention::new(cfg, spec)),
+            AttentionKind::HgaSlots { spec, slots } => Box::new(HgaAttention::with_slot_replay(cfg, spec, *slots)?),
             AttentionKind::HgaCache { spec, backend, max_seq_len } => {
                 Box::new(CacheAttention::new(cfg, spec, *backend, *max_seq_len)?)
             }
@@ -101,7 +125,9 @@ impl AttentionKind {
     pub fn spec(&self) -> Option<&ValidSpec> {
         match self {
             AttentionKind::Dense => None,
-            AttentionKind::Hga(spec) | AttentionKind::HgaCache { spec, .. } => Some(spec),
+            AttentionKind::Hga(spec) | AttentionKind::HgaSlots { spec, .. } | AttentionKind::HgaCache { spec, .. } => {
+                Some(spec)
+            }
         }
     }
 }

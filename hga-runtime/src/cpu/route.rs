@@ -24,13 +24,23 @@ pub struct HeadRoute {
 impl RouteTrace {
     /// Distinct groups per KV head, the union over the query heads that share it: the transfer cost.
     pub fn distinct_groups_per_kv_head(&self, gqa: usize) -> Vec<usize> {
+        self.union_per_kv_head(gqa).iter().map(Vec::len).collect()
+    }
+
+    /// Per KV head, the distinct groups its `gqa` query heads opened, in the GPU resolve's union order
+    /// (query head by query head, each head's groups ascending, a group where it first occurs).
+    pub fn union_per_kv_head(&self, gqa: usize) -> Vec<Vec<usize>> {
         self.heads
             .chunks(gqa.max(1))
             .map(|hs| {
-                let mut all: Vec<usize> = hs.iter().flat_map(|h| h.groups.iter().copied()).collect();
-                all.sort_unstable();
-                all.dedup();
-                all.len()
+                let mut seen = std::collections::HashSet::new();
+                let mut union = Vec::new();
+                for h in hs {
+                    let mut own = h.groups.clone();
+                    own.sort_unstable();
+                    union.extend(own.into_iter().filter(|g| seen.insert(*g)));
+                }
+                union
             })
             .collect()
     }
