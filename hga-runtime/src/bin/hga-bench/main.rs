@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
-//!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--slots-factor 4]
+//!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--churn-rho 0.75|off]
+//!           [--slots-factor 4]
 //!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
 //!           [--mode hga|dense] [--dense-json dense.json]
 //! ```
@@ -22,6 +23,10 @@
 //!   `q_t = normalize(ρ·q_{t−1} + (1−ρ)·n_t)·√D` with `n_t` standard normal, ρ = 0.9 (the cosine
 //!   between consecutive queries is then ≈ 0.99). `--warmup` steps fill the slot cache, the next
 //!   `--steps` are measured. Slot pool: `--slots-factor` × the largest union one step can open.
+//! - **Churn**: the steady state again at `--churn-rho` (default 0.75), the query correlation at which
+//!   the bench's slot cache misses as often as tiny-code's real routing of held-out text replayed
+//!   through the same cache (`hga-engine eval --replay-slots`, BENCHMARKS.md): ρ = 0.9 churns far less
+//!   than that text did, so both are reported. `off` skips it.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
@@ -70,6 +75,7 @@ struct Args {
     warmup: usize,
     cold_steps: usize,
     rho: f32,
+    churn_rho: Option<f32>,
     slots_factor: usize,
     sdpa: Option<String>,
     json: Option<String>,
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         warmup: 50,
         cold_steps: 60,
         rho: 0.9,
+        churn_rho: Some(0.75),
         slots_factor: 4,
         sdpa: None,
         json: None,
@@ -112,6 +119,12 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => a.warmup = val()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--cold-steps" => a.cold_steps = val()?.parse().map_err(|e| format!("--cold-steps: {e}"))?,
             "--rho" => a.rho = val()?.parse().map_err(|e| format!("--rho: {e}"))?,
+            "--churn-rho" => {
+                a.churn_rho = match val()?.as_str() {
+                    "off" => None,
+                    v => Some(v.parse().map_err(|e| format!("--churn-rho: {e}"))?),
+                }
+            }
             "--slots-factor" => a.slots_factor = val()?.parse().map_err(|e| format!("--slots-factor: {e}"))?,
             "--sdpa" => a.sdpa = Some(val()?),
             "--json" => a.json = Some(val()?),
@@ -140,8 +153,9 @@ fn parse_args() -> Result<Args, String> {
     if a.mode != "hga" && a.mode != "dense" {
         return Err(format!("--mode {}: must be hga or dense", a.mode));
     }
-    if a.steps == 0 || a.cold_steps == 0 || !(0.0..1.0).contains(&a.rho) || a.slots_factor == 0 {
-        return Err("--steps, --cold-steps, --slots-factor must be >= 1 and --rho in [0, 1)".into());
+    let rho_ok = |r: f32| (0.0..1.0).contains(&r);
+    if a.steps == 0 || a.cold_steps == 0 || !rho_ok(a.rho) || !a.churn_rho.is_none_or(rho_ok) || a.slots_factor == 0 {
+        return Err("--steps, --cold-steps, --slots-factor must be >= 1, --rho and --churn-rho in [0, 1)".into());
     }
     if a.contexts.iter().any(|&c| c < 64) || a.batches.contains(&0) {
         return Err("contexts must be >= 64 and batches >= 1".into());
@@ -516,6 +530,7 @@ fn run(a: Args) -> Res<()> {
         "spec": spec.to_toml(),
         "method": {
             "queries": format!("per head q_t = normalize({}·q_(t-1) + {}·n_t)·sqrt(D), n_t ~ N(0, I); cold: independent q each step", a.rho, 1.0 - a.rho),
+            "churn_rho": a.churn_rho,
             "steps": a.steps, "warmup": a.warmup, "cold_steps": a.cold_steps, "slots_factor": a.slots_factor,
             "timing": "CUDA events, medians; step_us as launched, gpu_us queued behind a 512 MiB memset",
             "data": "random bf16 K/V in pinned mapped host memory, random bf16 summary tables and window",
@@ -552,7 +567,9 @@ fn run(a: Args) -> Res<()> {
             let mut result = json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": source });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
-                for (mode, slots) in [("steady", need * a.slots_factor), ("cold", need)] {
+                let churn = a.churn_rho.map(|r| ("churn", need * a.slots_factor, r));
+                let modes = [Some(("steady", need * a.slots_factor, a.rho)), churn, Some(("cold", need, 0.0))];
+                for (mode, slots, rho) in modes.into_iter().flatten() {
                     let (free0, _) = gpu.context().mem_get_info()?;
                     let cap = Capacity { batch: bsz, max_context, n_slots: slots };
                     let mut b = DecodeBatch::new(&gpu, kernels, cap)?;
@@ -570,13 +587,14 @@ fn run(a: Args) -> Res<()> {
                     let mut pos = vec![(n - 1) as u32; bsz];
                     let mut q = Queries::new(bsz * qh * d, d, seed + 4);
                     seed += 1000;
-                    let samples = if mode == "steady" {
-                        bench.run(&mut b, &mut pos, &mut q, a.rho, a.warmup, a.steps, seed)?
+                    let samples = if mode == "cold" {
+                        bench.run(&mut b, &mut pos, &mut q, rho, 2, a.cold_steps, seed)?
                     } else {
-                        bench.run(&mut b, &mut pos, &mut q, 0.0, 2, a.cold_steps, seed)?
+                        bench.run(&mut b, &mut pos, &mut q, rho, a.warmup, a.steps, seed)?
                     };
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
+                    result[mode]["rho"] = json!(rho);
                     if mode == "steady" {
                         // Every row at the context, the step scratch shared by the model's layers, for a
                         // layer whose max_context is the context (this run's batches hold `extra` more
@@ -687,14 +705,14 @@ fn print_table(report: &Value) {
          the step scratch's per-layer share (shared by the model's layers), unshared/dense the whole scratch"
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report["results"].as_array().into_iter().flatten() {
-        let (s, c, m) = (&r["steady"], &r["cold"], &r["memory"]);
+        let (s, ch, c, m) = (&r["steady"], &r["churn"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -704,6 +722,9 @@ fn print_table(report: &Value) {
             f(&s["attend_merge_us"]),
             pct(&s["hit_rate"]),
             f(&s["groups_per_kv_head"]),
+            f(&ch["step_us"]),
+            f(&ch["gpu_us"]),
+            pct(&ch["hit_rate"]),
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),
