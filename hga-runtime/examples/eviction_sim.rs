@@ -1,8 +1,10 @@
 //! Slot-cache eviction policies on hga-bench's routed trace, on the CPU: hit rate and misses per step
-//! for the same sequence of unions under each [`Eviction`] policy (`Clock`: the kernels'), and two
-//! references: `Relevance` (evict the groups whose chunk scores lowest for the current query: a
-//! predictor the summaries give for free, not implemented in the kernels) and `Belady` (evict the
-//! group used again furthest in the future: the bound of any policy with this many slots).
+//! for the same sequence of unions under each [`Eviction`] policy (`Clock`: the kernels'), and three
+//! references: `ClockSelected` (`Clock` whose first pass also spares the slots of groups in a chunk
+//! some query head selected this step: the cheapest relevance signal a resolve has at hand),
+//! `Relevance` (evict the groups whose chunk scores lowest for the current query: a predictor the
+//! summaries give for free, not implemented in the kernels) and `Belady` (evict the group used again
+//! furthest in the future: the bound of any policy with this many slots).
 //!
 //! ```text
 //! cargo run --release -p hga-runtime --example eviction_sim -- [--contexts 65536,1048576]
@@ -94,6 +96,8 @@ fn args() -> Result<Args, String> {
 struct Step {
     unions: Vec<Vec<u32>>,
     relevance: Vec<Vec<f32>>,
+    /// Per KV head, the chunks any of its query heads selected.
+    selected: Vec<std::collections::HashSet<usize>>,
 }
 
 fn trace(context: usize, a: &Args) -> Vec<Step> {
@@ -117,26 +121,24 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
         let closed = (pos + 1) / C;
         let sinks_end = KF.min(closed);
         let local_start = closed.saturating_sub(KL).max(sinks_end);
-        let per_head: Vec<(Vec<u32>, Vec<f32>)> = (0..QH)
+        let per_head: Vec<(Vec<u32>, Vec<f32>, Vec<usize>)> = (0..QH)
             .into_par_iter()
             .map(|h| {
                 let kvh = h / (QH / KVH);
                 let qh = &q[h * D..(h + 1) * D];
                 let cs: Vec<f32> =
                     (sinks_end..local_start).map(|c| dot(qh, &chunk_sum[(kvh * chunks + c) * D..][..D])).collect();
-                let cand: Vec<usize> = top_k(&cs, TOP_CHUNKS)
-                    .into_iter()
-                    .flat_map(|i| (0..GPC).map(move |j| (sinks_end + i) * GPC + j))
-                    .collect();
+                let sel: Vec<usize> = top_k(&cs, TOP_CHUNKS).into_iter().map(|i| sinks_end + i).collect();
+                let cand: Vec<usize> = sel.iter().flat_map(|&c| (0..GPC).map(move |j| c * GPC + j)).collect();
                 let gs: Vec<f32> =
                     cand.iter().map(|&g| dot(qh, &group_sum[(kvh * chunks * GPC + g) * D..][..D])).collect();
-                (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs)
+                (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs, sel)
             })
             .collect();
         let unions = (0..KVH)
             .map(|kvh| {
                 let mut u: Vec<u32> = Vec::new();
-                for (list, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                for (list, _, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
                     for &g in list {
                         if !u.contains(&g) {
                             u.push(g);
@@ -149,7 +151,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
         let relevance = (0..KVH)
             .map(|kvh| {
                 let mut r = vec![f32::NEG_INFINITY; chunks];
-                for (_, cs) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                for (_, cs, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
                     for (i, &x) in cs.iter().enumerate() {
                         r[sinks_end + i] = r[sinks_end + i].max(x);
                     }
@@ -157,7 +159,10 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 r
             })
             .collect();
-        steps.push(Step { unions, relevance });
+        let selected = (0..KVH)
+            .map(|kvh| per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)].iter().flat_map(|x| x.2.clone()).collect())
+            .collect();
+        steps.push(Step { unions, relevance, selected });
     }
     steps
 }
@@ -176,7 +181,7 @@ fn main() {
     println!("| --- | --- | --- | --- | --- |");
     for &context in &a.contexts {
         let tr = trace(context, &a);
-        for policy in ["Fifo", "Clock", "Lru", "Relevance", "Belady"] {
+        for policy in ["Fifo", "Clock", "Lru", "ClockSelected", "Relevance", "Belady"] {
             let (mut hits, mut misses) = (0usize, 0usize);
             for kvh in 0..KVH {
                 // Belady's bound: the step at which each step's groups are next used.
@@ -189,12 +194,24 @@ fn main() {
                     }
                 }
                 let mut p = PartitionModel::new(slots).expect("slots >= 1");
+                let mut last_misses = 0;
                 for (t, step) in tr.iter().enumerate() {
                     let u = &step.unions[kvh];
                     let r = match policy {
                         "Fifo" => p.resolve(u, Eviction::Fifo),
                         "Clock" => p.resolve(u, Eviction::Clock),
                         "Lru" => p.resolve(u, Eviction::Lru),
+                        "ClockSelected" => {
+                            // Clock's classes (old first, then recent), each split by whether the
+                            // group's chunk is selected this step (unselected first); clock order within.
+                            let recent = hga_runtime::offload::recent_steps(slots, last_misses);
+                            let sel = &step.selected[kvh];
+                            p.resolve_ranked(u, |g, age| {
+                                let young = age.is_some_and(|a| a <= recent);
+                                let hot = g.is_some_and(|g| sel.contains(&(g as usize / GPC)));
+                                2.0 * f64::from(u8::from(young)) + f64::from(u8::from(hot))
+                            })
+                        }
                         "Belady" => {
                             let nu = &next_use[t];
                             p.resolve_ranked(u, |g, _| {
@@ -207,6 +224,7 @@ fn main() {
                         }
                     }
                     .expect("unions hold distinct groups");
+                    last_misses = r.misses;
                     if t >= a.warmup {
                         misses += r.misses;
                         hits += u.len() - r.misses;
