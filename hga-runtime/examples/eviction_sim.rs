@@ -135,10 +135,11 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs, sel)
             })
             .collect();
+        let heads_of = |kvh: usize| &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)];
         let unions = (0..KVH)
             .map(|kvh| {
                 let mut u: Vec<u32> = Vec::new();
-                for (list, _, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                for (list, _, _) in heads_of(kvh) {
                     for &g in list {
                         if !u.contains(&g) {
                             u.push(g);
@@ -151,7 +152,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
         let relevance = (0..KVH)
             .map(|kvh| {
                 let mut r = vec![f32::NEG_INFINITY; chunks];
-                for (_, cs, _) in &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)] {
+                for (_, cs, _) in heads_of(kvh) {
                     for (i, &x) in cs.iter().enumerate() {
                         r[sinks_end + i] = r[sinks_end + i].max(x);
                     }
@@ -159,9 +160,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 r
             })
             .collect();
-        let selected = (0..KVH)
-            .map(|kvh| per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)].iter().flat_map(|x| x.2.clone()).collect())
-            .collect();
+        let selected = (0..KVH).map(|kvh| heads_of(kvh).iter().flat_map(|x| x.2.iter().copied()).collect()).collect();
         steps.push(Step { unions, relevance, selected });
     }
     steps

@@ -567,9 +567,14 @@ fn run(a: Args) -> Res<()> {
             let mut result = json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": source });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
-                let churn = a.churn_rho.map(|r| ("churn", need * a.slots_factor, r));
-                let modes = [Some(("steady", need * a.slots_factor, a.rho)), churn, Some(("cold", need, 0.0))];
-                for (mode, slots, rho) in modes.into_iter().flatten() {
+                // (mode, slots, ρ, warm-up steps, measured steps)
+                let steady = |mode, rho| (mode, need * a.slots_factor, rho, a.warmup, a.steps);
+                let modes = [
+                    Some(steady("steady", a.rho)),
+                    a.churn_rho.map(|r| steady("churn", r)),
+                    Some(("cold", need, 0.0, 2, a.cold_steps)),
+                ];
+                for (mode, slots, rho, warmup, steps) in modes.into_iter().flatten() {
                     let (free0, _) = gpu.context().mem_get_info()?;
                     let cap = Capacity { batch: bsz, max_context, n_slots: slots };
                     let mut b = DecodeBatch::new(&gpu, kernels, cap)?;
@@ -587,11 +592,7 @@ fn run(a: Args) -> Res<()> {
                     let mut pos = vec![(n - 1) as u32; bsz];
                     let mut q = Queries::new(bsz * qh * d, d, seed + 4);
                     seed += 1000;
-                    let samples = if mode == "cold" {
-                        bench.run(&mut b, &mut pos, &mut q, rho, 2, a.cold_steps, seed)?
-                    } else {
-                        bench.run(&mut b, &mut pos, &mut q, rho, a.warmup, a.steps, seed)?
-                    };
+                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, warmup, steps, seed)?;
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     result[mode]["rho"] = json!(rho);
