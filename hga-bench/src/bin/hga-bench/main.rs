@@ -55,6 +55,7 @@
 
 mod dense;
 
+use clap::{Parser, ValueEnum};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
@@ -67,100 +68,107 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Which measurement this process makes.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// HGA steady state, churn and cold, against the dense baselines.
+    Hga,
+    /// The bench's own split-K flash-decoding kernel alone (merged into an HGA run with `--dense-json`).
+    Dense,
+}
+
+#[derive(Parser)]
+#[command(name = "hga-bench", about = "The HGA decode attention step of one layer on the GPU, against dense attention")]
 struct Args {
+    /// Model preset whose shape is measured (`hga_dsl::presets`).
+    #[arg(long, default_value = "qwen3-30b")]
     model: String,
+    /// Context lengths (tokens, at least 64).
+    #[arg(long, value_delimiter = ',', value_parser = context, default_value = "4096,32768,65536,131072,524288,1048576")]
     contexts: Vec<usize>,
+    /// Batch sizes (rows, at least 1).
+    #[arg(long = "batch", value_delimiter = ',', value_parser = at_least_one, default_value = "1,8")]
     batches: Vec<usize>,
+    /// Measured steady-state steps.
+    #[arg(long, value_parser = at_least_one, default_value_t = 300)]
     steps: usize,
+    /// Steady-state steps run before measuring (they fill the slot cache).
+    #[arg(long, default_value_t = 50)]
     warmup: usize,
+    /// Measured cold steps.
+    #[arg(long, value_parser = at_least_one, default_value_t = 60)]
     cold_steps: usize,
+    /// Correlation of consecutive queries in the steady state, in [0, 1).
+    #[arg(long, value_parser = rho, default_value_t = 0.9)]
     rho: f32,
+    /// Correlation of the churn row, in [0, 1); `off` skips the row.
+    #[arg(long, value_parser = churn_rho, default_value = "0.75")]
     churn_rho: Option<f32>,
+    /// Slot pool size in units of the largest union one step can open.
+    #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
+    /// PyTorch SDPA baseline script, run through `python3` with the same shapes.
+    #[arg(long)]
     sdpa: Option<String>,
+    /// Where to write the JSON report.
+    #[arg(long)]
     json: Option<String>,
-    mode: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Hga)]
+    mode: Mode,
+    /// JSON of an earlier `--mode dense` run, merged into the report.
+    #[arg(long)]
     dense_json: Option<String>,
+    /// Tuned config to resolve kernel parameters from, per (context, batch).
+    #[arg(long)]
     config: Option<String>,
+    /// GPU preset name the tuned config is resolved for.
+    #[arg(long = "gpu", default_value = "h200")]
     gpu_preset: String,
+    /// Kernel parameters for every row instead: THREADS,SPLIT_K,TILE_TOKENS.
+    #[arg(long, value_parser = kernel_params)]
     kernel: Option<hga_dsl::KernelParams>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: "qwen3-30b".into(),
-        contexts: vec![4096, 32768, 65536, 131072, 524288, 1048576],
-        batches: vec![1, 8],
-        steps: 300,
-        warmup: 50,
-        cold_steps: 60,
-        rho: 0.9,
-        churn_rho: Some(0.75),
-        slots_factor: 4,
-        sdpa: None,
-        json: None,
-        mode: "hga".into(),
-        dense_json: None,
-        config: None,
-        gpu_preset: "h200".into(),
-        kernel: None,
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) => Err(format!("{n}: must be >= 1")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+fn context(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 64 => Ok(n),
+        Ok(n) => Err(format!("{n}: a context must be >= 64 tokens")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+fn rho(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
+        Ok(r) => Err(format!("{r}: must be in [0, 1)")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+fn churn_rho(s: &str) -> Result<Option<f32>, String> {
+    if s == "off" {
+        Ok(None)
+    } else {
+        rho(s).map(Some)
+    }
+}
+
+fn kernel_params(s: &str) -> Result<hga_dsl::KernelParams, String> {
+    let v: Vec<u32> =
+        s.split(',').map(|x| x.trim().parse::<u32>().map_err(|e| format!("{x}: {e}"))).collect::<Result<_, _>>()?;
+    let [threads, split_k, tile_tokens] = v[..] else {
+        return Err(format!("{s}: expected THREADS,SPLIT_K,TILE_TOKENS"));
     };
-    let list = |s: &str| -> Result<Vec<usize>, String> {
-        s.split(',').map(|x| x.trim().parse::<usize>().map_err(|e| format!("{x}: {e}"))).collect()
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--contexts" => a.contexts = list(&val()?)?,
-            "--batch" => a.batches = list(&val()?)?,
-            "--steps" => a.steps = val()?.parse().map_err(|e| format!("--steps: {e}"))?,
-            "--warmup" => a.warmup = val()?.parse().map_err(|e| format!("--warmup: {e}"))?,
-            "--cold-steps" => a.cold_steps = val()?.parse().map_err(|e| format!("--cold-steps: {e}"))?,
-            "--rho" => a.rho = val()?.parse().map_err(|e| format!("--rho: {e}"))?,
-            "--churn-rho" => {
-                a.churn_rho = match val()?.as_str() {
-                    "off" => None,
-                    v => Some(v.parse().map_err(|e| format!("--churn-rho: {e}"))?),
-                }
-            }
-            "--slots-factor" => a.slots_factor = val()?.parse().map_err(|e| format!("--slots-factor: {e}"))?,
-            "--sdpa" => a.sdpa = Some(val()?),
-            "--json" => a.json = Some(val()?),
-            "--mode" => a.mode = val()?,
-            "--dense-json" => a.dense_json = Some(val()?),
-            "--config" => a.config = Some(val()?),
-            "--gpu" => a.gpu_preset = val()?,
-            "--kernel" => {
-                let v = list(&val()?)?;
-                let [threads, split_k, tile_tokens] = v[..] else {
-                    return Err("--kernel: expected THREADS,SPLIT_K,TILE_TOKENS".into());
-                };
-                let k = hga_dsl::KernelParams::default();
-                let conv = |x: usize| u32::try_from(x).map_err(|e| format!("--kernel: {e}"));
-                a.kernel = Some(hga_dsl::KernelParams {
-                    threads: conv(threads)?,
-                    split_k: conv(split_k)?,
-                    tile_tokens: conv(tile_tokens)?,
-                    ..k
-                });
-            }
-            "-h" | "--help" => return Err("see the module docs in hga-runtime/src/bin/hga-bench.rs".into()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if a.mode != "hga" && a.mode != "dense" {
-        return Err(format!("--mode {}: must be hga or dense", a.mode));
-    }
-    let rho_ok = |r: f32| (0.0..1.0).contains(&r);
-    if a.steps == 0 || a.cold_steps == 0 || !rho_ok(a.rho) || !a.churn_rho.is_none_or(rho_ok) || a.slots_factor == 0 {
-        return Err("--steps, --cold-steps, --slots-factor must be >= 1, --rho and --churn-rho in [0, 1)".into());
-    }
-    if a.contexts.iter().any(|&c| c < 64) || a.batches.contains(&0) {
-        return Err("contexts must be >= 64 and batches >= 1".into());
-    }
-    Ok(a)
+    Ok(hga_dsl::KernelParams { threads, split_k, tile_tokens, ..hga_dsl::KernelParams::default() })
 }
 
 /// SplitMix64: a fast, seedable generator for filling large buffers in parallel.
@@ -412,14 +420,8 @@ fn run_sdpa(script: &str, a: &Args, q_heads: u32, kv_heads: u32, d: u32) -> Res<
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("hga-bench: {e}");
-            std::process::exit(2);
-        }
-    };
-    let result = if args.mode == "dense" { run_dense(args) } else { run(args) };
+    let args = Args::parse();
+    let result = if args.mode == Mode::Dense { run_dense(args) } else { run(args) };
     if let Err(e) = result {
         eprintln!("hga-bench: {e}");
         std::process::exit(1);
@@ -484,19 +486,23 @@ fn run(a: Args) -> Res<()> {
     });
 
     // The own dense kernel's results, from an earlier `--mode dense` process.
-    let dense_json: Option<Value> =
-        a.dense_json.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| serde_json::from_str(&t).ok());
+    // Like SDPA's, a missing or broken file is reported, not fatal.
+    let dense_json: Option<Value> = a.dense_json.as_ref().and_then(|p| {
+        let read = std::fs::read_to_string(p).map_err(|e| e.to_string());
+        match read.and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("hga-bench: --dense-json {p}: {e}; no own-dense column");
+                None
+            }
+        }
+    });
     let gpu = Gpu::open(0)?;
     let jit = Jit::from_env()?;
     // Kernel parameters per (context, batch) from the tuned config, as the runtime resolves them.
     let tuned: Vec<TunedConfig> = match &a.config {
-        Some(path) => match TunedConfig::load(path) {
-            Ok(c) => vec![c],
-            Err(e) => {
-                eprintln!("hga-bench: tuned config {path}: {e}; using the built-in kernel parameters");
-                Vec::new()
-            }
-        },
+        // Asked for by name: measuring other parameters than the config's would mislead.
+        Some(path) => vec![TunedConfig::load(path).map_err(|e| format!("--config {path}: {e}"))?],
         None => Vec::new(),
     };
     let arch = gpu.arch().to_string();

@@ -11,10 +11,37 @@
 //! every step: groups read by `hga_attend` from mapped pinned host memory). Whole steps are timed as separate
 //! launches and as one CUDA graph replay.
 
+use clap::Parser;
 use hga_dsl::{presets, Spec};
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
 use std::fmt::Write as _;
+
+#[derive(Parser)]
+#[command(name = "hga_kernel_bench", about = "Device time of each HGA decode-step kernel and of the whole step")]
+struct Args {
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<String>,
+    /// Timed iterations per measurement (graph replays with --trace).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    iters: u32,
+    /// Threads per attention block (default: `KernelParams::default()`; the spec validates all four).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Attention splits per (row, KV head).
+    #[arg(long)]
+    split_k: Option<u32>,
+    /// Tokens per attention tile.
+    #[arg(long)]
+    tile_tokens: Option<u32>,
+    /// Elements per vector load.
+    #[arg(long)]
+    vec_width: Option<u32>,
+    /// Compile the step trace in and print when blocks reached each point of the step, instead of timings.
+    #[arg(long)]
+    trace: bool,
+}
 
 const KERNELS: [&str; 6] = ["append", "summarize", "chunk_score", "select", "resolve", "attend"];
 
@@ -48,26 +75,17 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let json_path = arg("--json");
-    let iters: usize = arg("--iters").map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let args = Args::parse();
+    let (json_path, iters, trace) = (args.json, args.iters as usize, args.trace);
     let gpu = Gpu::open(0)?;
-    let trace = args.iter().any(|a| a == "--trace");
     let jit = if trace { Jit::from_env()?.traced() } else { Jit::from_env()? };
-    let mut kp = hga_dsl::KernelParams::default();
-    if let Some(t) = arg("--threads") {
-        kp.threads = t.parse()?;
-    }
-    if let Some(t) = arg("--split-k") {
-        kp.split_k = t.parse()?;
-    }
-    if let Some(t) = arg("--tile-tokens") {
-        kp.tile_tokens = t.parse()?;
-    }
-    if let Some(t) = arg("--vec-width") {
-        kp.vec_width = t.parse()?;
-    }
+    let d = hga_dsl::KernelParams::default();
+    let kp = hga_dsl::KernelParams {
+        threads: args.threads.unwrap_or(d.threads),
+        split_k: args.split_k.unwrap_or(d.split_k),
+        tile_tokens: args.tile_tokens.unwrap_or(d.tile_tokens),
+        vec_width: args.vec_width.unwrap_or(d.vec_width),
+    };
     let spec = Spec::new(presets::find("qwen3-30b")?.shape).with_kernel(kp).validate()?;
     let t = std::time::Instant::now();
     let kernels = DecodeKernels::load(&gpu, &jit, &spec)?;
