@@ -402,3 +402,18 @@ fn print_trace(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_parses_and_rejects_zero_iterations() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["hga_kernel_bench", "--trace", "--split-k", "16", "--iters", "40"]).unwrap();
+        assert!(a.trace && a.split_k == Some(16) && a.iters == 40 && a.threads.is_none());
+        let e = Args::try_parse_from(["hga_kernel_bench", "--iters", "0"]).err().unwrap();
+        assert!(e.to_string().contains("--iters"), "{e}");
+    }
+}

@@ -103,7 +103,7 @@ struct Args {
     rho: f32,
     /// Correlation of the churn row, in [0, 1); `off` skips the row.
     #[arg(long, value_parser = churn_rho, default_value = "0.75")]
-    churn_rho: Option<f32>,
+    churn_rho: ChurnRho,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -154,11 +154,16 @@ fn rho(s: &str) -> Result<f32, String> {
     }
 }
 
-fn churn_rho(s: &str) -> Result<Option<f32>, String> {
+/// `--churn-rho`: a correlation, or `off` (a newtype: clap reads a bare `Option` field as "flag may be
+/// absent", not as a value that may be `off`).
+#[derive(Clone, Copy)]
+struct ChurnRho(Option<f32>);
+
+fn churn_rho(s: &str) -> Result<ChurnRho, String> {
     if s == "off" {
-        Ok(None)
+        Ok(ChurnRho(None))
     } else {
-        rho(s).map(Some)
+        rho(s).map(|r| ChurnRho(Some(r)))
     }
 }
 
@@ -536,7 +541,7 @@ fn run(a: Args) -> Res<()> {
         "spec": spec.to_toml(),
         "method": {
             "queries": format!("per head q_t = normalize({}·q_(t-1) + {}·n_t)·sqrt(D), n_t ~ N(0, I); cold: independent q each step", a.rho, 1.0 - a.rho),
-            "churn_rho": a.churn_rho,
+            "churn_rho": a.churn_rho.0,
             "steps": a.steps, "warmup": a.warmup, "cold_steps": a.cold_steps, "slots_factor": a.slots_factor,
             "timing": "CUDA events, medians; step_us as launched, gpu_us queued behind a 512 MiB memset",
             "data": "random bf16 K/V in pinned mapped host memory, random bf16 summary tables and window",
@@ -577,7 +582,7 @@ fn run(a: Args) -> Res<()> {
                 let steady = |mode, rho| (mode, need * a.slots_factor, rho, a.warmup, a.steps);
                 let modes = [
                     Some(steady("steady", a.rho)),
-                    a.churn_rho.map(|r| steady("churn", r)),
+                    a.churn_rho.0.map(|r| steady("churn", r)),
                     Some(("cold", need, 0.0, 2, a.cold_steps)),
                 ];
                 for (mode, slots, rho, warmup, steps) in modes.into_iter().flatten() {
@@ -744,5 +749,54 @@ fn print_table(report: &Value) {
             pct2(&m["state_over_dense"]),
             pct2(&m["unshared_over_dense"]),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("hga-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_values_parse_into_their_fields() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.contexts, [4096, 32768, 65536, 131072, 524288, 1048576]);
+        assert_eq!(a.batches, [1, 8]);
+        assert_eq!(a.churn_rho.0, Some(0.75));
+        assert!(a.mode == Mode::Hga && a.kernel.is_none() && a.config.is_none());
+        let a =
+            parse(&["--churn-rho", "off", "--contexts", "65536,1048576", "--kernel", "256,16,32", "--mode", "dense"])
+                .unwrap();
+        assert_eq!(a.churn_rho.0, None);
+        assert_eq!(a.contexts, [65536, 1048576]);
+        let k = a.kernel.unwrap();
+        assert_eq!((k.threads, k.split_k, k.tile_tokens), (256, 16, 32));
+        assert!(a.mode == Mode::Dense);
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_flag() {
+        for (args, flag) in [
+            (&["--rho", "1"][..], "--rho"),
+            (&["--churn-rho", "1.5"], "--churn-rho"),
+            (&["--contexts", "4096,32"], "--contexts"),
+            (&["--batch", "0"], "--batch"),
+            (&["--steps", "0"], "--steps"),
+            (&["--slots-factor", "x"], "--slots-factor"),
+            (&["--kernel", "256,16"], "--kernel"),
+            (&["--mode", "sdpa"], "--mode"),
+        ] {
+            let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
     }
 }
