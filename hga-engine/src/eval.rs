@@ -96,6 +96,15 @@ impl Acc {
             attended_fraction: s.attended as f64 / s.visible.max(1) as f64,
             groups_per_kv_head: (s.routings > 0).then(|| s.groups as f64 / s.routings as f64),
             misses_per_kv_head: (s.cached_routings > 0).then(|| s.misses.map(|m| m as f64 / s.cached_routings as f64)),
+            speculation: (s.speculation.routings > 0).then(|| {
+                let p = &s.speculation;
+                let per = |x: u64| x as f64 / s.cached_routings.max(1) as f64;
+                SpeculationResult {
+                    recall: p.foreseen as f64 / p.groups.max(1) as f64,
+                    prefetched_per_kv_head: per(p.prefetched),
+                    late_misses_per_kv_head: per(p.late_misses),
+                }
+            }),
         }
     }
 }
@@ -118,6 +127,21 @@ pub struct BucketResult {
     /// Of those, the slot-cache misses under each of [`crate::attention::EVICTIONS`] (FIFO, CLOCK,
     /// LRU), for runs that replay the slot cache; `None` otherwise.
     pub misses_per_kv_head: Option<[f64; 3]>,
+    /// Speculative prefetch, for runs that replay it; `None` otherwise.
+    pub speculation: Option<SpeculationResult>,
+}
+
+/// Speculative prefetch through a CLOCK slot cache (`crate::SpeculationStats`), per KV head per token
+/// per layer like [`BucketResult::misses_per_kv_head`] (whose CLOCK entry is the same cache without
+/// prefetch).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SpeculationResult {
+    /// Fraction of the real routes' groups (layers 1..) that the speculative routes opened too.
+    pub recall: f64,
+    /// Groups prefetched ahead of their layer: reads that overlap the previous layer's work.
+    pub prefetched_per_kv_head: f64,
+    /// Misses left on the critical path (layer 0's included: it has nothing to speculate from).
+    pub late_misses_per_kv_head: f64,
 }
 
 /// One run's results.
@@ -282,6 +306,10 @@ pub fn table(report: &EvalReport) -> String {
     if replayed {
         s.insert_str(s.len() - 1, &format!(" {:>26}", "misses/KVh/tok FIFO CLOCK LRU"));
     }
+    let speculated = report.runs.iter().any(|r| r.overall.speculation.is_some());
+    if speculated {
+        s.insert_str(s.len() - 1, &format!(" {:>32}", "speculation: recall late prefetch"));
+    }
     let dense = report.runs.iter().find(|r| r.spec.is_none());
     for run in &report.runs {
         for (i, b) in run.buckets.iter().chain(std::iter::once(&run.overall)).enumerate() {
@@ -297,6 +325,12 @@ pub fn table(report: &EvalReport) -> String {
                 let m =
                     b.misses_per_kv_head.map_or(String::from("-"), |m| format!("{:.2} {:.2} {:.2}", m[0], m[1], m[2]));
                 s += &format!(" {m:>29}");
+            }
+            if speculated {
+                let p = b.speculation.map_or(String::from("-"), |p| {
+                    format!("{:.3} {:.2} {:.2}", p.recall, p.late_misses_per_kv_head, p.prefetched_per_kv_head)
+                });
+                s += &format!(" {p:>32}");
             }
             s += "\n";
         }

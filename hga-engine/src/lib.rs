@@ -31,6 +31,7 @@ pub mod weights;
 
 pub use attention::{
     AttentionKind, BackendChoice, CacheAttention, DenseAttention, HgaAttention, PositionStats, SequenceAttention,
+    SpeculateFrom, SpeculationStats,
 };
 pub use config::ModelConfig;
 pub use error::EngineError;

@@ -7,7 +7,7 @@ use hga_engine::eval::{self, EvalConfig, Progress, Run};
 use hga_engine::generate::generate;
 use hga_engine::reference::{check_logits, ReferenceLogits};
 use hga_engine::routing::{describe, spec_for_model, RoutingOverrides};
-use hga_engine::{AttentionKind, BackendChoice, EngineError, Model};
+use hga_engine::{AttentionKind, BackendChoice, EngineError, Model, SpeculateFrom};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,9 +74,33 @@ struct EvalArgs {
     /// report the misses (CPU `LayerCache` runs only: not with --runtime).
     #[arg(long, value_name = "SLOTS", conflicts_with = "runtime")]
     replay_slots: Option<usize>,
+    /// With --replay-slots, also replay speculative prefetch: layer l + 1's query projected from an
+    /// earlier hidden state of layer l (`input`: its input; `mid`: after its attention) routes, and
+    /// its groups are brought into a CLOCK slot cache before layer l + 1's own route. Reports the
+    /// misses left on the critical path.
+    #[arg(long, value_enum, requires = "replay_slots")]
+    speculate: Option<SpeculateArg>,
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// Where speculative queries come from (`--speculate`).
+#[derive(Clone, Copy, ValueEnum)]
+enum SpeculateArg {
+    /// The previous layer's input.
+    Input,
+    /// The previous layer's residual stream after its attention.
+    Mid,
+}
+
+impl From<SpeculateArg> for SpeculateFrom {
+    fn from(a: SpeculateArg) -> Self {
+        match a {
+            SpeculateArg::Input => SpeculateFrom::LayerInput,
+            SpeculateArg::Mid => SpeculateFrom::AfterAttention,
+        }
+    }
 }
 
 /// Backend of the engine API's cache (`--runtime`).
@@ -285,7 +309,7 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode, EngineError> {
         return Err(EngineError::argument("--replay-slots", 0, "must be >= 1"));
     }
     let kind_of = |spec: ValidSpec| match a.replay_slots {
-        Some(slots) => AttentionKind::HgaSlots { spec, slots },
+        Some(slots) => AttentionKind::HgaSlots { spec, slots, speculate: a.speculate.map(SpeculateFrom::from) },
         None => hga_kind(spec, a.runtime, cfg.doc_bytes),
     };
     for path in &a.spec {

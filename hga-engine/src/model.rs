@@ -1,10 +1,10 @@
 //! The Qwen3 decoder forward pass over a block of tokens, with attention from a [`SequenceAttention`].
 
-use crate::attention::{PositionStats, SequenceAttention};
+use crate::attention::{PositionStats, SequenceAttention, SpeculateFrom};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::linalg::{linear, rms_norm, rms_norm_into, swiglu};
-use crate::weights::Weights;
+use crate::weights::{LayerWeights, Weights};
 use hga_dsl::Rope;
 use rayon::prelude::*;
 use std::path::Path;
@@ -65,43 +65,24 @@ impl Model {
         let mut proj = vec![0.0f32; n * h];
         let mut gate_up = vec![0.0f32; n * 2 * c.intermediate];
         let mut act = vec![0.0f32; n * c.intermediate];
-        for (li, lw) in self.weights.layers.iter().enumerate() {
-            rms_norm_into(&x, &lw.input_norm, c.rms_eps, &mut normed);
-            linear(&normed, &lw.qkv, h, qd + 2 * kvd, &mut qkv);
-            q.par_chunks_mut(qd)
-                .zip(k.par_chunks_mut(kvd))
-                .zip(v.par_chunks_mut(kvd))
-                .zip(qkv.par_chunks(qd + 2 * kvd))
-                .enumerate()
-                .for_each(|(i, (((q, k), v), row))| {
-                    q.copy_from_slice(&row[..qd]);
-                    k.copy_from_slice(&row[qd..qd + kvd]);
-                    v.copy_from_slice(&row[qd + kvd..]);
-                    if let Some(b) = &lw.qkv_bias {
-                        let (bq, bk, bv) = (&b[..qd], &b[qd..qd + kvd], &b[qd + kvd..]);
-                        q.iter_mut()
-                            .zip(bq)
-                            .chain(k.iter_mut().zip(bk))
-                            .chain(v.iter_mut().zip(bv))
-                            .for_each(|(x, b)| *x += b);
-                    }
-                    let pos = (start + i) as f64;
-                    // Qwen3 normalizes each head before RoPE; keys are cached after RoPE.
-                    for (head, norm) in q
-                        .chunks_exact_mut(d)
-                        .map(|x| (x, &lw.q_norm))
-                        .chain(k.chunks_exact_mut(d).map(|x| (x, &lw.k_norm)))
-                    {
-                        if let Some(w) = norm {
-                            rms_norm(head, w, c.rms_eps);
-                        }
-                        self.rope.rotate(head, pos);
-                    }
-                });
+        // Speculative queries for the next layer, when the attention asks for them.
+        let speculate = attn.speculates();
+        let m = if speculate.is_some() { n } else { 0 };
+        let mut spec = [vec![0.0f32; m * qd], vec![0.0f32; m * kvd], vec![0.0f32; m * kvd]];
+        let layers = &self.weights.layers;
+        for (li, lw) in layers.iter().enumerate() {
+            self.project(lw, &x, start, (&mut normed, &mut qkv), (&mut q, &mut k, &mut v));
+            let next = layers.get(li + 1);
+            if let (Some(SpeculateFrom::LayerInput), Some(nw)) = (speculate, next) {
+                self.speculate(&*attn, li + 1, nw, &x, start, (&mut normed, &mut qkv), &mut spec)?;
+            }
             attn.append(li, &k, &v)?;
             attn.attend(li, &q, start, &mut att, stats)?;
             linear(&att, &lw.o_proj, qd, h, &mut proj);
             x.par_iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            if let (Some(SpeculateFrom::AfterAttention), Some(nw)) = (speculate, next) {
+                self.speculate(&*attn, li + 1, nw, &x, start, (&mut normed, &mut qkv), &mut spec)?;
+            }
             rms_norm_into(&x, &lw.post_norm, c.rms_eps, &mut normed);
             linear(&normed, &lw.gate_up, h, 2 * c.intermediate, &mut gate_up);
             swiglu(&gate_up, c.intermediate, &mut act);
@@ -113,5 +94,65 @@ impl Model {
         let mut logits = vec![0.0f32; n * c.vocab];
         linear(&normed, head, h, c.vocab, &mut logits);
         Ok(logits)
+    }
+
+    /// Layer `layer`'s (weights `lw`) speculative queries of the hidden states `x`, handed to `attn`.
+    #[allow(clippy::too_many_arguments)]
+    fn speculate(
+        &self,
+        attn: &dyn SequenceAttention,
+        layer: usize,
+        lw: &LayerWeights,
+        x: &[f32],
+        start: usize,
+        scratch: (&mut [f32], &mut [f32]),
+        [q, k, v]: &mut [Vec<f32>; 3],
+    ) -> Result<(), EngineError> {
+        self.project(lw, x, start, scratch, (q, k, v));
+        attn.speculate(layer, q, start)
+    }
+
+    /// Layer `lw`'s queries, keys and values (`[n][heads][head_dim]`, after its norms and RoPE at
+    /// positions `start..`) of the hidden states `x`, through the scratch buffers `normed` and `qkv`.
+    fn project(
+        &self,
+        lw: &LayerWeights,
+        x: &[f32],
+        start: usize,
+        (normed, qkv): (&mut [f32], &mut [f32]),
+        (q, k, v): (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let c = &self.config;
+        let (h, d, qd, kvd) = (c.hidden, c.head_dim(), c.q_heads() * c.head_dim(), c.kv_heads() * c.head_dim());
+        rms_norm_into(x, &lw.input_norm, c.rms_eps, normed);
+        linear(normed, &lw.qkv, h, qd + 2 * kvd, qkv);
+        q.par_chunks_mut(qd)
+            .zip(k.par_chunks_mut(kvd))
+            .zip(v.par_chunks_mut(kvd))
+            .zip(qkv.par_chunks(qd + 2 * kvd))
+            .enumerate()
+            .for_each(|(i, (((q, k), v), row))| {
+                q.copy_from_slice(&row[..qd]);
+                k.copy_from_slice(&row[qd..qd + kvd]);
+                v.copy_from_slice(&row[qd + kvd..]);
+                if let Some(b) = &lw.qkv_bias {
+                    let (bq, bk, bv) = (&b[..qd], &b[qd..qd + kvd], &b[qd + kvd..]);
+                    q.iter_mut()
+                        .zip(bq)
+                        .chain(k.iter_mut().zip(bk))
+                        .chain(v.iter_mut().zip(bv))
+                        .for_each(|(x, b)| *x += b);
+                }
+                let pos = (start + i) as f64;
+                // Qwen3 normalizes each head before RoPE; keys are cached after RoPE.
+                for (head, norm) in
+                    q.chunks_exact_mut(d).map(|x| (x, &lw.q_norm)).chain(k.chunks_exact_mut(d).map(|x| (x, &lw.k_norm)))
+                {
+                    if let Some(w) = norm {
+                        rms_norm(head, w, c.rms_eps);
+                    }
+                    self.rope.rotate(head, pos);
+                }
+            });
     }
 }

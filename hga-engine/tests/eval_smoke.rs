@@ -6,7 +6,7 @@ mod common;
 
 use hga_dsl::Routing;
 use hga_engine::eval::{evaluate, EvalConfig, Run};
-use hga_engine::{AttentionKind, Model};
+use hga_engine::{AttentionKind, Model, SpeculateFrom};
 
 #[test]
 fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
@@ -30,11 +30,36 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
         // KV head: the latter never evicts.
         Run {
             name: "replay".into(),
-            kind: AttentionKind::HgaSlots { spec: base.with_routing(small.clone()).unwrap(), slots: 64 },
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 64,
+                speculate: None,
+            },
         },
         Run {
             name: "roomy".into(),
-            kind: AttentionKind::HgaSlots { spec: base.with_routing(small).unwrap(), slots: 1024 },
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 1024,
+                speculate: None,
+            },
+        },
+        // Speculative prefetch, from each earlier hidden state.
+        Run {
+            name: "speculate roomy".into(),
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 1024,
+                speculate: Some(SpeculateFrom::LayerInput),
+            },
+        },
+        Run {
+            name: "speculate".into(),
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small).unwrap(),
+                slots: 64,
+                speculate: Some(SpeculateFrom::AfterAttention),
+            },
         },
     ];
     let cfg = EvalConfig { doc_bytes: 2048, docs: 1, first_doc: 3, block: 300 };
@@ -61,4 +86,17 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
     assert!(m.iter().all(|&x| x > 0.0 && x <= g), "misses per KV head {m:?} of {g} groups");
     let all = roomy.misses_per_kv_head.unwrap();
     assert!(all[0] == all[1] && all[1] == all[2] && all[0] <= m[0], "without evictions {all:?}, with {m:?}");
+    assert!(replay.speculation.is_none() && roomy.speculation.is_none());
+    // Speculation changes no routing; a cache that never evicts loads each group once, ahead of its
+    // layer or late, so it leaves at most the misses it had without prefetch.
+    let (sr, sp) = (&r.runs[5].overall, &r.runs[6].overall);
+    assert_eq!((sr.nll, sp.nll, sr.groups_per_kv_head), (small.nll, small.nll, small.groups_per_kv_head));
+    assert_eq!((sr.misses_per_kv_head, sp.misses_per_kv_head), (roomy.misses_per_kv_head, replay.misses_per_kv_head));
+    let s = sr.speculation.unwrap();
+    println!("speculate roomy {s:?}\nspeculate {:?}", sp.speculation);
+    assert!(s.recall > 0.3 && s.recall <= 1.0, "{s:?}");
+    assert!(s.late_misses_per_kv_head < all[1], "{s:?} vs CLOCK {all:?}");
+    assert!(s.late_misses_per_kv_head + s.prefetched_per_kv_head >= all[1] - 1e-9, "{s:?} vs CLOCK {all:?}");
+    let p = sp.speculation.unwrap();
+    assert!(p.recall > 0.3 && p.late_misses_per_kv_head > 0.0 && p.prefetched_per_kv_head > 0.0, "{p:?}");
 }

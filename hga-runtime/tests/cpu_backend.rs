@@ -206,6 +206,17 @@ fn planted_needle_group_is_routed() {
         assert!(trace.heads.iter().all(|h| h.groups.len() <= 4 && h.chunks.len() <= 4));
         // Attended: sinks 128 + 4 groups × 16 + local 512 + current 17.
         assert_eq!(trace.heads[5].attended_tokens, 128 + 64 + 512 + 17);
+        // Routing alone decides the same, also for a position this cache has not reached (speculative
+        // routing sees the chunks closed so far); a wrong query length is a typed error.
+        let routes = |t: &hga_runtime::cpu::RouteTrace| -> Vec<_> {
+            t.heads.iter().map(|h| (h.chunks.clone(), h.groups.clone())).collect()
+        };
+        for pos in [len - 1, len, len + 200] {
+            assert_eq!(routes(&cache.route_closed(&q, pos).unwrap()), routes(&trace), "{sharing:?} pos {pos}");
+        }
+        let earlier = cache.route_closed(&q, 64 * 50).unwrap();
+        assert!(earlier.heads.iter().flat_map(|h| &h.groups).all(|&g| g < (50 - 8) * 4), "{earlier:?}");
+        assert!(matches!(cache.route_closed(&q[1..], len), Err(RuntimeError::ShapeMismatch { field: "q", .. })));
         let per_kv = trace.distinct_groups_per_kv_head(4);
         assert_eq!(per_kv.len(), 2);
         if sharing == Sharing::PerKvHead {

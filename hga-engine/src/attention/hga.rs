@@ -1,12 +1,12 @@
 //! HGA attention through `hga_runtime::cpu::LayerCache`: every query position routes on its own, as in
 //! decode, and reports what it attended and which groups it opened.
 
-use super::{attend_rows, Heads, PositionStats, SequenceAttention, EVICTIONS};
+use super::{attend_rows, Heads, PositionStats, SequenceAttention, SpeculateFrom, EVICTIONS};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
 use hga_runtime::cpu::LayerCache;
-use hga_runtime::offload::PartitionModel;
+use hga_runtime::offload::{Eviction, PartitionModel};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -17,6 +17,18 @@ pub struct HgaAttention {
     caches: Vec<LayerCache>,
     /// Per (layer, KV head): its slot partition under each of [`EVICTIONS`].
     slots: Option<Mutex<Vec<[PartitionModel; 3]>>>,
+    /// Speculative prefetch replay, when asked for.
+    speculation: Option<(SpeculateFrom, Mutex<Speculation>)>,
+}
+
+/// Speculative prefetch through its own CLOCK partition per (layer, KV head).
+#[derive(Debug)]
+struct Speculation {
+    parts: Vec<PartitionModel>,
+    /// Per layer: the speculative queries (`[n][q_heads][d]`) `speculate` was given and `attend` has
+    /// not replayed yet. They are routed at `attend`, after the layer's append, so that they see the
+    /// chunks a decoder's would: all closed before their position (prefill blocks append many at once).
+    pending: Vec<Vec<f32>>,
 }
 
 impl HgaAttention {
@@ -27,16 +39,29 @@ impl HgaAttention {
             heads: Heads::of(cfg),
             caches: (0..cfg.layers).map(|_| LayerCache::new(spec.clone())).collect(),
             slots: None,
+            speculation: None,
         }
     }
 
     /// [`HgaAttention::new`], also replaying every (layer, KV head)'s routed groups, position by
     /// position, through a slot partition of `slots` slots under each of [`EVICTIONS`] (misses in
-    /// [`PositionStats::misses`]). An error when `slots` is 0 or above 2^31.
-    pub fn with_slot_replay(cfg: &ModelConfig, spec: &ValidSpec, slots: usize) -> Result<Self, EngineError> {
+    /// [`PositionStats::misses`]), and with `speculate`, through a fourth CLOCK partition that
+    /// speculative routes prefetch into ([`PositionStats::speculation`]). An error when `slots` is 0 or
+    /// above 2^31.
+    pub fn with_slot_replay(
+        cfg: &ModelConfig,
+        spec: &ValidSpec,
+        slots: usize,
+        speculate: Option<SpeculateFrom>,
+    ) -> Result<Self, EngineError> {
         let one = PartitionModel::new(slots)?;
-        let parts = vec![[one.clone(), one.clone(), one]; cfg.layers * Heads::of(cfg).kv];
-        Ok(HgaAttention { slots: Some(Mutex::new(parts)), ..HgaAttention::new(cfg, spec) })
+        let n = cfg.layers * Heads::of(cfg).kv;
+        let speculation = speculate.map(|from| {
+            let s = Speculation { parts: vec![one.clone(); n], pending: vec![Vec::new(); cfg.layers] };
+            (from, Mutex::new(s))
+        });
+        let parts = vec![[one.clone(), one.clone(), one]; n];
+        Ok(HgaAttention { slots: Some(Mutex::new(parts)), speculation, ..HgaAttention::new(cfg, spec) })
     }
 }
 
@@ -76,16 +101,65 @@ impl SequenceAttention for HgaAttention {
         if let Some(slots) = &self.slots {
             // Positions in order: the partitions see the steps as a decoder would.
             let mut parts = slots.lock().unwrap_or_else(|e| e.into_inner());
-            for (s, per_kv) in stats.iter_mut().zip(unions) {
+            let mut spec = self.speculation.as_ref().map(|(_, m)| m.lock().unwrap_or_else(|e| e.into_inner()));
+            let pending = spec.as_mut().map(|s| std::mem::take(&mut s.pending[layer])).unwrap_or_default();
+            if !pending.is_empty() && pending.len() != q.len() {
+                return Err(EngineError::argument(
+                    "speculate",
+                    pending.len(),
+                    format!("speculative queries for layer {layer} must have the shape of its queries ({})", q.len()),
+                ));
+            }
+            let guesses: Vec<Vec<Vec<u32>>> = pending
+                .par_chunks(row)
+                .enumerate()
+                .map(|(i, qi)| -> Result<Vec<Vec<u32>>, EngineError> {
+                    let trace = cache.route_closed(qi, start + i)?;
+                    let per_kv = trace.union_per_kv_head(h.gqa());
+                    Ok(per_kv.into_iter().map(|u| u.into_iter().map(|g| g as u32).collect()).collect())
+                })
+                .collect::<Result<_, _>>()?;
+            for (i, (s, per_kv)) in stats.iter_mut().zip(unions).enumerate() {
                 for (kvh, union) in per_kv.iter().enumerate() {
                     let union: Vec<u32> = union.iter().map(|&g| g as u32).collect();
+                    let at = layer * h.kv + kvh;
                     for (p, policy) in EVICTIONS.iter().enumerate() {
-                        s.misses[p] += parts[layer * h.kv + kvh][p].resolve(&union, *policy)?.misses as u64;
+                        s.misses[p] += parts[at][p].resolve(&union, *policy)?.misses as u64;
                     }
                     s.cached_routings += 1;
+                    if let Some(sp) = spec.as_mut() {
+                        let part = &mut sp.parts[at];
+                        let st = &mut s.speculation;
+                        if let Some(guess) = guesses.get(i).map(|p| &p[kvh]) {
+                            // The prefetch is a step of its own before the layer's: it stamps the
+                            // guessed groups, and may evict groups the real route then misses.
+                            st.prefetched += part.resolve(guess, Eviction::Clock)?.misses as u64;
+                            st.routings += 1;
+                            st.groups += union.len() as u64;
+                            st.foreseen += union.iter().filter(|g| guess.contains(g)).count() as u64;
+                        }
+                        st.late_misses += part.resolve(&union, Eviction::Clock)?.misses as u64;
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    fn speculates(&self) -> Option<SpeculateFrom> {
+        self.speculation.as_ref().map(|(from, _)| *from)
+    }
+
+    fn speculate(&self, layer: usize, q: &[f32], _start: usize) -> Result<(), EngineError> {
+        let Some((_, spec)) = &self.speculation else { return Ok(()) };
+        let mut spec = spec.lock().unwrap_or_else(|e| e.into_inner());
+        let n = spec.pending.len();
+        let slot = spec
+            .pending
+            .get_mut(layer)
+            .ok_or_else(|| EngineError::argument("layer", layer, format!("must be < the model's {n} layers")))?;
+        slot.clear();
+        slot.extend_from_slice(q);
         Ok(())
     }
 

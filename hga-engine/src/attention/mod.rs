@@ -33,6 +33,48 @@ pub struct PositionStats {
     pub misses: [u64; 3],
     /// KV-head routings replayed through the slot cache (counted in `misses`).
     pub cached_routings: u64,
+    /// Speculative prefetch into the replayed slot cache ([`SequenceAttention::speculate`]).
+    pub speculation: SpeculationStats,
+}
+
+/// Where the forward pass takes the hidden state it computes layer `l + 1`'s speculative query from,
+/// while layer `l` runs: the earlier, the more of layer `l`'s work a prefetch of the predicted groups
+/// can hide behind, and the further the prediction is from layer `l + 1`'s real query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeculateFrom {
+    /// Layer `l`'s input (before its attention): the prefetch overlaps all of layer `l`.
+    LayerInput,
+    /// Layer `l`'s residual stream after its attention (before its MLP): the prefetch overlaps the MLP.
+    AfterAttention,
+}
+
+/// Speculative prefetch replayed through a CLOCK slot cache: before a layer's step, the groups that
+/// a speculative query (layer `l + 1`'s projection of an earlier hidden state) routes to are brought
+/// in, so that the step's own misses are only those the speculation did not foresee. Summed over KV
+/// heads and layers; layer 0 has no earlier hidden state, so its misses are all late.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// KV-head routings that had a speculative route before them.
+    pub routings: u64,
+    /// Distinct groups the real routes of those routings opened.
+    pub groups: u64,
+    /// Of those, groups the speculative route had opened too.
+    pub foreseen: u64,
+    /// Groups the speculative routes brought into the slot cache ahead of their layer (misses of the
+    /// speculative unions): PCIe reads that overlap the previous layer's work.
+    pub prefetched: u64,
+    /// Misses of the real routes left after the prefetch, all layers: reads on the step's critical path.
+    pub late_misses: u64,
+}
+
+impl SpeculationStats {
+    fn add(&mut self, o: &SpeculationStats) {
+        self.routings += o.routings;
+        self.groups += o.groups;
+        self.foreseen += o.foreseen;
+        self.prefetched += o.prefetched;
+        self.late_misses += o.late_misses;
+    }
 }
 
 /// The eviction policies a slot-cache replay compares, in the order of [`PositionStats::misses`].
@@ -49,6 +91,7 @@ impl PositionStats {
             *m += o;
         }
         self.cached_routings += other.cached_routings;
+        self.speculation.add(&other.speculation);
     }
 }
 
@@ -68,6 +111,20 @@ pub trait SequenceAttention: Send {
         out: &mut [f32],
         stats: &mut [PositionStats],
     ) -> Result<(), EngineError>;
+
+    /// Whether, and from where, the forward pass should compute speculative queries for
+    /// [`SequenceAttention::speculate`] (they cost a query projection per layer).
+    fn speculates(&self) -> Option<SpeculateFrom> {
+        None
+    }
+
+    /// A speculative query `q` for layer `layer` at positions `start..start + n` (`[n][q_heads][head_dim]`,
+    /// after RoPE), computed from an earlier hidden state before that layer runs. Called before the
+    /// layer's `append` and `attend` of the same positions; the default ignores it.
+    fn speculate(&self, layer: usize, q: &[f32], start: usize) -> Result<(), EngineError> {
+        let _ = (layer, q, start);
+        Ok(())
+    }
 
     /// Tokens appended to the last layer (the sequence length once a forward step is done).
     fn len(&self) -> usize;
@@ -94,6 +151,8 @@ pub enum AttentionKind {
         spec: ValidSpec,
         /// Slots per (layer, KV head) partition.
         slots: usize,
+        /// Also replay speculative prefetch (a fourth, CLOCK partition): [`SpeculationStats`].
+        speculate: Option<SpeculateFrom>,
     },
     /// HGA with this spec through the runtime's engine API ([`CacheAttention`]) on a backend, for
     /// sequences of at most `max_seq_len` tokens.
@@ -114,7 +173,9 @@ impl AttentionKind {
         Ok(match self {
             AttentionKind::Dense => Box::new(DenseAttention::new(cfg)),
             AttentionKind::Hga(spec) => Box::new(HgaAttention::new(cfg, spec)),
-            AttentionKind::HgaSlots { spec, slots } => Box::new(HgaAttention::with_slot_replay(cfg, spec, *slots)?),
+            AttentionKind::HgaSlots { spec, slots, speculate } => {
+                Box::new(HgaAttention::with_slot_replay(cfg, spec, *slots, *speculate)?)
+            }
             AttentionKind::HgaCache { spec, backend, max_seq_len } => {
                 Box::new(CacheAttention::new(cfg, spec, *backend, *max_seq_len)?)
             }

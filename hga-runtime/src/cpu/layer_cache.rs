@@ -159,6 +159,18 @@ impl LayerCache {
         Ok(RouteTrace { heads })
     }
 
+    /// The routing a query `q` (`[q_heads][d]`, after RoPE) at position `pos` gets from the chunks closed
+    /// so far, without attending. `pos` may be `>= len()`: the route of a query whose token this layer
+    /// has not appended yet (speculative routing, e.g. from the previous layer's hidden state), which
+    /// sees only the chunks closed by the `len()` tokens there are.
+    pub fn route_closed(&self, q: &[f32], pos: usize) -> Result<RouteTrace, RuntimeError> {
+        let l = self.layout;
+        HeadLayout::exact("q", q, l.q_heads * l.head_dim)?;
+        l.tokens("q", q, l.q_heads)?;
+        let w = Windows::new(self.spec.routing(), (pos + 1).min(self.len) / self.spec.routing().chunk as usize);
+        Ok(RouteTrace { heads: self.route(q, w) })
+    }
+
     /// Prefill attention of a block of queries `q` (`[n][q_heads][d]`) at positions `start..start+n`,
     /// all already appended. The block routes once over the chunks closed before `start` (the union of
     /// its queries' choices per head) and attends the tokens from the local window on causally.
