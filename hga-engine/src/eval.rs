@@ -308,7 +308,7 @@ pub fn table(report: &EvalReport) -> String {
     }
     let speculated = report.runs.iter().any(|r| r.overall.speculation.is_some());
     if speculated {
-        s.insert_str(s.len() - 1, &format!(" {:>32}", "speculation: recall late prefetch"));
+        s.insert_str(s.len() - 1, &format!(" {:>33}", "speculation: recall late prefetch"));
     }
     let dense = report.runs.iter().find(|r| r.spec.is_none());
     for run in &report.runs {
@@ -330,7 +330,7 @@ pub fn table(report: &EvalReport) -> String {
                 let p = b.speculation.map_or(String::from("-"), |p| {
                     format!("{:.3} {:.2} {:.2}", p.recall, p.late_misses_per_kv_head, p.prefetched_per_kv_head)
                 });
-                s += &format!(" {p:>32}");
+                s += &format!(" {p:>33}");
             }
             s += "\n";
         }

@@ -25,10 +25,11 @@ pub struct HgaAttention {
 #[derive(Debug)]
 struct Speculation {
     parts: Vec<PartitionModel>,
-    /// Per layer: the speculative queries (`[n][q_heads][d]`) `speculate` was given and `attend` has
-    /// not replayed yet. They are routed at `attend`, after the layer's append, so that they see the
-    /// chunks a decoder's would: all closed before their position (prefill blocks append many at once).
-    pending: Vec<Vec<f32>>,
+    /// Per layer: the first position and the speculative queries (`[n][q_heads][d]`) `speculate` was
+    /// given and `attend` has not replayed yet. They are routed at `attend`, after the layer's append
+    /// (a prefill block appends many positions at once), over the chunks a decoder's speculation sees:
+    /// those closed before the position's own token is appended.
+    pending: Vec<Option<(usize, Vec<f32>)>>,
 }
 
 impl HgaAttention {
@@ -57,7 +58,7 @@ impl HgaAttention {
         let one = PartitionModel::new(slots)?;
         let n = cfg.layers * Heads::of(cfg).kv;
         let speculation = speculate.map(|from| {
-            let s = Speculation { parts: vec![one.clone(); n], pending: vec![Vec::new(); cfg.layers] };
+            let s = Speculation { parts: vec![one.clone(); n], pending: vec![None; cfg.layers] };
             (from, Mutex::new(s))
         });
         let parts = vec![[one.clone(), one.clone(), one]; n];
@@ -102,19 +103,28 @@ impl SequenceAttention for HgaAttention {
             // Positions in order: the partitions see the steps as a decoder would.
             let mut parts = slots.lock().unwrap_or_else(|e| e.into_inner());
             let mut spec = self.speculation.as_ref().map(|(_, m)| m.lock().unwrap_or_else(|e| e.into_inner()));
-            let pending = spec.as_mut().map(|s| std::mem::take(&mut s.pending[layer])).unwrap_or_default();
-            if !pending.is_empty() && pending.len() != q.len() {
-                return Err(EngineError::argument(
-                    "speculate",
-                    pending.len(),
-                    format!("speculative queries for layer {layer} must have the shape of its queries ({})", q.len()),
-                ));
-            }
+            let pending = spec.as_mut().and_then(|s| s.pending[layer].take());
+            let pending = match pending {
+                None => Vec::new(),
+                Some((at, queries)) if at == start && queries.len() == q.len() => queries,
+                Some((at, queries)) => {
+                    return Err(EngineError::argument(
+                        "speculate",
+                        format!("{} values at position {at}", queries.len()),
+                        format!(
+                            "speculative queries for layer {layer} must be for the {} values at position {start} it attends",
+                            q.len()
+                        ),
+                    ))
+                }
+            };
+            // A decoder speculates before the layer appends the position's token: position p sees the
+            // chunks closed by tokens 0..p, which `route_closed(.., p - 1)` gives after the append.
             let guesses: Vec<Vec<Vec<u32>>> = pending
                 .par_chunks(row)
                 .enumerate()
                 .map(|(i, qi)| -> Result<Vec<Vec<u32>>, EngineError> {
-                    let trace = cache.route_closed(qi, start + i)?;
+                    let trace = cache.route_closed(qi, (start + i).saturating_sub(1))?;
                     let per_kv = trace.union_per_kv_head(h.gqa());
                     Ok(per_kv.into_iter().map(|u| u.into_iter().map(|g| g as u32).collect()).collect())
                 })
@@ -133,7 +143,8 @@ impl SequenceAttention for HgaAttention {
                         if let Some(guess) = guesses.get(i).map(|p| &p[kvh]) {
                             // The prefetch is a step of its own before the layer's: it stamps the
                             // guessed groups, and may evict groups the real route then misses.
-                            st.prefetched += part.resolve(guess, Eviction::Clock)?.misses as u64;
+                            let fetched = part.resolve(guess, Eviction::Clock)?;
+                            st.prefetched += (fetched.misses - fetched.uncached) as u64;
                             st.routings += 1;
                             st.groups += union.len() as u64;
                             st.foreseen += union.iter().filter(|g| guess.contains(g)).count() as u64;
@@ -150,7 +161,7 @@ impl SequenceAttention for HgaAttention {
         self.speculation.as_ref().map(|(from, _)| *from)
     }
 
-    fn speculate(&self, layer: usize, q: &[f32], _start: usize) -> Result<(), EngineError> {
+    fn speculate(&self, layer: usize, q: &[f32], start: usize) -> Result<(), EngineError> {
         let Some((_, spec)) = &self.speculation else { return Ok(()) };
         let mut spec = spec.lock().unwrap_or_else(|e| e.into_inner());
         let n = spec.pending.len();
@@ -158,8 +169,7 @@ impl SequenceAttention for HgaAttention {
             .pending
             .get_mut(layer)
             .ok_or_else(|| EngineError::argument("layer", layer, format!("must be < the model's {n} layers")))?;
-        slot.clear();
-        slot.extend_from_slice(q);
+        *slot = Some((start, q.to_vec()));
         Ok(())
     }
 

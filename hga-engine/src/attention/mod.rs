@@ -51,7 +51,9 @@ pub enum SpeculateFrom {
 /// Speculative prefetch replayed through a CLOCK slot cache: before a layer's step, the groups that
 /// a speculative query (layer `l + 1`'s projection of an earlier hidden state) routes to are brought
 /// in, so that the step's own misses are only those the speculation did not foresee. Summed over KV
-/// heads and layers; layer 0 has no earlier hidden state, so its misses are all late.
+/// heads and layers; layer 0 has no earlier hidden state, so its misses are all late. The prefetch is
+/// a resolve step of its own, so this cache runs two steps per token: CLOCK's window of recently used
+/// slots (`offload::recent_steps`, in steps) spans about half as many tokens as without prefetch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpeculationStats {
     /// KV-head routings that had a speculative route before them.
@@ -61,7 +63,7 @@ pub struct SpeculationStats {
     /// Of those, groups the speculative route had opened too.
     pub foreseen: u64,
     /// Groups the speculative routes brought into the slot cache ahead of their layer (misses of the
-    /// speculative unions): PCIe reads that overlap the previous layer's work.
+    /// speculative unions that got a slot): PCIe reads that overlap the previous layer's work.
     pub prefetched: u64,
     /// Misses of the real routes left after the prefetch, all layers: reads on the step's critical path.
     pub late_misses: u64,

@@ -6,8 +6,10 @@
 //!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--churn-rho 0.75|off]
 //!           [--slots-factor 4]
 //!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
-//!           [--mode hga|dense] [--dense-json dense.json]
+//!           [--mode hga|dense] [--dense-json dense.json] [--kernel THREADS,SPLIT_K,TILE_TOKENS]
 //! ```
+//!
+//! `--help` describes each flag; a `--config` that does not load is an error.
 //!
 //! Per (batch, context): a [`DecodeBatch`] of the generated kernels with the whole context already in
 //! place: random bf16 K/V in one pinned, device-mapped host store (the group-contiguous layout the
@@ -78,16 +80,20 @@ enum Mode {
 }
 
 #[derive(Parser)]
-#[command(name = "hga-bench", about = "The HGA decode attention step of one layer on the GPU, against dense attention")]
+#[command(
+    name = "hga-bench",
+    about = "The HGA decode attention step of one layer on the GPU, against dense attention",
+    args_override_self = true
+)]
 struct Args {
     /// Model preset whose shape is measured (`hga_dsl::presets`).
     #[arg(long, default_value = "qwen3-30b")]
     model: String,
     /// Context lengths (tokens, at least 64).
-    #[arg(long, value_delimiter = ',', value_parser = context, default_value = "4096,32768,65536,131072,524288,1048576")]
+    #[arg(long, action = clap::ArgAction::Set, value_delimiter = ',', value_parser = context, default_value = "4096,32768,65536,131072,524288,1048576")]
     contexts: Vec<usize>,
     /// Batch sizes (rows, at least 1).
-    #[arg(long = "batch", value_delimiter = ',', value_parser = at_least_one, default_value = "1,8")]
+    #[arg(long = "batch", action = clap::ArgAction::Set, value_delimiter = ',', value_parser = at_least_one, default_value = "1,8")]
     batches: Vec<usize>,
     /// Measured steady-state steps.
     #[arg(long, value_parser = at_least_one, default_value_t = 300)]
@@ -131,6 +137,7 @@ struct Args {
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
+    let s = s.trim();
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         Ok(n) => Err(format!("{n}: must be >= 1")),
@@ -139,6 +146,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 }
 
 fn context(s: &str) -> Result<usize, String> {
+    let s = s.trim();
     match s.parse::<usize>() {
         Ok(n) if n >= 64 => Ok(n),
         Ok(n) => Err(format!("{n}: a context must be >= 64 tokens")),
@@ -781,6 +789,9 @@ mod tests {
         let k = a.kernel.unwrap();
         assert_eq!((k.threads, k.split_k, k.tile_tokens), (256, 16, 32));
         assert!(a.mode == Mode::Dense);
+        // Spaces after the commas are fine, and a repeated flag's last value wins.
+        let a = parse(&["--contexts", "4096, 65536", "--batch", "1", "--batch", "8"]).unwrap();
+        assert_eq!((a.contexts, a.batches), (vec![4096, 65536], vec![8]));
     }
 
     #[test]
