@@ -4,7 +4,7 @@
 //! ```text
 //! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
 //!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--churn-rho 0.75|off]
-//!           [--slots-factor 4]
+//!           [--slots-factor 4] [--speculate-cos C]
 //!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
 //!           [--mode hga|dense] [--dense-json dense.json] [--kernel THREADS,SPLIT_K,TILE_TOKENS]
 //! ```
@@ -29,6 +29,13 @@
 //!   the bench's slot cache misses as often as tiny-code's real routing of held-out text replayed
 //!   through the same cache (`hga-engine eval --replay-slots`, BENCHMARKS.md): ρ = 0.9 churns far less
 //!   than that text did, so both are reported. `off` skips it.
+//! - **Speculate** (`--speculate-cos C`, off by default): the churn state again, each step preceded by a
+//!   speculative prefetch: a query of cosine C to the step's own (standing in for the next layer's
+//!   query projected from the previous layer's hidden state, `hga-engine eval --speculate`) runs the
+//!   route and the attention, whose misses fill their slots. The step after it is what a decoder's
+//!   critical path would be if the prefetch hid behind the previous layer's MLP; the prefetch's own
+//!   time and recall (the step's routed groups it opened too) are reported beside it. The prefetch
+//!   runs on the same stream here: this measures what it saves, not the overlap.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
@@ -110,6 +117,13 @@ struct Args {
     /// Correlation of the churn row, in [0, 1); `off` skips the row.
     #[arg(long, value_parser = churn_rho, default_value = "0.75")]
     churn_rho: ChurnRho,
+    /// Also run the churn state with speculative prefetch: before each step, a query of this cosine to
+    /// the step's own (a stand-in for the next layer's query projected from the previous layer) runs
+    /// the route and the attention, which brings its groups into the slot cache; then the step runs.
+    /// Reports the step after the prefetch (the critical path when the prefetch hides behind the
+    /// previous layer's MLP), its hit rate, the prefetch's recall and its own time. In (0, 1].
+    #[arg(long, value_parser = cosine)]
+    speculate_cos: Option<f32>,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -166,6 +180,14 @@ fn rho(s: &str) -> Result<f32, String> {
 /// absent", not as a value that may be `off`).
 #[derive(Clone, Copy)]
 struct ChurnRho(Option<f32>);
+
+fn cosine(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(c) if c > 0.0 && c <= 1.0 => Ok(c),
+        Ok(c) => Err(format!("{c}: must be in (0, 1]")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
 
 fn churn_rho(s: &str) -> Result<ChurnRho, String> {
     if s == "off" {
@@ -240,13 +262,38 @@ struct Queries {
     q: Vec<f32>,
     d: usize,
     rng: Mix,
+    /// Noise of the speculative queries (its own stream: the real queries are the same with or
+    /// without speculation).
+    spec_rng: Mix,
 }
 
 impl Queries {
     fn new(n: usize, d: usize, seed: u64) -> Self {
-        let mut s = Queries { q: vec![0.0; n], d, rng: Mix(seed) };
+        let mut s = Queries { q: vec![0.0; n], d, rng: Mix(seed), spec_rng: Mix(seed ^ 0x5bec) };
         s.advance(0.0);
         s
+    }
+    /// Per head `normalize(c·q̂ + √(1−c²)·n̂)·√D` with `n̂` a fresh random direction: a query of
+    /// cosine ≈ c to the current one (random directions in D dimensions are nearly orthogonal).
+    fn speculative_bits(&mut self, c: f32) -> Vec<u16> {
+        let d = self.d;
+        let unit = |v: &mut [f32]| {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-20);
+            v.iter_mut().for_each(|x| *x /= norm);
+        };
+        let mut out = Vec::with_capacity(self.q.len());
+        let (mut qh, mut n) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for h in self.q.chunks(d) {
+            qh.copy_from_slice(h);
+            unit(&mut qh);
+            n.iter_mut().for_each(|x| *x = self.spec_rng.normal());
+            unit(&mut n);
+            let s = (1.0 - c * c).max(0.0).sqrt();
+            let mut v: Vec<f32> = qh.iter().zip(&n).map(|(a, b)| c * a + s * b).collect();
+            unit(&mut v);
+            out.extend(v.iter().map(|x| f32_to_bf16(x * (d as f32).sqrt())));
+        }
+        out
     }
     /// `q ← normalize(ρ·q + (1−ρ)·noise)·√D` per head.
     fn advance(&mut self, rho: f32) {
@@ -299,6 +346,11 @@ struct Samples {
     /// The first step after creation (empty slot cache: every routed group a miss), queued:
     /// (gpu µs, fetch µs, misses, routed).
     first: Option<(f64, f64, u64, u64)>,
+    /// Speculative prefetch (measured steps): its time, the groups it brought in, and how many of
+    /// the step's routed groups it had opened too.
+    prefetch_us: Vec<f64>,
+    prefetched: u64,
+    foreseen: u64,
 }
 
 impl Samples {
@@ -311,7 +363,17 @@ impl Samples {
             json!({ "gpu_us": g, "fetch_us": f, "misses": m, "routed": r,
                     "fetch_GBps": (m * record) as f64 / f / 1e3 })
         });
+        let speculation = if self.prefetch_us.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "prefetch_us": median(&mut self.prefetch_us),
+                "prefetched_per_step": self.prefetched as f64 / self.steps.max(1) as f64,
+                "recall": self.foreseen as f64 / self.routed.max(1) as f64,
+            })
+        };
         json!({
+            "speculation": speculation,
             "first_step": first,
             "step_us": median(&mut self.step),
             "gpu_us": median(&mut self.gpu),
@@ -344,6 +406,7 @@ impl Bench<'_> {
         pos: &mut [u32],
         q: &mut Queries,
         rho: f32,
+        speculate: Option<f32>,
         warmup: usize,
         steps: usize,
         seed: u64,
@@ -356,6 +419,24 @@ impl Bench<'_> {
             let queued = t % 2 == 1 || t == 0;
             q.advance(rho);
             b.set_positions(pos)?;
+            // The prefetch runs before the step appends its token, as a decoder's would before the
+            // layer runs: a whole route + attend (the attention fills the missed groups' slots; its
+            // output is overwritten by the step's).
+            let guess = match speculate {
+                Some(c) => {
+                    b.upload_q(&q.speculative_bits(c))?;
+                    self.ev[0].record(&st)?;
+                    b.launch_route()?;
+                    b.launch_fetch()?;
+                    b.launch_attend()?;
+                    self.ev[1].record(&st)?;
+                    self.ev[1].synchronize()?;
+                    let union: Vec<std::collections::HashSet<usize>> =
+                        b.union()?.into_iter().map(|u| u.into_iter().map(|(g, _)| g).collect()).collect();
+                    Some((us(&self.ev[0], &self.ev[1])?, b.last_misses()? as u64, union))
+                }
+                None => None,
+            };
             b.upload_q(&q.bits())?;
             let (k, v) =
                 (random_bits(bsz * kvh * d, seed + 2 * t as u64), random_bits(bsz * kvh * d, seed + 2 * t as u64 + 1));
@@ -381,7 +462,8 @@ impl Bench<'_> {
             self.ev[5].record(&st)?;
             self.ev[5].synchronize()?;
             let misses = b.last_misses()? as u64;
-            let routed: u64 = b.union()?.iter().map(|u| u.len() as u64).sum();
+            let union = b.union()?;
+            let routed: u64 = union.iter().map(|u| u.len() as u64).sum();
             for p in pos.iter_mut() {
                 *p += 1;
             }
@@ -396,6 +478,15 @@ impl Bench<'_> {
             s.steps += 1;
             s.routed += routed;
             s.misses += misses;
+            if let Some((t, fetched, guess)) = guess {
+                s.prefetch_us.push(t);
+                s.prefetched += fetched;
+                s.foreseen += union
+                    .iter()
+                    .zip(&guess)
+                    .map(|(u, g)| u.iter().filter(|(x, _)| g.contains(x)).count() as u64)
+                    .sum::<u64>();
+            }
             s.append.push(us(&self.ev[0], &self.ev[1])?);
             let total = us(&self.ev[2], &self.ev[5])?;
             if queued {
@@ -586,14 +677,15 @@ fn run(a: Args) -> Res<()> {
             let mut result = json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": source });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
-                // (mode, slots, ρ, warm-up steps, measured steps)
-                let steady = |mode, rho| (mode, need * a.slots_factor, rho, a.warmup, a.steps);
+                // (mode, slots, ρ, speculative cosine, warm-up steps, measured steps)
+                let steady = |mode, rho, spec| (mode, need * a.slots_factor, rho, spec, a.warmup, a.steps);
                 let modes = [
-                    Some(steady("steady", a.rho)),
-                    a.churn_rho.0.map(|r| steady("churn", r)),
-                    Some(("cold", need, 0.0, 2, a.cold_steps)),
+                    Some(steady("steady", a.rho, None)),
+                    a.churn_rho.0.map(|r| steady("churn", r, None)),
+                    a.speculate_cos.map(|c| steady("speculate", a.churn_rho.0.unwrap_or(a.rho), Some(c))),
+                    Some(("cold", need, 0.0, None, 2, a.cold_steps)),
                 ];
-                for (mode, slots, rho, warmup, steps) in modes.into_iter().flatten() {
+                for (mode, slots, rho, spec, warmup, steps) in modes.into_iter().flatten() {
                     let (free0, _) = gpu.context().mem_get_info()?;
                     let cap = Capacity { batch: bsz, max_context, n_slots: slots };
                     let mut b = DecodeBatch::new(&gpu, kernels, cap)?;
@@ -611,7 +703,7 @@ fn run(a: Args) -> Res<()> {
                     let mut pos = vec![(n - 1) as u32; bsz];
                     let mut q = Queries::new(bsz * qh * d, d, seed + 4);
                     seed += 1000;
-                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, warmup, steps, seed)?;
+                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, spec, warmup, steps, seed)?;
                     result[mode] = samples.summary(bsz, kvh, record);
                     result[mode]["n_slots"] = json!(slots);
                     result[mode]["rho"] = json!(rho);
@@ -725,14 +817,16 @@ fn print_table(report: &Value) {
          the step scratch's per-layer share (shared by the model's layers), unshared/dense the whole scratch"
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | spec step | spec hit rate | spec recall | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in report["results"].as_array().into_iter().flatten() {
-        let (s, ch, c, m) = (&r["steady"], &r["churn"], &r["cold"], &r["memory"]);
+        let (s, ch, sp, c, m) = (&r["steady"], &r["churn"], &r["speculate"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -745,6 +839,9 @@ fn print_table(report: &Value) {
             f(&ch["step_us"]),
             f(&ch["gpu_us"]),
             pct(&ch["hit_rate"]),
+            f(&sp["step_us"]),
+            pct(&sp["hit_rate"]),
+            pct(&sp["speculation"]["recall"]),
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),
@@ -780,7 +877,8 @@ mod tests {
         assert_eq!(a.contexts, [4096, 32768, 65536, 131072, 524288, 1048576]);
         assert_eq!(a.batches, [1, 8]);
         assert_eq!(a.churn_rho.0, Some(0.75));
-        assert!(a.mode == Mode::Hga && a.kernel.is_none() && a.config.is_none());
+        assert!(a.mode == Mode::Hga && a.kernel.is_none() && a.config.is_none() && a.speculate_cos.is_none());
+        assert_eq!(parse(&["--speculate-cos", "0.9"]).unwrap().speculate_cos, Some(0.9));
         let a =
             parse(&["--churn-rho", "off", "--contexts", "65536,1048576", "--kernel", "256,16,32", "--mode", "dense"])
                 .unwrap();
@@ -795,6 +893,22 @@ mod tests {
     }
 
     #[test]
+    fn speculative_queries_have_the_asked_cosine_and_norm() {
+        let d = 128;
+        let mut q = Queries::new(16 * d, d, 7);
+        for c in [0.5f32, 0.8, 0.95, 1.0] {
+            let spec: Vec<f32> = q.speculative_bits(c).into_iter().map(hga_runtime::offload::bf16_to_f32).collect();
+            for (a, b) in q.q.chunks(d).zip(spec.chunks(d)) {
+                let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+                let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+                // Random directions in 128 dimensions: |cos| to the query below ~0.3 almost surely.
+                assert!((cos - c).abs() < 0.3 * (1.0 - c * c).sqrt() + 0.01, "c {c}: {cos}");
+                assert!((dot(b, b).sqrt() - (d as f32).sqrt()).abs() < 0.05, "norm");
+            }
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_errors_naming_the_flag() {
         for (args, flag) in [
             (&["--rho", "1"][..], "--rho"),
@@ -804,6 +918,8 @@ mod tests {
             (&["--steps", "0"], "--steps"),
             (&["--slots-factor", "x"], "--slots-factor"),
             (&["--kernel", "256,16"], "--kernel"),
+            (&["--speculate-cos", "0"], "--speculate-cos"),
+            (&["--speculate-cos", "1.5"], "--speculate-cos"),
             (&["--mode", "sdpa"], "--mode"),
         ] {
             let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
