@@ -262,3 +262,38 @@ fn engine_api_hga_on_the_gpu_matches_dense_at_full_budget() {
     assert!(err < 2e-2, "logits rel L2 {err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A layer index past the model's is a typed error naming `layer` in every attention backend, not a
+/// panic, and the sequence is unchanged.
+#[test]
+fn a_layer_past_the_model_is_an_error_in_every_backend() {
+    let seed = common::seed();
+    let dir = write_checkpoint("layers", &tensors(false), random_values(seed));
+    let model = Model::load(&dir).unwrap();
+    let c = model.config();
+    let (layers, qd, kvd) = (c.layers, c.q_heads() * c.head_dim(), c.kv_heads() * c.head_dim());
+    let spec = c.attention.clone();
+    let kinds = [
+        AttentionKind::Dense,
+        AttentionKind::Hga(spec.clone()),
+        AttentionKind::HgaSlots {
+            spec: spec.clone(),
+            slots: 64,
+            speculate: Some(hga_engine::SpeculateFrom::AfterAttention),
+        },
+        AttentionKind::HgaCache { spec, backend: hga_engine::BackendChoice::Cpu, max_seq_len: 64 },
+    ];
+    for kind in &kinds {
+        let mut seq = kind.new_sequence(c).unwrap();
+        let (k, v, q) = (vec![0.5f32; kvd], vec![0.5f32; kvd], vec![0.5f32; qd]);
+        let named = |e: EngineError| assert!(e.to_string().contains("layer"), "{kind:?}: {e}");
+        named(seq.append(layers, &k, &v).unwrap_err());
+        let (mut out, mut stats) = (vec![0.0f32; qd], vec![PositionStats::default()]);
+        named(seq.attend(layers, &q, 0, &mut out, &mut stats).unwrap_err());
+        if seq.speculates().is_some() {
+            named(seq.speculate(layers, &q, 0).unwrap_err());
+        }
+        assert!(seq.is_empty(), "{kind:?}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

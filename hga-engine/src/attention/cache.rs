@@ -5,7 +5,7 @@
 //! position at a time: the block's keys and values wait here after `append`, and `attend` appends
 //! position `i`'s token to the cache, then attends query `i` (what decoding that block would do).
 
-use super::{attend_rows, rows_of, Heads, PositionStats, SequenceAttention};
+use super::{attend_rows, check_layer, rows_of, Heads, PositionStats, SequenceAttention};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
@@ -70,9 +70,7 @@ impl SequenceAttention for CacheAttention {
             return Err(e.into());
         }
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let pending = st.pending.get_mut(layer).ok_or_else(|| {
-            EngineError::argument("layer", layer, format!("must be < the model's {} layers", self.layers))
-        })?;
+        let pending = &mut st.pending[check_layer(layer, self.layers)?];
         pending.0.extend_from_slice(k);
         pending.1.extend_from_slice(v);
         Ok(())
@@ -89,6 +87,7 @@ impl SequenceAttention for CacheAttention {
         let h = self.heads;
         let (q_row, kv_row) = (h.q * h.dim, h.kv * h.dim);
         let n = attend_rows(h, q, out, stats)?;
+        let layer = check_layer(layer, self.layers)?;
         let mut st = self.lock();
         let State { cache, seq, pending } = &mut *st;
         let have = cache.seq_len(*seq, layer)?;

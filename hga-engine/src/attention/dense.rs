@@ -1,7 +1,7 @@
 //! Dense causal attention as blocked GEMMs with an online softmax (flash-attention order): the
 //! baseline of every evaluation, and fast enough for 32K-token documents on two cores.
 
-use super::{rows_of, Heads, PositionStats, SequenceAttention};
+use super::{check_layer, rows_of, Heads, PositionStats, SequenceAttention};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::linalg::{exp_shifted_sum, gemm, max_of, View};
@@ -42,7 +42,8 @@ impl SequenceAttention for DenseAttention {
             }
             .into());
         }
-        let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
+        let l = check_layer(layer, self.keys.len())?;
+        let (keys, values) = (&mut self.keys[l], &mut self.values[l]);
         for (kt, vt) in k.chunks_exact(h.kv * h.dim).zip(v.chunks_exact(h.kv * h.dim)) {
             for j in 0..h.kv {
                 keys[j].extend_from_slice(&kt[j * h.dim..(j + 1) * h.dim]);
@@ -60,7 +61,8 @@ impl SequenceAttention for DenseAttention {
         out: &mut [f32],
         stats: &mut [PositionStats],
     ) -> Result<(), EngineError> {
-        blocked_causal(self.heads, q, start, &self.keys[layer], &self.values[layer], out)?;
+        let l = check_layer(layer, self.keys.len())?;
+        blocked_causal(self.heads, q, start, &self.keys[l], &self.values[l], out)?;
         for (i, s) in stats.iter_mut().enumerate() {
             let visible = (self.heads.q * (start + i + 1)) as u64;
             s.attended += visible;

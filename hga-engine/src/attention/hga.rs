@@ -1,7 +1,7 @@
 //! HGA attention through `hga_runtime::cpu::LayerCache`: every query position routes on its own, as in
 //! decode, and reports what it attended and which groups it opened.
 
-use super::{attend_rows, Heads, PositionStats, SequenceAttention, SpeculateFrom, EVICTIONS};
+use super::{attend_rows, check_layer, Heads, PositionStats, SequenceAttention, SpeculateFrom, EVICTIONS};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
@@ -68,7 +68,8 @@ impl HgaAttention {
 
 impl SequenceAttention for HgaAttention {
     fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), EngineError> {
-        Ok(self.caches[layer].append(k, v)?)
+        let l = check_layer(layer, self.caches.len())?;
+        Ok(self.caches[l].append(k, v)?)
     }
 
     fn attend(
@@ -82,7 +83,7 @@ impl SequenceAttention for HgaAttention {
         let h = self.heads;
         let row = h.q * h.dim;
         attend_rows(h, q, out, stats)?;
-        let cache = &self.caches[layer];
+        let cache = &self.caches[check_layer(layer, self.caches.len())?];
         let unions: Vec<Vec<Vec<usize>>> = out
             .par_chunks_mut(row)
             .zip(q.par_chunks(row))
@@ -164,12 +165,8 @@ impl SequenceAttention for HgaAttention {
     fn speculate(&self, layer: usize, q: &[f32], start: usize) -> Result<(), EngineError> {
         let Some((_, spec)) = &self.speculation else { return Ok(()) };
         let mut spec = spec.lock().unwrap_or_else(|e| e.into_inner());
-        let n = spec.pending.len();
-        let slot = spec
-            .pending
-            .get_mut(layer)
-            .ok_or_else(|| EngineError::argument("layer", layer, format!("must be < the model's {n} layers")))?;
-        *slot = Some((start, q.to_vec()));
+        let l = check_layer(layer, spec.pending.len())?;
+        spec.pending[l] = Some((start, q.to_vec()));
         Ok(())
     }
 

@@ -228,6 +228,15 @@ fn shape_error(field: &'static str, got: usize, row: usize) -> EngineError {
 
 /// Checks an attend call's buffers: `q` whole rows of the query heads, `out` as long as `q`, one
 /// `stats` entry per query; returns the query count.
+/// `layer` as an index of a model of `layers` layers, or the error naming it.
+pub(crate) fn check_layer(layer: usize, layers: usize) -> Result<usize, EngineError> {
+    if layer < layers {
+        Ok(layer)
+    } else {
+        Err(EngineError::argument("layer", layer, format!("must be < the model's {layers} layers")))
+    }
+}
+
 pub(crate) fn attend_rows(h: Heads, q: &[f32], out: &[f32], stats: &[PositionStats]) -> Result<usize, EngineError> {
     let n = rows_of("q", q, h.q * h.dim)?;
     let mismatch = |field, expected: usize, got| {
