@@ -8,8 +8,14 @@
 //!
 //! ```text
 //! cargo run --release -p hga-runtime --example eviction_sim -- [--contexts 65536,1048576]
-//!     [--slots-factor 2] [--warmup 50] [--steps 300] [--rho 0.9] [--seed 1]
+//!     [--slots-factor 2] [--warmup 50] [--steps 300] [--rho 0.9] [--seed 1] [--speculate-cos C]
 //! ```
+//!
+//! `--speculate-cos C` adds a `Clock+prefetch` row: before each step, a speculative query of cosine
+//! C to the step's own (hga-bench `--speculate-cos`: a stand-in for the next layer's query projected
+//! from the previous layer) routes over the chunks closed before the step's token, and its union is
+//! resolved into the partition first; the row's misses are those left for the step (the critical
+//! path), and a line under the table gives the prefetch's recall and groups fetched per step.
 //!
 //! The trace is hga-bench's steady state for the Qwen3-30B-A3B shape (32 query heads, 4 KV heads,
 //! d 128) and the reference routing (chunk 64, group 16, sinks 2, local 8 chunks, top 16 chunks, top
@@ -62,10 +68,19 @@ struct Args {
     steps: usize,
     rho: f32,
     seed: u64,
+    speculate_cos: Option<f32>,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { contexts: vec![65536, 1 << 20], slots_factor: 2, warmup: 50, steps: 300, rho: 0.9, seed: 1 };
+    let mut a = Args {
+        contexts: vec![65536, 1 << 20],
+        slots_factor: 2,
+        warmup: 50,
+        steps: 300,
+        rho: 0.9,
+        seed: 1,
+        speculate_cos: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let val = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -79,6 +94,7 @@ fn args() -> Result<Args, String> {
             "--steps" => a.steps = val.parse().map_err(|e| bad(&e))?,
             "--rho" => a.rho = val.parse().map_err(|e| bad(&e))?,
             "--seed" => a.seed = val.parse().map_err(|e| bad(&e))?,
+            "--speculate-cos" => a.speculate_cos = Some(val.parse().map_err(|e| bad(&e))?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -87,6 +103,9 @@ fn args() -> Result<Args, String> {
     }
     if !(0.0..1.0).contains(&a.rho) {
         return Err(format!("--rho {} must be in [0, 1)", a.rho));
+    }
+    if a.speculate_cos.is_some_and(|c| !(c > 0.0 && c <= 1.0)) {
+        return Err(format!("--speculate-cos {:?} must be in (0, 1]", a.speculate_cos));
     }
     Ok(a)
 }
@@ -98,6 +117,24 @@ struct Step {
     relevance: Vec<Vec<f32>>,
     /// Per KV head, the chunks any of its query heads selected.
     selected: Vec<std::collections::HashSet<usize>>,
+    /// Per KV head, the union of the speculative query (`--speculate-cos`).
+    guesses: Option<Vec<Vec<u32>>>,
+}
+
+/// Per KV head, the distinct groups its query heads opened, in query-head order.
+fn unions_of(lists: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    lists
+        .chunks(QH / KVH)
+        .map(|heads| {
+            let mut u: Vec<u32> = Vec::new();
+            for g in heads.iter().flatten() {
+                if !u.contains(g) {
+                    u.push(*g);
+                }
+            }
+            u
+        })
+        .collect()
 }
 
 fn trace(context: usize, a: &Args) -> Vec<Step> {
@@ -108,20 +145,20 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
     let chunk_sum = table(KVH * chunks * D);
     let group_sum = table(KVH * chunks * GPC * D);
     let mut qrng = StdRng::seed_from_u64(a.seed.wrapping_mul(31) ^ 7);
+    let mut srng = StdRng::seed_from_u64(a.seed.wrapping_mul(37) ^ 11);
     let mut q = vec![0f32; QH * D];
     let mut steps = Vec::with_capacity(total);
-    for t in 0..total {
-        let rho = if t == 0 { 0.0 } else { a.rho };
-        for h in q.chunks_mut(D) {
-            h.iter_mut().for_each(|x| *x = rho * *x + (1.0 - rho) * normal(&mut qrng));
-            let norm = dot(h, h).sqrt().max(1e-20);
-            h.iter_mut().for_each(|x| *x *= (D as f32).sqrt() / norm);
-        }
-        let pos = context - 1 + t;
-        let closed = (pos + 1) / C;
+    let unit = |h: &mut [f32]| {
+        let norm = dot(h, h).sqrt().max(1e-20);
+        h.iter_mut().for_each(|x| *x /= norm);
+    };
+    // Per query head of `q`: its groups, its candidate chunks' scores and its selected chunks, over
+    // the chunks closed by `tokens` tokens.
+    let route = |q: &[f32], tokens: usize| -> (usize, Vec<(Vec<u32>, Vec<f32>, Vec<usize>)>) {
+        let closed = tokens / C;
         let sinks_end = KF.min(closed);
         let local_start = closed.saturating_sub(KL).max(sinks_end);
-        let per_head: Vec<(Vec<u32>, Vec<f32>, Vec<usize>)> = (0..QH)
+        let per_head = (0..QH)
             .into_par_iter()
             .map(|h| {
                 let kvh = h / (QH / KVH);
@@ -135,20 +172,33 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs, sel)
             })
             .collect();
+        (sinks_end, per_head)
+    };
+    for t in 0..total {
+        let rho = if t == 0 { 0.0 } else { a.rho };
+        for h in q.chunks_mut(D) {
+            h.iter_mut().for_each(|x| *x = rho * *x + (1.0 - rho) * normal(&mut qrng));
+            unit(h);
+            h.iter_mut().for_each(|x| *x *= (D as f32).sqrt());
+        }
+        let pos = context - 1 + t;
+        // The speculative query routes before the step's token is appended: over the chunks closed by
+        // tokens 0..pos.
+        let guesses = a.speculate_cos.map(|c| {
+            let mut sq = q.clone();
+            for h in sq.chunks_mut(D) {
+                unit(h);
+                let mut n: Vec<f32> = (0..D).map(|_| normal(&mut srng)).collect();
+                unit(&mut n);
+                let s = (1.0 - c * c).max(0.0).sqrt();
+                h.iter_mut().zip(&n).for_each(|(x, y)| *x = c * *x + s * y);
+            }
+            let (_, per_head) = route(&sq, pos);
+            unions_of(&per_head.into_iter().map(|x| x.0).collect::<Vec<_>>())
+        });
+        let (sinks_end, per_head) = route(&q, pos + 1);
         let heads_of = |kvh: usize| &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)];
-        let unions = (0..KVH)
-            .map(|kvh| {
-                let mut u: Vec<u32> = Vec::new();
-                for (list, _, _) in heads_of(kvh) {
-                    for &g in list {
-                        if !u.contains(&g) {
-                            u.push(g);
-                        }
-                    }
-                }
-                u
-            })
-            .collect();
+        let unions = unions_of(&per_head.iter().map(|x| x.0.clone()).collect::<Vec<_>>());
         let relevance = (0..KVH)
             .map(|kvh| {
                 let mut r = vec![f32::NEG_INFINITY; chunks];
@@ -161,7 +211,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
             })
             .collect();
         let selected = (0..KVH).map(|kvh| heads_of(kvh).iter().flat_map(|x| x.2.iter().copied()).collect()).collect();
-        steps.push(Step { unions, relevance, selected });
+        steps.push(Step { unions, relevance, selected, guesses });
     }
     steps
 }
@@ -180,7 +230,13 @@ fn main() {
     println!("| --- | --- | --- | --- | --- |");
     for &context in &a.contexts {
         let tr = trace(context, &a);
-        for policy in ["Fifo", "Clock", "Lru", "ClockSelected", "Relevance", "Belady"] {
+        let mut policies = vec!["Fifo", "Clock", "Lru", "ClockSelected", "Relevance", "Belady"];
+        if a.speculate_cos.is_some() {
+            policies.push("Clock+prefetch");
+        }
+        // Clock+prefetch: (groups prefetched, routed groups the speculation foresaw).
+        let (mut prefetched, mut foreseen) = (0usize, 0usize);
+        for policy in policies {
             let (mut hits, mut misses) = (0usize, 0usize);
             for kvh in 0..KVH {
                 // Belady's bound: the step at which each step's groups are next used.
@@ -211,6 +267,15 @@ fn main() {
                                 2.0 * f64::from(u8::from(young)) + f64::from(u8::from(hot))
                             })
                         }
+                        "Clock+prefetch" => {
+                            let guess = &step.guesses.as_ref().expect("traced with --speculate-cos")[kvh];
+                            let f = p.resolve(guess, Eviction::Clock).expect("unions hold distinct groups");
+                            if t >= a.warmup {
+                                prefetched += f.misses - f.uncached;
+                                foreseen += u.iter().filter(|g| guess.contains(g)).count();
+                            }
+                            p.resolve(u, Eviction::Clock)
+                        }
                         "Belady" => {
                             let nu = &next_use[t];
                             p.resolve_ranked(u, |g, _| {
@@ -236,6 +301,15 @@ fn main() {
                 misses as f64 / a.steps as f64,
                 (hits + misses) as f64 / a.steps as f64
             );
+            if policy == "Clock+prefetch" {
+                let routed = (hits + misses) as f64;
+                println!(
+                    "|  | (prefetch, cosine {}: recall {:.1}%, {:.1} groups fetched / step) |  |  |  |",
+                    a.speculate_cos.unwrap_or(0.0),
+                    100.0 * foreseen as f64 / routed,
+                    prefetched as f64 / a.steps as f64
+                );
+            }
         }
     }
 }
