@@ -121,6 +121,9 @@ struct Step {
     guesses: Option<Vec<Vec<u32>>>,
 }
 
+/// One query head's route: its groups, its candidate chunks' scores, its selected chunks.
+type HeadRoute = (Vec<u32>, Vec<f32>, Vec<usize>);
+
 /// Per KV head, the distinct groups its query heads opened, in query-head order.
 fn unions_of(lists: &[Vec<u32>]) -> Vec<Vec<u32>> {
     lists
@@ -154,7 +157,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
     };
     // Per query head of `q`: its groups, its candidate chunks' scores and its selected chunks, over
     // the chunks closed by `tokens` tokens.
-    let route = |q: &[f32], tokens: usize| -> (usize, Vec<(Vec<u32>, Vec<f32>, Vec<usize>)>) {
+    let route = |q: &[f32], tokens: usize| -> (usize, Vec<HeadRoute>) {
         let closed = tokens / C;
         let sinks_end = KF.min(closed);
         let local_start = closed.saturating_sub(KL).max(sinks_end);
