@@ -150,44 +150,40 @@ struct Args {
     kernel: Option<hga_dsl::KernelParams>,
 }
 
-fn at_least_one(s: &str) -> Result<usize, String> {
+/// `s` parsed as a `T` that `ok` accepts; the error names the value and the rule.
+fn parse_checked<T>(s: &str, ok: impl Fn(&T) -> bool, rule: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
     let s = s.trim();
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        Ok(n) => Err(format!("{n}: must be >= 1")),
+    match s.parse::<T>() {
+        Ok(x) if ok(&x) => Ok(x),
+        Ok(x) => Err(format!("{x}: {rule}")),
         Err(e) => Err(format!("{s}: {e}")),
     }
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    parse_checked(s, |&n| n >= 1, "must be >= 1")
 }
 
 fn context(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    match s.parse::<usize>() {
-        Ok(n) if n >= 64 => Ok(n),
-        Ok(n) => Err(format!("{n}: a context must be >= 64 tokens")),
-        Err(e) => Err(format!("{s}: {e}")),
-    }
+    parse_checked(s, |&n| n >= 64, "a context must be >= 64 tokens")
 }
 
 fn rho(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
-        Ok(r) => Err(format!("{r}: must be in [0, 1)")),
-        Err(e) => Err(format!("{s}: {e}")),
-    }
+    parse_checked(s, |r| (0.0..1.0).contains(r), "must be in [0, 1)")
+}
+
+fn cosine(s: &str) -> Result<f32, String> {
+    parse_checked(s, |&c| c > 0.0 && c <= 1.0, "must be in (0, 1]")
 }
 
 /// `--churn-rho`: a correlation, or `off` (a newtype: clap reads a bare `Option` field as "flag may be
 /// absent", not as a value that may be `off`).
 #[derive(Clone, Copy)]
 struct ChurnRho(Option<f32>);
-
-fn cosine(s: &str) -> Result<f32, String> {
-    match s.trim().parse::<f32>() {
-        Ok(c) if c > 0.0 && c <= 1.0 => Ok(c),
-        Ok(c) => Err(format!("{c}: must be in (0, 1]")),
-        Err(e) => Err(format!("{s}: {e}")),
-    }
-}
 
 fn churn_rho(s: &str) -> Result<ChurnRho, String> {
     if s == "off" {
