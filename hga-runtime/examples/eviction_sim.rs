@@ -125,12 +125,12 @@ struct Step {
 type HeadRoute = (Vec<u32>, Vec<f32>, Vec<usize>);
 
 /// Per KV head, the distinct groups its query heads opened, in query-head order.
-fn unions_of(lists: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    lists
+fn unions_of(per_head: &[HeadRoute]) -> Vec<Vec<u32>> {
+    per_head
         .chunks(QH / KVH)
         .map(|heads| {
             let mut u: Vec<u32> = Vec::new();
-            for g in heads.iter().flatten() {
+            for g in heads.iter().flat_map(|h| &h.0) {
                 if !u.contains(g) {
                     u.push(*g);
                 }
@@ -196,12 +196,11 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 let s = (1.0 - c * c).max(0.0).sqrt();
                 h.iter_mut().zip(&n).for_each(|(x, y)| *x = c * *x + s * y);
             }
-            let (_, per_head) = route(&sq, pos);
-            unions_of(&per_head.into_iter().map(|x| x.0).collect::<Vec<_>>())
+            unions_of(&route(&sq, pos).1)
         });
         let (sinks_end, per_head) = route(&q, pos + 1);
         let heads_of = |kvh: usize| &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)];
-        let unions = unions_of(&per_head.iter().map(|x| x.0.clone()).collect::<Vec<_>>());
+        let unions = unions_of(&per_head);
         let relevance = (0..KVH)
             .map(|kvh| {
                 let mut r = vec![f32::NEG_INFINITY; chunks];

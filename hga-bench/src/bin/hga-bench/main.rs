@@ -253,6 +253,12 @@ fn random_bits(n: usize, seed: u64) -> Vec<u16> {
     v
 }
 
+/// Scales `v` to L2 norm `norm`.
+fn rescale(v: &mut [f32], norm: f32) {
+    let f = norm / v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-20);
+    v.iter_mut().for_each(|x| *x *= f);
+}
+
 /// Per-head queries: `[B][QH][D]` f32, each head of norm √D.
 struct Queries {
     q: Vec<f32>,
@@ -273,21 +279,17 @@ impl Queries {
     /// cosine ≈ c to the current one (random directions in D dimensions are nearly orthogonal).
     fn speculative_bits(&mut self, c: f32) -> Vec<u16> {
         let d = self.d;
-        let unit = |v: &mut [f32]| {
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-20);
-            v.iter_mut().for_each(|x| *x /= norm);
-        };
+        let s = (1.0 - c * c).max(0.0).sqrt();
         let mut out = Vec::with_capacity(self.q.len());
         let (mut qh, mut n) = (vec![0.0f32; d], vec![0.0f32; d]);
         for h in self.q.chunks(d) {
             qh.copy_from_slice(h);
-            unit(&mut qh);
+            rescale(&mut qh, 1.0);
             n.iter_mut().for_each(|x| *x = self.spec_rng.normal());
-            unit(&mut n);
-            let s = (1.0 - c * c).max(0.0).sqrt();
-            let mut v: Vec<f32> = qh.iter().zip(&n).map(|(a, b)| c * a + s * b).collect();
-            unit(&mut v);
-            out.extend(v.iter().map(|x| f32_to_bf16(x * (d as f32).sqrt())));
+            rescale(&mut n, 1.0);
+            qh.iter_mut().zip(&n).for_each(|(a, b)| *a = c * *a + s * b);
+            rescale(&mut qh, (d as f32).sqrt());
+            out.extend(qh.iter().map(|&x| f32_to_bf16(x)));
         }
         out
     }
@@ -298,10 +300,7 @@ impl Queries {
             for x in h.iter_mut() {
                 *x = rho * *x + (1.0 - rho) * self.rng.normal();
             }
-            let norm = h.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-20);
-            for x in h.iter_mut() {
-                *x *= (d as f32).sqrt() / norm;
-            }
+            rescale(h, (d as f32).sqrt());
         }
     }
     fn bits(&self) -> Vec<u16> {
