@@ -12,6 +12,7 @@
 //! launches and as one CUDA graph replay.
 
 use clap::Parser;
+use hga_bench::median;
 use hga_dsl::{presets, Spec};
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, Gpu};
 use hga_runtime::jit::Jit;
@@ -63,15 +64,6 @@ impl Rng {
     fn f32(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
-}
-
-/// Median; NaN for no samples (a small `--iters` leaves some step kinds untimed).
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -67,6 +67,7 @@ mod dense;
 use clap::{Parser, ValueEnum};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
+use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, StateBytes};
@@ -306,14 +307,6 @@ impl Queries {
     fn bits(&self) -> Vec<u16> {
         self.q.iter().map(|&x| f32_to_bf16(x)).collect()
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
