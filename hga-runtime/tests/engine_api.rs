@@ -149,6 +149,8 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
     let mut nan = k1.clone();
     nan[5] = f32::NAN;
     let mut out = vec![0.0; 2 * row_q];
+    let mut nan_q = q.clone();
+    nan_q[7] = f32::INFINITY;
     let ghost = SeqId(99);
     let errors = vec![
         cache.add_sequence().map(|_| ()),
@@ -164,6 +166,11 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         cache.attend(0, &[a, b], &q[..row_q], &mut out).map(|_| ()),
         cache.attend(0, &[a, b], &q, &mut out[1..]).map(|_| ()),
         cache.remove_sequence(ghost),
+        cache.prefetch(0, &[a, ghost], &q),
+        cache.prefetch(0, &[b, b], &q),
+        cache.prefetch(2, &[a, b], &q),
+        cache.prefetch(0, &[a, b], &q[1..]),
+        cache.prefetch(0, &[a, b], &nan_q),
     ];
     let expected = [
         RuntimeError::CapacityExceeded { field: "sequences", requested: 3, limit: 2 },
@@ -183,11 +190,19 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         RuntimeError::ShapeMismatch { field: "q", expected: (2 * row_q).to_string(), got: row_q },
         RuntimeError::ShapeMismatch { field: "out", expected: (2 * row_q).to_string(), got: 2 * row_q - 1 },
         RuntimeError::UnknownSequence { id: 99 },
+        RuntimeError::UnknownSequence { id: 99 },
+        RuntimeError::DuplicateSequence { id: b.0 },
+        RuntimeError::IndexOutOfRange { field: "layer", value: 2, limit: 2 },
+        RuntimeError::ShapeMismatch { field: "q", expected: (2 * row_q).to_string(), got: 2 * row_q - 1 },
+        RuntimeError::NotFinite { field: "q", index: 7 },
     ];
     for (got, want) in errors.into_iter().zip(expected) {
         assert_eq!(got.unwrap_err(), want);
     }
     assert_eq!(snapshot(&mut cache, &q), before, "a failed call changed the cache");
+    // The CPU backend has nothing to prefetch: a valid call changes nothing either.
+    cache.prefetch(1, &[b, a], &q).unwrap();
+    assert_eq!(snapshot(&mut cache, &q), before, "a prefetch changed the CPU cache");
 
     // Host budget: exactly what is in use plus less than one more token's worth fails; nothing changes.
     config.host_budget_bytes = cache.host_bytes() + 1;

@@ -766,3 +766,59 @@ fn gpu_attend_time_per_path() {
         }
     }
 }
+
+/// [`HgaCache::prefetch`] before each step (the exact query, a perturbed one, an unrelated one) leaves
+/// the outputs bit for bit those of a cache that never prefetches, and the prefetching cache misses
+/// less. Two layers, two sequences, a slot cache of twice one step's union per layer.
+#[test]
+fn gpu_prefetch_changes_hits_not_outputs() {
+    let mut rng = rng();
+    let layers = 2;
+    let mut config = CacheConfig::new(spec(routing()), layers, 8192);
+    config.max_sequences = 2;
+    let l = hga_runtime::cpu::HeadLayout::of(&config.spec);
+    let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+    // Two unions per (row, KV head): 2 rows × 4 KV heads × 8 query heads × 8 groups × 2, per layer.
+    let union_slots = 2 * 4 * 8 * 8;
+    config.gpu_budget_bytes = Some((layers * 2 * union_slots * 2 * 16 * 128 * 2) as u64);
+    let (Some(mut plain), Some(mut spec_c)) = (gpu_cache(config.clone()), gpu_cache(config)) else { return };
+    let ids = fill(&mut rng, [&mut plain, &mut spec_c], &[3000, 1700]);
+    for layer in 1..layers {
+        for (a, b) in ids[0].iter().zip(&ids[1]) {
+            let n = plain.seq_len(*a, 0).unwrap();
+            let (k, v) = (randv(&mut rng, n * kvrow), randv(&mut rng, n * kvrow));
+            plain.append(*a, layer, &k, &v).unwrap();
+            spec_c.append(*b, layer, &k, &v).unwrap();
+        }
+    }
+    let (mut misses_plain, mut misses_spec) = (0, 0);
+    for step in 0..40 {
+        for layer in 0..layers {
+            let q = randv(&mut rng, 2 * qrow);
+            let guess = match step % 3 {
+                0 => q.clone(),
+                1 => q
+                    .iter()
+                    .map(|&x| bf16_to_f32(f32_to_bf16(0.8 * x + 0.2 * rng.random_range(-1.0f32..1.0))))
+                    .collect(),
+                _ => randv(&mut rng, 2 * qrow),
+            };
+            spec_c.prefetch(layer, &ids[1], &guess).unwrap();
+            let (k, v) = (randv(&mut rng, 2 * kvrow), randv(&mut rng, 2 * kvrow));
+            for (c, id) in [(&mut plain, &ids[0]), (&mut spec_c, &ids[1])] {
+                for (i, &s) in id.iter().enumerate() {
+                    c.append(s, layer, &k[i * kvrow..(i + 1) * kvrow], &v[i * kvrow..(i + 1) * kvrow]).unwrap();
+                }
+            }
+            let (mut oa, mut ob) = (vec![0.0; 2 * qrow], vec![0.0; 2 * qrow]);
+            let ta = plain.attend(layer, &ids[0], &q, &mut oa).unwrap();
+            let tb = spec_c.attend(layer, &ids[1], &q, &mut ob).unwrap();
+            assert!(oa == ob, "step {step}, layer {layer}: the prefetching cache's output differs");
+            assert_eq!(ta.hits + ta.misses, tb.hits + tb.misses, "step {step}, layer {layer}: routed groups");
+            misses_plain += ta.misses;
+            misses_spec += tb.misses;
+        }
+    }
+    eprintln!("misses: {misses_plain} without prefetch, {misses_spec} with");
+    assert!(misses_spec < misses_plain, "prefetch did not reduce misses: {misses_spec} vs {misses_plain}");
+}

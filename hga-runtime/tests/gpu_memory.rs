@@ -6,14 +6,11 @@
 //! CPU backend too. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
-use common::{gpu_or_skip, random_bf16, rel_err, rng, Row};
+use common::records::{append, blocks, decode, next_query, Records};
+use common::{gpu_or_skip, rng, Row};
 
-use half::bf16;
 use hga_dsl::{ModelShape, Spec, ValidSpec};
-use hga_runtime::cpu::HeadLayout;
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, StateBytes, StepScratch};
-use hga_runtime::offload::PinnedBuffer;
-use rand::rngs::StdRng;
 use rand::Rng;
 use std::sync::Mutex;
 
@@ -22,131 +19,6 @@ static GPU: Mutex<()> = Mutex::new(());
 
 fn spec() -> ValidSpec {
     Spec::new(ModelShape::new(8, 2, 128, 1e6)).validate().unwrap()
-}
-
-/// Host records of one batch: per row a pinned buffer `[kv_heads][groups][2][group][d]`, and the groups
-/// whose addresses the batch has.
-struct Records {
-    bufs: Vec<PinnedBuffer>,
-    set: Vec<usize>,
-    groups: Vec<usize>,
-    rec: usize,
-}
-
-impl Records {
-    fn new(gpu: &hga_runtime::cuda::Gpu, spec: &ValidSpec, tokens: &[usize]) -> Records {
-        let (g, d, kvh) = (spec.routing().group as usize, spec.head_dim(), spec.model().kv_heads as usize);
-        let groups: Vec<usize> = tokens.iter().map(|t| t.div_ceil(g)).collect();
-        let bufs = groups.iter().map(|&n| PinnedBuffer::new(gpu, kvh * n * 2 * g * d).unwrap()).collect();
-        Records { bufs, set: vec![0; tokens.len()], groups, rec: 2 * g * d }
-    }
-
-    /// Gives `batch` the addresses of row `row`'s groups up to the one of token `len - 1`.
-    fn cover(&mut self, batch: &mut DecodeBatch, row: usize, len: usize, kvh: usize, g: usize) {
-        let want = len.div_ceil(g);
-        assert!(want <= self.groups[row]);
-        if want <= self.set[row] {
-            return;
-        }
-        let base = self.bufs[row].device_addr();
-        for h in 0..kvh {
-            let addrs: Vec<u64> =
-                (self.set[row]..want).map(|gi| base + ((h * self.groups[row] + gi) * self.rec * 2) as u64).collect();
-            // SAFETY: the pinned buffers outlive the batch and hold these records.
-            unsafe { batch.set_group_addrs(row, h, self.set[row], &addrs) }.unwrap();
-        }
-        self.set[row] = want;
-    }
-}
-
-/// Appends tokens `from..to` of `row` to each batch in the blocks `blocks` (sizes), with their records.
-fn append(
-    batches: &mut [(&mut DecodeBatch, &mut Records)],
-    r: usize,
-    row: &Row,
-    from: usize,
-    blocks: &[usize],
-    spec: &ValidSpec,
-) {
-    let (kvh, d, g) = (spec.model().kv_heads as usize, spec.head_dim(), spec.routing().group as usize);
-    let w = kvh * d;
-    let mut p = from;
-    for &n in blocks {
-        for (b, recs) in batches.iter_mut() {
-            recs.cover(b, r, p + n, kvh, g);
-            b.append_block(r, p, &row.k_bits[p * w..(p + n) * w], &row.v_bits[p * w..(p + n) * w]).unwrap();
-        }
-        p += n;
-    }
-}
-
-/// Random block sizes summing to `n`.
-fn blocks(rng: &mut StdRng, n: usize, max: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        let b = rng.random_range(1..=max).min(left);
-        out.push(b);
-        left -= b;
-    }
-    out
-}
-
-/// One decode step of `rows` (active where `active[i]`) on every batch of `batches` with the same query;
-/// returns their outputs and checks the active rows against the CPU (which gets the new token).
-fn decode(
-    batches: &mut [(&mut DecodeBatch, &mut Records)],
-    rows: &mut [Row],
-    active: &[bool],
-    rng: &mut StdRng,
-    spec: &ValidSpec,
-) -> Vec<Vec<u16>> {
-    let l = HeadLayout::of(spec);
-    let (kvh, d, qh, g) = (l.kv_heads, l.head_dim, l.q_heads, spec.routing().group as usize);
-    let w = kvh * d;
-    let n = rows.len();
-    let (q_bits, q) = random_bf16(rng, n * qh * d, 1.0);
-    let mut k_new = vec![0u16; n * w];
-    let mut v_new = k_new.clone();
-    let mut pos = vec![None; n];
-    for (i, row) in rows.iter_mut().enumerate() {
-        if !active[i] {
-            continue;
-        }
-        let t = row.len * w..(row.len + 1) * w;
-        k_new[i * w..(i + 1) * w].copy_from_slice(&row.k_bits[t.clone()]);
-        v_new[i * w..(i + 1) * w].copy_from_slice(&row.v_bits[t.clone()]);
-        row.cpu.append(&row.k[t.clone()], &row.v[t]).unwrap();
-        pos[i] = Some(row.len as u32);
-        row.len += 1;
-    }
-    let mut outs = Vec::new();
-    for (b, recs) in batches.iter_mut() {
-        for (i, row) in rows.iter().enumerate() {
-            if active[i] {
-                recs.cover(b, i, row.len, kvh, g);
-            }
-        }
-        b.set_rows(&pos).unwrap();
-        b.upload_q(&q_bits).unwrap();
-        b.poison_output().unwrap();
-        b.step(&k_new, &v_new).unwrap();
-        outs.push(b.output().unwrap());
-    }
-    let out = &outs[0];
-    for (i, row) in rows.iter().enumerate() {
-        let o = &out[i * qh * d..(i + 1) * qh * d];
-        if !active[i] {
-            assert!(o.iter().all(|&x| x == 0xFFFF), "inactive row {i} output written");
-            continue;
-        }
-        let mut want = vec![0f32; qh * d];
-        row.cpu.attend(&q[i * qh * d..(i + 1) * qh * d], row.len - 1, &mut want).unwrap();
-        let got: Vec<f32> = o.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
-        let e = rel_err(&got, &want);
-        assert!(e < 1e-2, "row {i} at {}: rel err {e:e} against the CPU", row.len - 1);
-    }
-    outs
 }
 
 fn ucap(spec: &ValidSpec) -> usize {
@@ -203,8 +75,13 @@ fn grown_tables_match_tables_mapped_whole_bit_for_bit() {
 
     for step in 0..steps {
         let active = [true, step % 3 != 1];
-        let outs =
-            decode(&mut [(&mut grown, &mut rec_g), (&mut eager, &mut rec_e)], &mut rows, &active, &mut rng, &spec);
+        let outs = decode(
+            &mut [(&mut grown, &mut rec_g), (&mut eager, &mut rec_e)],
+            &mut rows,
+            &active,
+            &next_query(&mut rng, 2, &spec),
+            &spec,
+        );
         assert!(outs[0] == outs[1], "step {step}: grown and eager outputs differ");
         assert_eq!(grown.union().unwrap(), eager.union().unwrap(), "step {step}: unions differ");
     }
@@ -271,7 +148,7 @@ fn batches_sharing_a_step_scratch_match_batches_with_their_own() {
             &mut [(&mut a_sh, &mut *ra_sh), (&mut a_own, &mut *ra_own)],
             &mut layers[0],
             &[true, true],
-            &mut rng,
+            &next_query(&mut rng, 2, &spec),
             &spec,
         );
         let chunks_a = a_sh.selected_chunks().unwrap();
@@ -280,7 +157,7 @@ fn batches_sharing_a_step_scratch_match_batches_with_their_own() {
             &mut [(&mut b_sh, &mut *rb_sh), (&mut b_own, &mut *rb_own)],
             &mut layers[1],
             &[true, step % 2 == 0],
-            &mut rng,
+            &next_query(&mut rng, 2, &spec),
             &spec,
         );
         assert!(oa[0] == oa[1], "step {step}: layer a output differs with the shared scratch");
@@ -348,7 +225,7 @@ fn growth_past_max_context_or_memory_is_a_typed_error_and_changes_nothing() {
     assert_eq!(batch.summaries().unwrap(), sums);
     // The batch still decodes correctly.
     for _ in 0..3 {
-        decode(&mut [(&mut batch, &mut recs)], &mut rows, &[true], &mut rng, &spec);
+        decode(&mut [(&mut batch, &mut recs)], &mut rows, &[true], &next_query(&mut rng, 1, &spec), &spec);
     }
     assert_eq!(batch.host_record_errors().unwrap(), 0);
     drop((batch, recs));

@@ -16,12 +16,17 @@ use super::vmm::GrowableBuffer;
 use super::{CudaError, DecodeKernels, Gpu};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CU_MEMHOSTALLOC_DEVICEMAP};
 use cudarc::driver::{
-    CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    ValidAsZeroBits,
 };
 use hga_dsl::codegen::LaunchParams;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod io;
+mod prefetch;
+
+pub use prefetch::PrefetchLane;
 
 /// How much a [`DecodeBatch`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +71,10 @@ pub struct DecodeBatch<'k> {
     /// steady step is 1.8 µs faster at 1M but 0.5 µs slower at 64K (cold fetch unchanged), so it stays
     /// off by default.
     pdl: bool,
+    /// Recorded on a [`PrefetchLane`]'s stream after a prefetch into this batch; the batch's stream
+    /// waits for it before its next work ([`DecodeBatch::join_prefetch`]) while `lane_pending` is set.
+    lane_done: CudaEvent,
+    lane_pending: AtomicBool,
 }
 
 /// A whole decode step captured as a CUDA graph: append, summarize (sequences whose `close` entry is
@@ -180,38 +189,25 @@ impl<'k> DecodeBatch<'k> {
             out: zh(bsz * qh * d)?,
             slots: zh(bsz * kvh * l.part_slots * 2 * l.group * d)?,
         };
-        let sp = &scratch.plain_ptrs;
-        let p = HgaParams {
+        let mut p = HgaParams {
             pos: ptr(&b.pos, gpu),
             win_k: ptr(&b.win_k, gpu),
             win_v: ptr(&b.win_v, gpu),
             chunk_sum: tables[0].ptr(),
             group_sum: tables[1].ptr(),
             q: ptr(&b.q, gpu),
-            chunk_score: scratch.chunk_score_ptr,
-            chunk_mass: scratch.chunk_mass_ptr,
-            sel_chunk: sp[3],
-            n_sel_chunk: sp[4],
-            group_cand: sp[0],
-            group_score: sp[1],
-            group_mass: sp[2],
             sel_group: ptr(&b.sel_group, gpu),
             n_sel_group: ptr(&b.n_sel_group, gpu),
             uni_group: ptr(&b.uni_group, gpu),
             uni_slot: ptr(&b.uni_slot, gpu),
-            uni_mask: sp[5],
             n_uni: ptr(&b.n_uni, gpu),
             n_att: ptr(&b.n_att, gpu),
             slot_of: tables[2].ptr(),
             slot_owner: ptr(&b.slot_owner, gpu),
             slot_stamp: ptr(&b.slot_stamp, gpu),
             part_state: ptr(&b.part_state, gpu),
-            miss_list: sp[6],
             group_addr: tables[3].ptr(),
             slots: ptr(&b.slots, gpu),
-            part_ml: sp[7],
-            part_acc: sp[8],
-            done: sp[9],
             error: ptr(&b.error, gpu),
             out: ptr(&b.out, gpu),
             batch: bsz as i32,
@@ -221,7 +217,9 @@ impl<'k> DecodeBatch<'k> {
             kce: l.kce as i32,
             kge: l.kge as i32,
             ucap: ucap as i32,
+            ..HgaParams::default()
         };
+        scratch.apply(&mut p);
         Ok(DecodeBatch {
             gpu: gpu.clone(),
             kernels,
@@ -240,7 +238,29 @@ impl<'k> DecodeBatch<'k> {
             capture_cands: None,
             route_resolved: false,
             pdl: gpu.arch().cc() >= 90 && std::env::var("HGA_PDL").as_deref() == Ok("1"),
+            lane_done: gpu.context().new_event(None)?,
+            lane_pending: AtomicBool::new(false),
         })
+    }
+
+    /// Makes the batch's stream wait for a prefetch still running on a lane ([`DecodeBatch::prefetch`]),
+    /// if any. Every method that queues work on the batch or reads it back calls this first, so the step
+    /// never races the prefetch's slot assignments; an engine calls it to place the wait itself (work it
+    /// queues on the stream afterwards waits too).
+    pub fn join_prefetch(&self) -> Result<(), CudaError> {
+        if self.lane_pending.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.gpu.stream().wait(&self.lane_done) {
+                self.lane_pending.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch's stream, after any prefetch in flight ([`DecodeBatch::join_prefetch`]).
+    fn stream(&self) -> Result<&Arc<CudaStream>, CudaError> {
+        self.join_prefetch()?;
+        Ok(self.gpu.stream())
     }
 
     /// Maps the table pages (and the scratch's chunk-score pages) rows `need` = (row, chunks) use
@@ -248,6 +268,7 @@ impl<'k> DecodeBatch<'k> {
     /// `CUDA_ERROR_OUT_OF_MEMORY`) nothing is mapped and the batch is as it was. New pages are filled
     /// on the stream before any later work.
     fn grow(&mut self, need: &[(usize, usize)]) -> Result<(), CudaError> {
+        self.join_prefetch()?;
         let need: Vec<(usize, usize)> =
             need.iter().map(|&(r, c)| (r, c.min(self.layout.cap_chunks))).filter(|&(r, c)| c > self.grown[r]).collect();
         if need.is_empty() {
@@ -399,7 +420,8 @@ impl<'k> DecodeBatch<'k> {
             .collect();
         self.grow(&need)?;
         let pos_host: Vec<i32> = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
-        self.gpu.stream().memcpy_htod(&pos_host, &mut self.b.pos)?;
+        let st = self.stream()?.clone();
+        st.memcpy_htod(&pos_host, &mut self.b.pos)?;
         self.pos_host = pos_host;
         let close = self.closing_chunks();
         self.upload_close(&close)
@@ -423,18 +445,22 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be -1 or a chunk the row's tables hold (< {})", self.grown_chunks(row)),
             });
         }
-        upload(&self.gpu, "close", close, &mut self.b.close)
+        let st = self.stream()?.clone();
+        upload(&st, "close", close, &mut self.b.close)
     }
 
     /// Uploads this step's queries (`[B][q_heads][d]`, element bits, after RoPE).
     pub fn upload_q(&mut self, q: &[u16]) -> Result<(), CudaError> {
-        upload(&self.gpu, "q", q, &mut self.b.q)
+        let st = self.stream()?.clone();
+        upload(&st, "q", q, &mut self.b.q)
     }
 
     /// Uploads the whole GPU window (`[B][kv_heads][window_chunks·chunk][d]` keys and values).
     pub fn upload_window(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
-        upload(&self.gpu, "win_k", k, &mut self.b.win_k)?;
-        upload(&self.gpu, "win_v", v, &mut self.b.win_v)
+        let st = self.stream()?.clone();
+        upload(&st, "win_k", k, &mut self.b.win_k)?;
+        let st = self.stream()?.clone();
+        upload(&st, "win_v", v, &mut self.b.win_v)
     }
 
     /// Uploads summary tables (`[B][kv_heads][cap_chunks][vectors·d]` and the group table alike), as
@@ -518,7 +544,7 @@ impl<'k> DecodeBatch<'k> {
     /// Uses a device buffer holding `store` (host store layout) as the host store; for tests.
     pub fn use_device_store(&mut self, store: &[u16]) -> Result<(), CudaError> {
         self.check_store_len(store)?;
-        let s = self.gpu.stream().clone_htod(store)?;
+        let s = self.stream()?.clone_htod(store)?;
         // SAFETY: the buffer is owned by this batch.
         unsafe { self.set_host_store(ptr(&s, &self.gpu))? };
         self._own_store = Some(s);
@@ -549,7 +575,7 @@ impl<'k> DecodeBatch<'k> {
         }
         let kvh = self.kernels.spec().model().kv_heads as usize;
         let ps = self.p.part_slots as usize;
-        let st = self.gpu.stream().clone();
+        let st = self.stream()?.clone();
         let fill = |buf: &mut CudaSlice<i32>, at: usize, n: usize, v: i32| -> Result<(), CudaError> {
             st.memcpy_htod(&vec![v; n], &mut buf.slice_mut(at..at + n))?;
             Ok(())
@@ -566,11 +592,24 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
+        self.launch_on(self.stream()?, &self.p, k, grid, block, extra)
+    }
+
+    /// A launch of `k` with params `p` on `stream` (the batch's, or a prefetch lane's).
+    fn launch_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        p: &HgaParams,
+        k: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        extra: &[Arg],
+    ) -> Result<(), CudaError> {
         if self.pdl {
-            return self.launch_pdl(k, grid, block, extra);
+            return self.launch_pdl(stream, p, k, grid, block, extra);
         }
-        let mut lb = self.gpu.stream().launch_builder(self.kernels.func(k));
-        lb.arg(&self.p);
+        let mut lb = stream.launch_builder(self.kernels.func(k));
+        lb.arg(p);
         for e in extra {
             match e {
                 Arg::Ptr(x) => lb.arg(x),
@@ -586,10 +625,18 @@ impl<'k> DecodeBatch<'k> {
     /// A launch with programmatic stream serialization (sm_90+): the kernel may be scheduled while the
     /// previous one runs; its `griddepcontrol.wait` (STEP_PROLOGUE in the source) orders its work after
     /// the previous kernel's. cudarc has no launch attributes, so this goes to `cuLaunchKernelEx`.
-    fn launch_pdl(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
+    fn launch_pdl(
+        &self,
+        stream: &CudaStream,
+        p: &HgaParams,
+        k: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        extra: &[Arg],
+    ) -> Result<(), CudaError> {
         use cudarc::driver::sys;
         let mut params: Vec<*mut std::ffi::c_void> = Vec::with_capacity(1 + extra.len());
-        params.push(&self.p as *const HgaParams as *mut std::ffi::c_void);
+        params.push(p as *const HgaParams as *mut std::ffi::c_void);
         for e in extra {
             params.push(match e {
                 Arg::Ptr(x) => x as *const u64 as *mut std::ffi::c_void,
@@ -608,7 +655,7 @@ impl<'k> DecodeBatch<'k> {
             blockDimY: 1,
             blockDimZ: 1,
             sharedMemBytes: 0,
-            hStream: self.gpu.stream().cu_stream(),
+            hStream: stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: 1,
         };
@@ -636,8 +683,10 @@ impl<'k> DecodeBatch<'k> {
 
     /// Uploads the new token's keys and values (`[B][kv_heads][d]`) for [`DecodeBatch::launch_append_kernel`].
     pub fn upload_new_kv(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
-        upload(&self.gpu, "k", k, &mut self.b.k_new)?;
-        upload(&self.gpu, "v", v, &mut self.b.v_new)
+        let st = self.stream()?.clone();
+        upload(&st, "k", k, &mut self.b.k_new)?;
+        let st = self.stream()?.clone();
+        upload(&st, "v", v, &mut self.b.v_new)
     }
 
     /// `hga_append` with the keys and values of the last [`DecodeBatch::launch_append`].
@@ -686,7 +735,7 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         let n = k.len() / row_len;
-        let st = self.gpu.stream().clone();
+        let st = self.stream()?.clone();
         if self.staging.as_ref().is_none_or(|(sk, _)| sk.len() < k.len()) {
             self.staging = Some((st.alloc_zeros::<u16>(k.len())?, st.alloc_zeros::<u16>(k.len())?));
         }
@@ -759,9 +808,13 @@ impl<'k> DecodeBatch<'k> {
 
     /// Candidate chunks of the row with the most (the `hga_chunk_score` grid).
     pub fn max_candidates(&self) -> u32 {
+        self.candidates_at(&self.pos_host)
+    }
+
+    /// Candidate chunks of the row with the most at positions `pos` (-1: the row sits out).
+    fn candidates_at(&self, pos: &[i32]) -> u32 {
         let r = self.kernels.spec().routing();
-        self.pos_host
-            .iter()
+        pos.iter()
             .filter(|&&p| p >= 0)
             .map(|&p| {
                 let closed = (p as u32 + 1) / r.chunk;
@@ -774,10 +827,8 @@ impl<'k> DecodeBatch<'k> {
 
     /// `hga_chunk_score` alone.
     pub fn launch_chunk_score(&mut self) -> Result<(), CudaError> {
-        let (b, _, kvh, _) = self.dims();
         let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
-        let grid = (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b);
-        self.launch(Kernel::ChunkScore, grid, self.lp.score_threads, &[])
+        self.chunk_score_on(self.stream()?, &self.p, cands)
     }
 
     /// `hga_select` alone: top chunks, their groups scored, top groups (no resolve: see
@@ -788,9 +839,7 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch_select_kernel(&mut self, fuse_resolve: bool) -> Result<(), CudaError> {
-        let b = self.cap.batch as u32;
-        let args = [Arg::Int(i32::from(fuse_resolve))];
-        self.launch(Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &args)
+        self.select_on(self.stream()?, &self.p, fuse_resolve)
     }
 
     /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses), unless the
@@ -806,14 +855,38 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_resolve` alone; starts a new step id (slot stamps).
     pub fn launch_resolve(&mut self) -> Result<(), CudaError> {
         self.route_resolved = false;
-        let (b, _, kvh, _) = self.dims();
-        self.launch(Kernel::Resolve, (kvh, b, 1), self.lp.resolve_threads, &[])
+        self.resolve_on(self.stream()?, &self.p)
     }
 
     /// Attention: `hga_attend` (split-K; misses read from host memory and cached; the last split merges).
     pub fn launch_attend(&mut self) -> Result<(), CudaError> {
+        self.attend_on(self.stream()?, &self.p)
+    }
+
+    /// `hga_chunk_score` on `st` with params `p`, its grid sized for `cands` candidate chunks.
+    fn chunk_score_on(&self, st: &Arc<CudaStream>, p: &HgaParams, cands: u32) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
-        self.launch(Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
+        let grid = (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b);
+        self.launch_on(st, p, Kernel::ChunkScore, grid, self.lp.score_threads, &[])
+    }
+
+    /// `hga_select` on `st` with params `p` (the resolve fused in when `fuse_resolve`).
+    fn select_on(&self, st: &Arc<CudaStream>, p: &HgaParams, fuse_resolve: bool) -> Result<(), CudaError> {
+        let b = self.cap.batch as u32;
+        let args = [Arg::Int(i32::from(fuse_resolve))];
+        self.launch_on(st, p, Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &args)
+    }
+
+    /// `hga_resolve` on `st` with params `p`.
+    fn resolve_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
+        let (b, _, kvh, _) = self.dims();
+        self.launch_on(st, p, Kernel::Resolve, (kvh, b, 1), self.lp.resolve_threads, &[])
+    }
+
+    /// `hga_attend` on `st` with params `p`.
+    fn attend_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
+        let (b, _, kvh, _) = self.dims();
+        self.launch_on(st, p, Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
     }
 
     /// Route → fetch → attend: [`DecodeBatch::launch_route`], [`DecodeBatch::launch_fetch`] and
@@ -837,7 +910,8 @@ impl<'k> DecodeBatch<'k> {
     /// candidate chunks per sequence (blocks past a sequence's candidates exit at once), so one graph
     /// serves until some sequence has more ([`DecodeBatch::launch_graph`] checks).
     pub fn capture_step(&mut self, candidate_capacity: u32) -> Result<StepGraph, CudaError> {
-        let stream = self.gpu.stream().clone();
+        // A prefetch's event cannot be waited for inside a capture.
+        let stream = self.stream()?.clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         self.capture_cands = Some(candidate_capacity);
         let launched = (|| {
@@ -855,6 +929,7 @@ impl<'k> DecodeBatch<'k> {
     /// Replays a captured step for the current positions, queries and new K/V (see
     /// [`DecodeBatch::capture_step`]; the graph must have been captured by this batch).
     pub fn launch_graph(&self, g: &StepGraph) -> Result<(), CudaError> {
+        self.join_prefetch()?;
         let need = self.max_candidates();
         if need > g.candidate_capacity {
             return Err(CudaError::Invalid {
@@ -884,7 +959,7 @@ impl<'k> DecodeBatch<'k> {
     /// The contents of the pinned host store of [`DecodeBatch::use_pinned_host_store`] (synchronizes
     /// first: the append kernels write it).
     pub fn pinned_store(&self) -> Result<Option<Vec<u16>>, CudaError> {
-        self.gpu.sync()?;
+        self.stream()?.synchronize()?;
         match &self._pinned_store {
             Some(p) => Ok(Some(p.as_slice()?.to_vec())),
             None => Ok(None),
@@ -902,13 +977,14 @@ impl<'k> DecodeBatch<'k> {
     /// Fills the output with NaN bits (0xFFFF), so that tests can check that a step wrote every element.
     pub fn poison_output(&mut self) -> Result<(), CudaError> {
         let n = self.b.out.len();
-        self.gpu.stream().memcpy_htod(&vec![0xFFFFu16; n], &mut self.b.out)?;
+        let st = self.stream()?.clone();
+        st.memcpy_htod(&vec![0xFFFFu16; n], &mut self.b.out)?;
         Ok(())
     }
 
     /// The output (`[B][q_heads][d]` element bits); synchronizes.
     pub fn output(&self) -> Result<Vec<u16>, CudaError> {
-        Ok(self.gpu.stream().clone_dtoh(&self.b.out)?)
+        Ok(self.stream()?.clone_dtoh(&self.b.out)?)
     }
 
     /// Selected chunks per routing unit, ascending (synchronizes): `[B][units]` lists. They live in the
@@ -926,7 +1002,7 @@ impl<'k> DecodeBatch<'k> {
     /// The union of opened groups per (row, KV head) with their slots in the row's partition (-1: a
     /// miss read from host memory without a free slot), as of the last step (synchronizes).
     pub fn union(&self) -> Result<Vec<Vec<(usize, i32)>>, CudaError> {
-        let st = self.gpu.stream();
+        let st = self.stream()?;
         let (g, s, n) =
             (st.clone_dtoh(&self.b.uni_group)?, st.clone_dtoh(&self.b.uni_slot)?, st.clone_dtoh(&self.b.n_uni)?);
         let u = self.p.ucap as usize;
@@ -948,7 +1024,7 @@ impl<'k> DecodeBatch<'k> {
     /// Per (row, KV head): (misses of the last step, those of them read from host without a free
     /// slot) (synchronizes).
     pub fn miss_counts(&self) -> Result<Vec<(usize, usize)>, CudaError> {
-        let f = self.gpu.stream().clone_dtoh(&self.b.part_state)?;
+        let f = self.stream()?.clone_dtoh(&self.b.part_state)?;
         Ok(f.chunks_exact(4).map(|s| (s[2] as usize, s[3] as usize)).collect())
     }
 
@@ -966,12 +1042,12 @@ impl<'k> DecodeBatch<'k> {
 
     /// Tokens attended per (row, KV head) by the last step (synchronizes).
     pub fn attended_tokens(&self) -> Result<Vec<usize>, CudaError> {
-        Ok(self.gpu.stream().clone_dtoh(&self.b.n_att)?.into_iter().map(|x| x as usize).collect())
+        Ok(self.stream()?.clone_dtoh(&self.b.n_att)?.into_iter().map(|x| x as usize).collect())
     }
 
     /// Routed groups found without a host record since the batch was made (should stay 0).
     pub fn host_record_errors(&self) -> Result<usize, CudaError> {
-        Ok(self.gpu.stream().clone_dtoh(&self.b.error)?[0] as usize)
+        Ok(self.stream()?.clone_dtoh(&self.b.error)?[0] as usize)
     }
 
     /// Raw chunk scores `[B][q_heads][cap_chunks]` (candidate index order; synchronizes; 0 where no
@@ -984,20 +1060,31 @@ impl<'k> DecodeBatch<'k> {
     /// Summary tables (chunk, group) as the GPU holds them, widened to f32 (synchronizes; 0 where no
     /// page is mapped).
     pub fn summaries(&self) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+        self.join_prefetch()?;
         let wide = |x: Vec<u16>| -> Vec<f32> { x.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect() };
         Ok((wide(self.tables[0].read::<u16>()?), wide(self.tables[1].read::<u16>()?)))
     }
 
     /// The window as the GPU holds it (keys, values; synchronizes).
     pub fn window(&self) -> Result<(Vec<u16>, Vec<u16>), CudaError> {
-        let st = self.gpu.stream();
+        let st = self.stream()?;
         Ok((st.clone_dtoh(&self.b.win_k)?, st.clone_dtoh(&self.b.win_v)?))
     }
 
     fn lists(&self, sel: &CudaSlice<i32>, n: &CudaSlice<i32>, k: usize) -> Result<Vec<Vec<usize>>, CudaError> {
-        let st = self.gpu.stream();
+        let st = self.stream()?;
         let (s, n) = (st.clone_dtoh(sel)?, st.clone_dtoh(n)?);
         Ok(to_lists(&s, &n, k))
+    }
+}
+
+impl Drop for DecodeBatch<'_> {
+    fn drop(&mut self) {
+        // A prefetch may still read and write the buffers: the frees below are ordered on the batch's
+        // stream, so that stream waits for the lane first (and the growable tables synchronize it).
+        if self.join_prefetch().is_err() {
+            let _ = self.gpu.context().synchronize();
+        }
     }
 }
 
@@ -1007,7 +1094,7 @@ fn to_lists(s: &[i32], n: &[i32], k: usize) -> Vec<Vec<usize>> {
 }
 
 fn upload<T: DeviceRepr + ValidAsZeroBits>(
-    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
     field: &'static str,
     src: &[T],
     dst: &mut CudaSlice<T>,
@@ -1019,6 +1106,6 @@ fn upload<T: DeviceRepr + ValidAsZeroBits>(
             rule: format!("must have {} elements", dst.len()),
         });
     }
-    gpu.stream().memcpy_htod(src, dst)?;
+    stream.memcpy_htod(src, dst)?;
     Ok(())
 }

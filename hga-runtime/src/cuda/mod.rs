@@ -51,7 +51,7 @@ mod state_bytes;
 pub mod vmm;
 
 pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
-pub use batch::{Capacity, DecodeBatch, StepGraph};
+pub use batch::{Capacity, DecodeBatch, PrefetchLane, StepGraph};
 pub use kernels::{DecodeKernels, FuncAttributes, TraceSpan};
 pub use scratch::StepScratch;
 pub use state_bytes::StateBytes;
@@ -158,6 +158,11 @@ impl Gpu {
     /// The stream.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// The same device and context with a stream of its own (work on it runs concurrently with this
+    /// one's, ordered only through events).
+    pub fn with_new_stream(&self) -> Result<Gpu, CudaError> {
+        Ok(Gpu { stream: self.ctx.new_stream()?, ..self.clone() })
     }
     /// Waits for all work on the stream.
     pub fn sync(&self) -> Result<(), CudaError> {

@@ -25,6 +25,7 @@
 //! not interleaved with another batch's); [`super::DecodeBatch::with_scratch`] checks the stream and
 //! that the scratch was sized for the batch's spec and capacity.
 
+use super::kernels::HgaParams;
 use super::layout::{Layout, Table};
 use super::vmm::GrowableBuffer;
 use super::{Capacity, CudaError, DecodeKernels, Gpu};
@@ -42,9 +43,9 @@ pub struct StepScratch {
     growable: Mutex<Growable>,
     plain: Vec<CudaSlice<u32>>,
     /// Device addresses of the plain buffers, in [`Layout::scratch_plain`] order.
-    pub(crate) plain_ptrs: [u64; 10],
-    pub(crate) chunk_score_ptr: u64,
-    pub(crate) chunk_mass_ptr: u64,
+    plain_ptrs: [u64; 10],
+    chunk_score_ptr: u64,
+    chunk_mass_ptr: u64,
 }
 
 pub(crate) struct Growable {
@@ -161,6 +162,24 @@ impl StepScratch {
             });
         }
         Ok(())
+    }
+
+    /// Maps and commits the chunk scores and masses of every row for `max_context` (a scratch that
+    /// does not follow the rows' growth: a prefetch lane's).
+    pub(crate) fn commit_all(&self) -> Result<(), CudaError> {
+        let need: Vec<(usize, usize)> = (0..self.layout.bsz).map(|r| (r, self.layout.cap_chunks)).collect();
+        let mut g = self.growable();
+        g.map(&need)?;
+        g.commit(&need)
+    }
+
+    /// Points `p`'s scratch buffers at this scratch.
+    pub(super) fn apply(&self, p: &mut HgaParams) {
+        let sp = &self.plain_ptrs;
+        p.chunk_score = self.chunk_score_ptr;
+        p.chunk_mass = self.chunk_mass_ptr;
+        (p.group_cand, p.group_score, p.group_mass, p.sel_chunk, p.n_sel_chunk) = (sp[0], sp[1], sp[2], sp[3], sp[4]);
+        (p.uni_mask, p.miss_list, p.part_ml, p.part_acc, p.done) = (sp[5], sp[6], sp[7], sp[8], sp[9]);
     }
 
     pub(crate) fn growable(&self) -> MutexGuard<'_, Growable> {

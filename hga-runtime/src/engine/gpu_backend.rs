@@ -47,7 +47,8 @@ use super::config::{CacheConfig, TelemetryLevel};
 use super::telemetry::StepTelemetry;
 use super::SeqId;
 use crate::cuda::{
-    AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, StateBytes, StepScratch,
+    AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, PrefetchLane, StateBytes,
+    StepScratch,
 };
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
@@ -112,6 +113,10 @@ pub(crate) struct GpuBackend {
     io: Vec<LayerIo>,
     // Dropped in field order: the batches (whose tables hold record addresses) before the store.
     batches: Vec<DecodeBatch<'static>>,
+    /// Speculative prefetches of every layer ([`GpuBackend::prefetch`]), made on the first one.
+    lane: Option<Box<PrefetchLane>>,
+    kernels: &'static DecodeKernels,
+    cap: Capacity,
     store: HostStore<PinnedSource>,
     gpu: Gpu,
     /// Which sequence holds each row.
@@ -223,6 +228,9 @@ impl GpuBackend {
             telemetry: config.telemetry,
             cuda_graph: config.cuda_graph,
             batches,
+            lane: None,
+            kernels,
+            cap,
             store,
             gpu,
             rows: vec![None; rows],
@@ -379,6 +387,30 @@ impl GpuBackend {
         }
         self.batches[layer].set_rows(&pos).map_err(cuda_err("set rows"))?;
         Ok(rows)
+    }
+
+    /// Speculative prefetch of `layer` for each sequence's coming token (`q`: host f32 guesses,
+    /// `[seqs][q_heads][d]`, checked by the caller) on the prefetch lane, made on first use (its step
+    /// scratch is committed for `max_seq_len`). Returns once queued; the layer's next work waits for it.
+    pub(crate) fn prefetch(&mut self, layer: usize, seqs: &[SeqId], q: &[f32]) -> Result<(), RuntimeError> {
+        let qrow = self.spec().model().q_heads as usize * self.spec().head_dim();
+        let mut pos = vec![None; self.rows.len()];
+        let mut qb = vec![0u16; self.rows.len() * qrow];
+        for (i, id) in seqs.iter().enumerate() {
+            let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+            pos[s.row] = Some(s.lens[layer] as u32);
+            for (d, &x) in qb[s.row * qrow..(s.row + 1) * qrow].iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
+                *d = f32_to_bf16(x);
+            }
+        }
+        let lane = match self.lane.take() {
+            Some(l) => l,
+            None => {
+                Box::new(PrefetchLane::new(&self.gpu, self.kernels, self.cap).map_err(cuda_err("make prefetch lane"))?)
+            }
+        };
+        let lane = self.lane.insert(lane);
+        self.batches[layer].prefetch(lane, &pos, &qb).map_err(cuda_err("prefetch"))
     }
 
     fn full_telemetry(&self) -> bool {

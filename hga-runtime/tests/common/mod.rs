@@ -2,6 +2,8 @@
 //! helper is used by every file).
 #![allow(dead_code)]
 
+pub mod records;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -4,7 +4,7 @@
 //! ```text
 //! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
 //!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--churn-rho 0.75|off]
-//!           [--slots-factor 4] [--speculate-cos C]
+//!           [--slots-factor 4] [--speculate-cos C] [--mlp-mb MB]
 //!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
 //!           [--mode hga|dense] [--dense-json dense.json] [--kernel THREADS,SPLIT_K,TILE_TOKENS]
 //! ```
@@ -29,13 +29,17 @@
 //!   the bench's slot cache misses as often as tiny-code's real routing of held-out text replayed
 //!   through the same cache (`hga-engine eval --replay-slots`, BENCHMARKS.md): ρ = 0.9 churns far less
 //!   than that text did, so both are reported. `off` skips it.
-//! - **Speculate** (`--speculate-cos C`, off by default): the churn state again, each step preceded by a
-//!   speculative prefetch: a query of cosine C to the step's own (standing in for the next layer's
-//!   query projected from the previous layer's hidden state, `hga-engine eval --speculate`) runs the
-//!   route and the attention, whose misses fill their slots. The step after it is what a decoder's
-//!   critical path would be if the prefetch hid behind the previous layer's MLP; the prefetch's own
-//!   time and recall (the step's routed groups it opened too) are reported beside it. The prefetch
-//!   runs on the same stream here: this measures what it saves, not the overlap.
+//! - **Speculate** (`--speculate-cos C`, off by default): the churn state again, with a speculative
+//!   prefetch ([`DecodeBatch::prefetch`]) before each step: a query of cosine C to the step's own
+//!   (standing in for the next layer's query projected from the previous layer's hidden state,
+//!   `hga-engine eval --speculate`) routes on a second stream ([`PrefetchLane`]) and reads its misses
+//!   into the slot cache, beside a stand-in for the work between two layers' attention (`--mlp-mb`: one
+//!   HBM-bound kernel on every SM streaming the weights the layer's output projection and MLP read).
+//!   The churn row then runs the same stand-in before each step, without a prefetch. Both report the
+//!   whole layer as the device runs it (queued steps: stand-in + append + step, `layer_us`), the
+//!   stand-in alone, and the speculate row when its prefetch finished, its recall (the step's routed
+//!   groups it opened too) and the groups it read. Not modelled: projecting the guessed query (one
+//!   more GEMV before the prefetch can start) and the host's time to issue the prefetch.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
@@ -63,6 +67,7 @@
 //!   timing) and merged with `--dense-json dense.json`.
 
 mod dense;
+mod mlp;
 
 use clap::{Parser, ValueEnum};
 use cudarc::driver::sys::CUevent_flags;
@@ -70,9 +75,10 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, StateBytes};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, PrefetchLane, StateBytes};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
+use mlp::MlpStandIn;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -125,6 +131,12 @@ struct Args {
     /// previous layer's MLP), its hit rate, the prefetch's recall and its own time. In (0, 1].
     #[arg(long, value_parser = cosine)]
     speculate_cos: Option<f32>,
+    /// With `--speculate-cos`: MB of HBM the stand-in for the work between two layers' attention (output
+    /// projection and MLP) streams, which the churn and speculate rows run before each step (the
+    /// prefetch beside it). Default: the weights Qwen3-30B-A3B reads per layer at the row's batch
+    /// (output projection and the routed experts, distinct experts under uniform routing).
+    #[arg(long, value_parser = positive_mb)]
+    mlp_mb: Option<f64>,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -175,6 +187,10 @@ fn context(s: &str) -> Result<usize, String> {
 
 fn rho(s: &str) -> Result<f32, String> {
     parse_checked(s, |r| (0.0..1.0).contains(r), "must be in [0, 1)")
+}
+
+fn positive_mb(s: &str) -> Result<f64, String> {
+    parse_checked(s, |&x: &f64| x > 0.0 && x <= 65536.0, "must be in (0, 65536] MB")
 }
 
 fn cosine(s: &str) -> Result<f32, String> {
@@ -334,11 +350,15 @@ struct Samples {
     /// The first step after creation (empty slot cache: every routed group a miss), queued:
     /// (gpu µs, fetch µs, misses, routed).
     first: Option<(f64, f64, u64, u64)>,
-    /// Speculative prefetch (measured steps): its time, the groups it brought in, and how many of
-    /// the step's routed groups it had opened too.
+    /// Speculative prefetch (measured steps): when it finished (from the layer's start, queued
+    /// steps), the groups it brought in, and how many of the step's routed groups it had opened too.
     prefetch_us: Vec<f64>,
     prefetched: u64,
     foreseen: u64,
+    /// Whole layers (queued steps): stand-in MLP + append + step, the prefetch beside the MLP; and
+    /// the MLP alone.
+    layer: Vec<f64>,
+    mlp: Vec<f64>,
 }
 
 impl Samples {
@@ -351,17 +371,23 @@ impl Samples {
             json!({ "gpu_us": g, "fetch_us": f, "misses": m, "routed": r,
                     "fetch_GBps": (m * record) as f64 / f / 1e3 })
         });
-        let speculation = if self.prefetch_us.is_empty() {
+        let speculation = if self.prefetched == 0 {
             Value::Null
         } else {
             json!({
-                "prefetch_us": median(&mut self.prefetch_us),
+                "prefetch_done_us": median(&mut self.prefetch_us),
                 "prefetched_per_step": self.prefetched as f64 / self.steps.max(1) as f64,
                 "recall": self.foreseen as f64 / self.routed.max(1) as f64,
             })
         };
+        let layer = if self.layer.is_empty() {
+            Value::Null
+        } else {
+            json!({ "layer_us": median(&mut self.layer), "mlp_us": median(&mut self.mlp) })
+        };
         json!({
             "speculation": speculation,
+            "layer": layer,
             "first_step": first,
             "step_us": median(&mut self.step),
             "gpu_us": median(&mut self.gpu),
@@ -383,10 +409,23 @@ struct Bench<'a> {
     spec: &'a ValidSpec,
     spacer: CudaSlice<u8>,
     ev: [CudaEvent; 6],
+    /// Layer timing: layer start, stand-in MLP done, prefetch done (on the lane's stream).
+    lev: [CudaEvent; 3],
+}
+
+/// A churn or speculate row's whole layer: the stand-in MLP of the layer before (`bytes` streamed)
+/// and, with a lane, the speculative prefetch beside it.
+struct Layer<'l> {
+    mlp: &'l MlpStandIn,
+    bytes: u64,
+    lane: Option<&'l mut PrefetchLane>,
 }
 
 impl Bench<'_> {
     /// Runs `steps` decode steps (first `warmup` unmeasured); odd steps queued behind the spacer.
+    /// With `layer`, each step is preceded by the stand-in MLP (and the prefetch with query cosine
+    /// `speculate`, on the lane), and the spacer goes before them: a queued step then times the whole
+    /// layer on the device.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
@@ -395,6 +434,7 @@ impl Bench<'_> {
         q: &mut Queries,
         rho: f32,
         speculate: Option<f32>,
+        mut layer: Option<Layer>,
         warmup: usize,
         steps: usize,
         seed: u64,
@@ -407,32 +447,34 @@ impl Bench<'_> {
             let queued = t % 2 == 1 || t == 0;
             q.advance(rho);
             b.set_positions(pos)?;
-            // The prefetch runs before the step appends its token, as a decoder's would before the
-            // layer runs: a whole route + attend (the attention fills the missed groups' slots; its
-            // output is overwritten by the step's).
-            let guess = match speculate {
-                Some(c) => {
-                    b.upload_q(&q.speculative_bits(c))?;
-                    self.ev[0].record(&st)?;
-                    b.launch_route()?;
-                    b.launch_fetch()?;
-                    b.launch_attend()?;
-                    self.ev[1].record(&st)?;
-                    self.ev[1].synchronize()?;
-                    let union: Vec<std::collections::HashSet<usize>> =
-                        b.union()?.into_iter().map(|u| u.into_iter().map(|(g, _)| g).collect()).collect();
-                    Some((us(&self.ev[0], &self.ev[1])?, b.last_misses()? as u64, union))
-                }
-                None => None,
-            };
+            let guess = speculate.map(|c| q.speculative_bits(c));
             b.upload_q(&q.bits())?;
             let (k, v) =
                 (random_bits(bsz * kvh * d, seed + 2 * t as u64), random_bits(bsz * kvh * d, seed + 2 * t as u64 + 1));
+            if let Some(l) = layer.as_mut() {
+                if queued {
+                    st.memset_zeros(&mut self.spacer)?;
+                }
+                self.lev[0].record(&st)?;
+                // The prefetch routes as of the token before the step's, as a decoder's would before
+                // the layer appends it; the batch's next launch waits for it.
+                match (l.lane.as_deref_mut(), &guess) {
+                    (Some(lane), Some(g)) => {
+                        let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
+                        b.prefetch(lane, &coming, g)?;
+                        self.lev[2].record(lane.stream())?;
+                    }
+                    _ => self.lev[2].record(&st)?,
+                }
+                l.mlp.launch(l.bytes)?;
+                self.lev[1].record(&st)?;
+                b.join_prefetch()?;
+            }
             self.ev[0].record(&st)?;
             b.launch_append(&k, &v)?;
             b.launch_summarize_closed()?;
             self.ev[1].record(&st)?;
-            if queued {
+            if queued && layer.is_none() {
                 st.memset_zeros(&mut self.spacer)?;
             }
             self.ev[2].record(&st)?;
@@ -466,9 +508,10 @@ impl Bench<'_> {
             s.steps += 1;
             s.routed += routed;
             s.misses += misses;
-            if let Some((t, fetched, guess)) = guess {
-                s.prefetch_us.push(t);
-                s.prefetched += fetched;
+            if let Some(lane) = layer.as_ref().and_then(|l| l.lane.as_deref()) {
+                s.prefetched += lane.last_misses()? as u64;
+                let guess: Vec<std::collections::HashSet<usize>> =
+                    lane.last_union()?.into_iter().map(|u| u.into_iter().collect()).collect();
                 s.foreseen += union
                     .iter()
                     .zip(&guess)
@@ -483,6 +526,11 @@ impl Bench<'_> {
                 s.fetch.push(us(&self.ev[3], &self.ev[4])?);
                 s.miss_fetch_us.push((misses, us(&self.ev[3], &self.ev[5])?));
                 s.attend.push(us(&self.ev[4], &self.ev[5])?);
+                if layer.is_some() {
+                    s.layer.push(us(&self.lev[0], &self.ev[5])?);
+                    s.mlp.push(us(&self.lev[0], &self.lev[1])?);
+                    s.prefetch_us.push(us(&self.lev[0], &self.lev[2])?);
+                }
             } else {
                 s.step.push(total);
             }
@@ -614,8 +662,16 @@ fn run(a: Args) -> Res<()> {
     }
 
     let ev = [event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?, event(&gpu)?];
+    let lev = [event(&gpu)?, event(&gpu)?, event(&gpu)?];
     let spacer = gpu.stream().alloc_zeros::<u8>(512 << 20)?;
-    let mut bench = Bench { gpu: &gpu, spec: &spec, spacer, ev };
+    let mut bench = Bench { gpu: &gpu, spec: &spec, spacer, ev, lev };
+    let mlp_bytes = |bsz: usize| a.mlp_mb.map_or_else(|| mlp::qwen3_30b_a3b_bytes(bsz), |mb| (mb * 1e6) as u64);
+    let mlp = match a.speculate_cos {
+        Some(_) => {
+            Some(MlpStandIn::load(&gpu, &jit, &spec, a.batches.iter().map(|&b| mlp_bytes(b)).max().unwrap_or(0))?)
+        }
+        None => None,
+    };
     let units = if r.sharing == Sharing::PerKvHead { 1 } else { spec.gqa() };
     let layers = presets::find(&a.model)?.layers as usize;
 
@@ -691,8 +747,25 @@ fn run(a: Args) -> Res<()> {
                     let mut pos = vec![(n - 1) as u32; bsz];
                     let mut q = Queries::new(bsz * qh * d, d, seed + 4);
                     seed += 1000;
-                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, spec, warmup, steps, seed)?;
+                    // With --speculate-cos, the churn and speculate rows time whole layers.
+                    let mut lane = match spec {
+                        Some(_) => Some(PrefetchLane::new(&gpu, kernels, cap)?),
+                        None => None,
+                    };
+                    let layer = match (&mlp, mode) {
+                        (Some(m), "churn" | "speculate") => {
+                            Some(Layer { mlp: m, bytes: mlp_bytes(bsz), lane: lane.as_mut() })
+                        }
+                        _ => None,
+                    };
+                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, spec, layer, warmup, steps, seed)?;
                     result[mode] = samples.summary(bsz, kvh, record);
+                    if let Some(l) = &lane {
+                        result[mode]["lane_bytes"] = json!(l.committed_bytes());
+                    }
+                    if mlp.is_some() && matches!(mode, "churn" | "speculate") {
+                        result[mode]["mlp_bytes"] = json!(mlp_bytes(bsz));
+                    }
                     result[mode]["n_slots"] = json!(slots);
                     result[mode]["rho"] = json!(rho);
                     if mode == "steady" {
@@ -805,16 +878,16 @@ fn print_table(report: &Value) {
          the step scratch's per-layer share (shared by the model's layers), unshared/dense the whole scratch"
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | spec step | spec hit rate | spec recall | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | spec step | spec hit rate | spec recall | churn layer | spec layer | MLP | prefetch done | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
     );
     println!(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in report["results"].as_array().into_iter().flatten() {
         let (s, ch, sp, c, m) = (&r["steady"], &r["churn"], &r["speculate"], &r["cold"], &r["memory"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -830,6 +903,10 @@ fn print_table(report: &Value) {
             f(&sp["step_us"]),
             pct(&sp["hit_rate"]),
             pct(&sp["speculation"]["recall"]),
+            f(&ch["layer"]["layer_us"]),
+            f(&sp["layer"]["layer_us"]),
+            f(&sp["layer"]["mlp_us"]),
+            f(&sp["speculation"]["prefetch_done_us"]),
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),

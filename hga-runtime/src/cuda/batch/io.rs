@@ -80,7 +80,7 @@ impl DecodeBatch<'_> {
         self.check_rows(rows)?;
         let bytes = (self.q_row() * 2) as u64;
         self.gpu.context().bind_to_thread()?;
-        let stream = self.gpu.stream().cu_stream();
+        let stream = self.stream()?.cu_stream();
         for (i, r, n) in runs(rows) {
             let (e, o) = (ext + i as u64 * bytes, own + r as u64 * bytes);
             let (dst, src) = if to_own { (o, e) } else { (e, o) };
@@ -127,7 +127,8 @@ impl DecodeBatch<'_> {
             });
         }
         let at = first_row * row;
-        self.gpu.stream().memcpy_htod(q, &mut self.b.q.slice_mut(at..at + q.len()))?;
+        let st = self.stream()?.clone();
+        st.memcpy_htod(q, &mut self.b.q.slice_mut(at..at + q.len()))?;
         Ok(())
     }
 
@@ -142,7 +143,7 @@ impl DecodeBatch<'_> {
             });
         }
         let row = self.q_row();
-        Ok(self.gpu.stream().clone_dtoh(&self.b.out.slice(rows.start * row..rows.end * row))?)
+        Ok(self.stream()?.clone_dtoh(&self.b.out.slice(rows.start * row..rows.end * row))?)
     }
 
     /// Runs `f` (launches of this batch) with the kernels reading the queries at `q` and writing the
@@ -225,7 +226,7 @@ impl DecodeBatch<'_> {
             (&b.n_sel_group, l.n_sel_group(), l.rows * l.units),
         ];
         self.gpu.context().bind_to_thread()?;
-        let stream = self.gpu.stream().cu_stream();
+        let stream = self.stream()?.cu_stream();
         let dev = ptr(&buf.dev, &self.gpu);
         for (src, at, n) in parts {
             // Guards the sizes the layout assumes (the buffers are allocated with at least one entry).
@@ -279,7 +280,8 @@ impl DecodeBatch<'_> {
                 });
             }
         }
-        let stream = self.gpu.stream().clone();
+        // A prefetch's event cannot be waited for inside a capture.
+        let stream = self.stream()?.clone();
         // Captures start on an idle stream (captures are rare: the wait costs nothing per step).
         stream.synchronize()?;
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;

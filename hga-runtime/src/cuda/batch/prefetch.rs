@@ -1,0 +1,238 @@
+//! Speculative prefetch: a guess of a layer's coming query routes on a second stream while the model
+//! runs other work (the previous layer's MLP), so that the groups it opens are in the layer's slot
+//! cache before the layer's real step needs them.
+//!
+//! `hga-engine eval --speculate mid` (BENCHMARKS.md) projects layer l + 1's query from layer l's
+//! residual stream after its attention; on tiny-code it opens 83% of the groups the real query opens.
+//! [`DecodeBatch::prefetch`] runs the step's own kernels with such a query on a [`PrefetchLane`]:
+//! - route as of the token before the coming one (the chunks closed before the coming token is
+//!   appended: that token is not in the K/V yet);
+//! - resolve: the union's misses get slots under the same CLOCK policy (the prefetch is a step of the
+//!   layer's slot cache);
+//! - attend: reads the misses from host memory into their slots; its output goes to the lane and is
+//!   dropped.
+//!
+//! The lane has its own queries, positions, output and step scratch, so it runs beside another layer's
+//! work on the batch's stream. What it shares with its batch (the slot cache, the batch's union lists)
+//! the batch's next work waits for: every method of the batch that queues work or reads state back first
+//! makes the batch's stream wait for the lane's event. The real step routes with its own query, so a
+//! guess changes which groups hit, never the output (`tests/gpu_prefetch.rs` checks that bit for bit).
+
+use super::{ptr, upload, DecodeBatch};
+use crate::cuda::kernels::HgaParams;
+use crate::cuda::layout::Layout;
+use crate::cuda::{Capacity, CudaError, DecodeKernels, Gpu, StepScratch};
+use cudarc::driver::{result, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A second stream with the buffers of speculative prefetches ([`DecodeBatch::prefetch`]) for the
+/// batches of one spec and capacity: every layer of a model can share one (prefetches run one after
+/// another on its stream).
+pub struct PrefetchLane {
+    gpu: Gpu,
+    layout: Layout,
+    /// Chunk scores and the other per-step scratch, committed for `max_context` (the lane does not
+    /// follow its batches' growth).
+    scratch: StepScratch,
+    pos: CudaSlice<i32>,
+    q: CudaSlice<u16>,
+    out: CudaSlice<u16>,
+    /// The batch's union and slot-cache counters as the last prefetch left them (the batch's own are
+    /// overwritten by its step): per (row, KV head) union groups and size, and `part_state`.
+    uni_group: CudaSlice<i32>,
+    n_uni: CudaSlice<i32>,
+    part_state: CudaSlice<i32>,
+    /// Positions the last prefetch routed at (-1: the row sat out).
+    last_pos: Vec<i32>,
+    /// Recorded on a batch's stream at each prefetch: the lane waits for the batch's earlier work.
+    ready: CudaEvent,
+}
+
+impl std::fmt::Debug for PrefetchLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefetchLane").field("scratch", &self.scratch).finish()
+    }
+}
+
+impl PrefetchLane {
+    /// A lane on a new stream of `gpu`'s context for batches of `kernels`' spec with capacity `cap`
+    /// (`n_slots` may differ between the batches).
+    pub fn new(gpu: &Gpu, kernels: &DecodeKernels, cap: Capacity) -> Result<PrefetchLane, CudaError> {
+        let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
+        layout.check(cap)?;
+        let lane = gpu.with_new_stream()?;
+        let scratch = StepScratch::with_layout(&lane, kernels, layout)?;
+        scratch.commit_all()?;
+        let st = lane.stream();
+        let m = kernels.spec().model();
+        let q_len = layout.bsz * (m.q_heads * m.head_dim) as usize;
+        let heads = layout.bsz * layout.kvh;
+        Ok(PrefetchLane {
+            pos: st.clone_htod(&vec![-1i32; layout.bsz])?,
+            q: st.alloc_zeros::<u16>(q_len)?,
+            out: st.alloc_zeros::<u16>(q_len)?,
+            uni_group: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
+            n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
+            part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
+            last_pos: vec![-1; layout.bsz],
+            ready: gpu.context().new_event(None)?,
+            gpu: lane,
+            layout,
+            scratch,
+        })
+    }
+
+    /// The lane's stream.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        self.gpu.stream()
+    }
+
+    /// Device bytes the lane holds (its scratch and buffers).
+    pub fn committed_bytes(&self) -> u64 {
+        let i32s = self.pos.len() + self.uni_group.len() + self.n_uni.len() + self.part_state.len();
+        self.scratch.committed_bytes() + 4 * i32s as u64 + 2 * (self.q.len() + self.out.len()) as u64
+    }
+
+    /// Groups the last prefetch opened per (row, KV head) (`[B·kv_heads]` lists; empty for rows that
+    /// sat out); synchronizes the lane.
+    pub fn last_union(&self) -> Result<Vec<Vec<usize>>, CudaError> {
+        let st = self.gpu.stream();
+        let (g, n) = (st.clone_dtoh(&self.uni_group)?, st.clone_dtoh(&self.n_uni)?);
+        let u = self.layout.ucap;
+        Ok(n.iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let active = self.last_pos[i / self.layout.kvh] >= 0;
+                let c = if active { c.max(0) as usize } else { 0 };
+                g[i * u..i * u + c].iter().map(|&x| x as usize).collect()
+            })
+            .collect())
+    }
+
+    /// Groups the last prefetch read from host memory (its misses), over the rows that took part;
+    /// synchronizes the lane.
+    pub fn last_misses(&self) -> Result<usize, CudaError> {
+        let s = self.gpu.stream().clone_dtoh(&self.part_state)?;
+        Ok(s.chunks_exact(4)
+            .enumerate()
+            .filter(|(i, _)| self.last_pos[i / self.layout.kvh] >= 0)
+            .map(|(_, c)| c[2].max(0) as usize)
+            .sum())
+    }
+
+    /// Waits for the lane's work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.gpu.sync()
+    }
+}
+
+impl DecodeBatch<'_> {
+    /// Speculative prefetch for the coming step: routes `q` (`[B][q_heads][d]` bf16 bits after RoPE, a
+    /// guess of the step's queries) on `lane`'s stream and reads the groups it opens that miss into the
+    /// slot cache, as of `positions` (per row the coming step's position, `None` or 0: the row sits
+    /// out; routing sees the chunks closed by the token before it). Returns at once; the lane waits for
+    /// the batch's work queued so far, and the batch's next work waits for the prefetch. Errors (nothing
+    /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
+    /// the wrong length.
+    pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
+        self.prefetch_with(lane, positions, q.len(), |st, dst| upload(st, "q", q, dst))
+    }
+
+    /// [`DecodeBatch::prefetch`] with the guessed queries in device memory (`[B][q_heads][d]` bf16 bits
+    /// at `q`, copied on the lane's stream).
+    ///
+    /// # Safety
+    /// `q` must be a device address holding `B × q_heads × d` elements, valid and unchanged until the
+    /// lane's stream has copied them (it first waits for the batch's stream as of this call).
+    pub unsafe fn prefetch_device(
+        &mut self,
+        lane: &mut PrefetchLane,
+        positions: &[Option<u32>],
+        q: u64,
+    ) -> Result<(), CudaError> {
+        let n = lane.q.len();
+        self.prefetch_with(lane, positions, n, |st, dst| {
+            st.context().bind_to_thread()?;
+            // SAFETY: the lane's buffer holds n elements; the caller vouches for `q`.
+            unsafe { result::memcpy_dtod_async(dst.device_ptr(st).0, q, n * 2, st.cu_stream()) }?;
+            Ok(())
+        })
+    }
+
+    fn prefetch_with(
+        &mut self,
+        lane: &mut PrefetchLane,
+        positions: &[Option<u32>],
+        q_len: usize,
+        load_q: impl FnOnce(&Arc<CudaStream>, &mut CudaSlice<u16>) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        lane.scratch.check_compatible(&lane.gpu, &self.layout)?;
+        if q_len != lane.q.len() {
+            return Err(CudaError::Invalid {
+                field: "q",
+                value: format!("{q_len} elements"),
+                rule: format!("must have {} elements (batch × q_heads × d)", lane.q.len()),
+            });
+        }
+        let pos = self.prefetch_positions(positions)?;
+        if pos.iter().all(|&p| p < 0) {
+            return Ok(());
+        }
+        let st = lane.gpu.stream().clone();
+        lane.ready.record(self.stream()?)?;
+        st.wait(&lane.ready)?;
+        st.memcpy_htod(&pos, &mut lane.pos)?;
+        load_q(&st, &mut lane.q)?;
+        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q: ptr(&lane.q, &lane.gpu), ..self.p };
+        p.out = ptr(&lane.out, &lane.gpu);
+        lane.scratch.apply(&mut p);
+        self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
+        let fuse = self.resolve_fuses();
+        self.select_on(&st, &p, fuse)?;
+        if !fuse {
+            self.resolve_on(&st, &p)?;
+        }
+        self.attend_on(&st, &p)?;
+        st.memcpy_dtod(&self.b.uni_group, &mut lane.uni_group)?;
+        st.memcpy_dtod(&self.b.n_uni, &mut lane.n_uni)?;
+        st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
+        lane.last_pos = pos;
+        self.lane_done.record(&st)?;
+        self.lane_pending.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The positions a prefetch routes at: the token before each row's coming one (-1: sits out).
+    fn prefetch_positions(&self, positions: &[Option<u32>]) -> Result<Vec<i32>, CudaError> {
+        if positions.len() != self.cap.batch {
+            return Err(CudaError::Invalid {
+                field: "positions",
+                value: format!("{} entries", positions.len()),
+                rule: format!("must have one entry per sequence ({})", self.cap.batch),
+            });
+        }
+        positions
+            .iter()
+            .enumerate()
+            .map(|(row, p)| match *p {
+                None | Some(0) => Ok(-1),
+                Some(p)
+                    if (p as usize) < self.cap.max_context && self.layout.chunks_for(p as usize) <= self.grown[row] =>
+                {
+                    Ok(p as i32 - 1)
+                }
+                Some(p) => Err(CudaError::Invalid {
+                    field: "positions",
+                    value: format!("{p} for row {row}"),
+                    rule: format!(
+                        "must be < max_context ({}) with tokens 0..{p} in the row's tables ({} chunks of {})",
+                        self.cap.max_context,
+                        self.grown[row],
+                        self.kernels.spec().routing().chunk
+                    ),
+                }),
+            })
+            .collect()
+    }
+}

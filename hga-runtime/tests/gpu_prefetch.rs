@@ -1,0 +1,117 @@
+//! Speculative prefetch ([`DecodeBatch::prefetch`] on a [`PrefetchLane`]), on the GPU: two batches hold
+//! the same random bf16 context; before each step one of them prefetches with a guess of the step's
+//! query (the query itself, a perturbed copy, or an unrelated one; rows sitting the prefetch out too).
+//! Checks, step by step: the outputs of the two batches are equal bit for bit (and match the CPU
+//! backend), the slots of every union are distinct and in the partition, an exact guess leaves the
+//! step no miss unless a chunk closes between the prefetch's position and the step's, the lane's union
+//! is the step's then, and the prefetching batch misses less overall. Bad arguments are typed errors
+//! that queue nothing. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
+
+mod common;
+use common::records::{append, blocks, decode, next_query, Records};
+use common::{gpu_or_skip, rng, Row};
+
+use half::bf16;
+use hga_dsl::{ModelShape, Spec, ValidSpec};
+use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, PrefetchLane};
+use rand::Rng;
+use std::collections::BTreeSet;
+
+fn spec() -> ValidSpec {
+    Spec::new(ModelShape::new(8, 2, 128, 1e6)).validate().unwrap()
+}
+
+/// `q` mixed with fresh noise: `a·q + (1 − a)·n` (bf16 bits).
+fn perturbed(rng: &mut impl Rng, q: &[f32], a: f32) -> Vec<u16> {
+    q.iter().map(|&x| bf16::from_f32(a * x + (1.0 - a) * rng.random_range(-1.0f32..1.0)).to_bits()).collect()
+}
+
+fn sets(u: &[Vec<(usize, i32)>]) -> Vec<BTreeSet<usize>> {
+    u.iter().map(|l| l.iter().map(|&(g, _)| g).collect()).collect()
+}
+
+#[test]
+fn prefetch_changes_which_groups_hit_never_the_output() {
+    let Some((gpu, jit)) = gpu_or_skip() else { return };
+    let mut rng = rng();
+    let spec = spec();
+    let (kvh, c) = (spec.model().kv_heads as usize, spec.routing().chunk as usize);
+    let kernels = DecodeKernels::load(&gpu, &jit, &spec).unwrap();
+    let ucap = spec.gqa() * spec.routing().top_groups as usize;
+    let steps = 60;
+    let starts = [6000 + rng.random_range(0..3000), 3000 + rng.random_range(0..2000)];
+    let totals: Vec<usize> = starts.iter().map(|s| s + steps).collect();
+    // Two unions per partition: the prefetch's and the step's fit together.
+    let cap = Capacity { batch: 2, max_context: 16384, n_slots: 2 * kvh * ucap * 2 };
+    let mut plain = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+    let mut spec_b = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+    let mut lane = PrefetchLane::new(&gpu, &kernels, cap).unwrap();
+    assert!(lane.committed_bytes() > 0);
+    let (mut rec_p, mut rec_s) = (Records::new(&gpu, &spec, &totals), Records::new(&gpu, &spec, &totals));
+    let mut rows: Vec<Row> = totals.iter().map(|&t| Row::new(&spec, t, &mut rng)).collect();
+    let w = kvh * spec.head_dim();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.cpu.append(&row.k[..starts[i] * w], &row.v[..starts[i] * w]).unwrap();
+        let bl = blocks(&mut rng, starts[i], 2500);
+        append(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], i, row, 0, &bl, &spec);
+        row.len = starts[i];
+    }
+
+    let (mut misses_plain, mut misses_spec, mut exact_checked) = (0, 0, 0);
+    for step in 0..steps {
+        let q = next_query(&mut rng, 2, &spec);
+        // Exact guesses, close ones, unrelated ones; row 1 sits some prefetches out.
+        let kind = step % 3;
+        let guess = match kind {
+            0 => q.0.clone(),
+            1 => perturbed(&mut rng, &q.1, 0.8),
+            _ => next_query(&mut rng, 2, &spec).0,
+        };
+        let positions: Vec<Option<u32>> =
+            rows.iter().enumerate().map(|(i, r)| (i == 0 || step % 4 != 1).then_some(r.len as u32)).collect();
+        spec_b.prefetch(&mut lane, &positions, &guess).unwrap();
+        let outs =
+            decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);
+        assert!(outs[0] == outs[1], "step {step}: the prefetching batch's output differs");
+        let union = spec_b.union().unwrap();
+        for (i, u) in union.iter().enumerate() {
+            let slots: BTreeSet<i32> = u.iter().map(|&(_, s)| s).collect();
+            assert_eq!(slots.len(), u.len(), "step {step}, partition {i}: a slot serves two groups");
+            assert!(slots.iter().all(|&s| s >= 0 && (s as usize) < spec_b.partition_slots()), "step {step}: {slots:?}");
+        }
+        assert_eq!(sets(&union), sets(&plain.union().unwrap()), "step {step}: the step's own routing changed");
+        let (mp, ms) = (plain.last_misses().unwrap(), spec_b.last_misses().unwrap());
+        misses_plain += mp;
+        misses_spec += ms;
+        // The prefetch routed at pos − 1: the same candidate chunks unless the step's token closed one.
+        // `len` is the step's position + 1 now.
+        let closes = rows.iter().any(|r| r.len % c == 0);
+        if kind == 0 && positions.iter().all(|p| p.is_some()) && !closes {
+            assert_eq!(ms, 0, "step {step}: an exact guess left misses");
+            let lane_union: Vec<BTreeSet<usize>> =
+                lane.last_union().unwrap().into_iter().map(|l| l.into_iter().collect()).collect();
+            assert_eq!(lane_union, sets(&union), "step {step}: the lane's union is not the step's");
+            exact_checked += 1;
+        }
+    }
+    eprintln!("misses: {misses_plain} without prefetch, {misses_spec} with; {exact_checked} exact steps checked");
+    assert!(exact_checked >= 10);
+    assert!(misses_spec < misses_plain, "prefetch did not reduce misses: {misses_spec} vs {misses_plain}");
+    assert_eq!(spec_b.host_record_errors().unwrap(), 0);
+
+    // Bad arguments: typed errors, nothing queued (the batch still decodes like its twin).
+    let pos: Vec<Option<u32>> = rows.iter().map(|r| Some(r.len as u32)).collect();
+    let q = next_query(&mut rng, 2, &spec);
+    let field = |r: Result<(), CudaError>| match r {
+        Err(CudaError::Invalid { field, .. }) => field,
+        other => panic!("expected a typed error, got {other:?}"),
+    };
+    assert_eq!(field(spec_b.prefetch(&mut lane, &pos[..1], &q.0)), "positions");
+    assert_eq!(field(spec_b.prefetch(&mut lane, &pos, &q.0[1..])), "q");
+    let far = vec![Some(rows[0].len as u32 + 200), None];
+    assert_eq!(field(spec_b.prefetch(&mut lane, &far, &q.0)), "positions");
+    let mut other = PrefetchLane::new(&gpu, &kernels, Capacity { max_context: 8192, ..cap }).unwrap();
+    assert_eq!(field(spec_b.prefetch(&mut other, &pos, &q.0)), "scratch");
+    let outs = decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);
+    assert!(outs[0] == outs[1], "output differs after refused prefetches");
+}
