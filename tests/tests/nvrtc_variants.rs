@@ -175,3 +175,21 @@ fn warm_start_compiles_nothing_and_errors_carry_log_and_key() {
     assert!(err.contains(&spec.variant_key()) && err.contains("error"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_prefetch_gather_compiles_for_every_arch_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hga-nvrtc-gather-{}", std::process::id()));
+    let jit = Jit::with_cache_dir(&dir);
+    let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+    let src = hga_runtime::cuda::gather_source(&codegen::generate(&spec).launch);
+    for cc in ARCHS {
+        let c = jit.compile(&src, Arch::new(cc)).unwrap_or_else(|e| panic!("sm_{cc}: {e}"));
+        assert_eq!(c.resources.len(), 1, "sm_{cc}: {:?}", c.resources);
+        assert!(c.spill_free(), "sm_{cc}: {:?}", c.resources);
+        eprintln!("gather sm_{cc}: {}", c.resources[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,8 @@ pub struct DecodeKernels {
     funcs: Vec<CudaFunction>,
     attributes: Vec<FuncAttributes>,
     module: Arc<CudaModule>,
+    /// The prefetch's fetch ([`super::gather`]), a module of its own.
+    gather: CudaFunction,
     traced: bool,
 }
 
@@ -86,8 +88,14 @@ impl DecodeKernels {
             });
             funcs.push(f);
         }
+        let gather_src = super::gather::gather_source(&generated.launch);
+        let gather_bin = jit.compile(&gather_src, gpu.arch())?;
+        let gather = gpu
+            .context()
+            .load_module(cudarc::nvrtc::Ptx::from_binary(gather_bin.cubin))?
+            .load_function(super::gather::GATHER_ENTRY)?;
         let traced = jit.is_traced();
-        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, module, traced })
+        Ok(DecodeKernels { spec: spec.clone(), generated, compiled, funcs, attributes, module, gather, traced })
     }
 
     /// The spec.
@@ -155,6 +163,10 @@ impl DecodeKernels {
 
     pub(super) fn func(&self, k: Kernel) -> &CudaFunction {
         &self.funcs[k as usize]
+    }
+
+    pub(super) fn gather(&self) -> &CudaFunction {
+        &self.gather
     }
 }
 

@@ -44,6 +44,7 @@
 
 mod attend_io;
 mod batch;
+mod gather;
 mod kernels;
 mod layout;
 mod scratch;
@@ -52,6 +53,7 @@ pub mod vmm;
 
 pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
 pub use batch::{Capacity, DecodeBatch, PrefetchLane, StepGraph};
+pub use gather::gather_source;
 pub use kernels::{DecodeKernels, FuncAttributes, TraceSpan};
 pub use scratch::StepScratch;
 pub use state_bytes::StateBytes;

@@ -39,6 +39,11 @@
 //! records. Routed groups missing from the slot cache are read from these records by `hga_attend`.
 //! A removed sequence's records go back to the arena for reuse.
 //!
+//! **Speculative prefetch** ([`GpuBackend::prefetch`]): a guess of a layer's coming queries routes on
+//! a [`PrefetchLane`] (a second stream with its own step scratch, made on the first prefetch and shared
+//! by all layers) and reads the groups it opens that miss into the layer's slot cache; the layer's batch
+//! waits for the lane's event before its next work, so the step's routing and slots never race it.
+//!
 //! **Appends** of one (sequence, layer) are one block append (`append_block`, or
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
 //! summaries of every chunk the block closes, then the window rows that stay and the host records).

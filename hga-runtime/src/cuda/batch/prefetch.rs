@@ -9,20 +9,21 @@
 //!   appended: that token is not in the K/V yet);
 //! - resolve: the union's misses get slots under the same CLOCK policy (the prefetch is a step of the
 //!   layer's slot cache);
-//! - attend: reads the misses from host memory into their slots; its output goes to the lane and is
-//!   dropped.
+//! - gather (`hga_gather_misses`): copies the misses from their host records into their slots, one
+//!   warp per group, without attending them (a real step fills its slots inside the attention).
 //!
-//! The lane has its own queries, positions, output and step scratch, so it runs beside another layer's
+//! The lane has its own queries, positions and step scratch, so it runs beside another layer's
 //! work on the batch's stream. What it shares with its batch (the slot cache, the batch's union lists)
 //! the batch's next work waits for: every method of the batch that queues work or reads state back first
 //! makes the batch's stream wait for the lane's event. The real step routes with its own query, so a
 //! guess changes which groups hit, never the output (`tests/gpu_prefetch.rs` checks that bit for bit).
 
 use super::{ptr, upload, DecodeBatch};
+use crate::cuda::gather::GATHER_THREADS;
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
 use crate::cuda::{Capacity, CudaError, DecodeKernels, Gpu, StepScratch};
-use cudarc::driver::{result, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{result, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -37,7 +38,6 @@ pub struct PrefetchLane {
     scratch: StepScratch,
     pos: CudaSlice<i32>,
     q: CudaSlice<u16>,
-    out: CudaSlice<u16>,
     /// The batch's union and slot-cache counters as the last prefetch left them (the batch's own are
     /// overwritten by its step): per (row, KV head) union groups and size, and `part_state`.
     uni_group: CudaSlice<i32>,
@@ -71,7 +71,6 @@ impl PrefetchLane {
         Ok(PrefetchLane {
             pos: st.clone_htod(&vec![-1i32; layout.bsz])?,
             q: st.alloc_zeros::<u16>(q_len)?,
-            out: st.alloc_zeros::<u16>(q_len)?,
             uni_group: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
@@ -91,7 +90,7 @@ impl PrefetchLane {
     /// Device bytes the lane holds (its scratch and buffers).
     pub fn committed_bytes(&self) -> u64 {
         let i32s = self.pos.len() + self.uni_group.len() + self.n_uni.len() + self.part_state.len();
-        self.scratch.committed_bytes() + 4 * i32s as u64 + 2 * (self.q.len() + self.out.len()) as u64
+        self.scratch.committed_bytes() + 4 * i32s as u64 + 2 * self.q.len() as u64
     }
 
     /// Groups the last prefetch opened per (row, KV head) (`[B·kv_heads]` lists; empty for rows that
@@ -184,8 +183,8 @@ impl DecodeBatch<'_> {
         st.wait(&lane.ready)?;
         st.memcpy_htod(&pos, &mut lane.pos)?;
         load_q(&st, &mut lane.q)?;
-        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q: ptr(&lane.q, &lane.gpu), ..self.p };
-        p.out = ptr(&lane.out, &lane.gpu);
+        // No output: the prefetch runs no attention.
+        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q: ptr(&lane.q, &lane.gpu), out: 0, ..self.p };
         lane.scratch.apply(&mut p);
         self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
         let fuse = self.resolve_fuses();
@@ -193,13 +192,30 @@ impl DecodeBatch<'_> {
         if !fuse {
             self.resolve_on(&st, &p)?;
         }
-        self.attend_on(&st, &p)?;
+        self.gather_on(&st, &p)?;
         st.memcpy_dtod(&self.b.uni_group, &mut lane.uni_group)?;
         st.memcpy_dtod(&self.b.n_uni, &mut lane.n_uni)?;
         st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
         lane.last_pos = pos;
         self.lane_done.record(&st)?;
         self.lane_pending.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `hga_gather_misses` on `st` for the union the resolve of `p` left in the batch's lists.
+    fn gather_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
+        let (b, _, kvh, d) = self.dims();
+        let warps = GATHER_THREADS / 32;
+        let grid = ((p.ucap as u32).div_ceil(warps).max(1), kvh, b);
+        let rec_elems = (2 * self.kernels.spec().routing().group * d) as i32;
+        let mut lb = st.launch_builder(self.kernels.gather());
+        let (kvh_i, ucap, ps, cg) = (kvh as i32, p.ucap, p.part_slots, p.cap_groups);
+        lb.arg(&p.pos).arg(&p.uni_group).arg(&p.uni_slot).arg(&p.n_uni).arg(&p.group_addr).arg(&p.slots);
+        lb.arg(&kvh_i).arg(&ucap).arg(&ps).arg(&cg).arg(&rec_elems);
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (GATHER_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the pointers are the batch's live buffers (and the lane's positions), sized for this
+        // layout; the kernel reads the union lists the resolve just wrote.
+        unsafe { lb.launch(cfg) }?;
         Ok(())
     }
 
