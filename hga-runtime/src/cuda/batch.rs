@@ -20,7 +20,7 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 use hga_dsl::codegen::LaunchParams;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 mod io;
@@ -71,10 +71,12 @@ pub struct DecodeBatch<'k> {
     /// steady step is 1.8 µs faster at 1M but 0.5 µs slower at 64K (cold fetch unchanged), so it stays
     /// off by default.
     pdl: bool,
-    /// Recorded on a [`PrefetchLane`]'s stream after a prefetch into this batch; the batch's stream
-    /// waits for it before its next work ([`DecodeBatch::join_prefetch`]) while `lane_pending` is set.
+    /// Recorded on a [`PrefetchLane`]'s stream after a prefetch's routing (`lane_routed`: slot tables
+    /// and lists written) and after its gather (`lane_done`: slots filled). While `lane_pending` holds
+    /// [`ROUTED`] or [`DONE`], the batch's stream waits for that event before work that needs it.
+    lane_routed: CudaEvent,
     lane_done: CudaEvent,
-    lane_pending: AtomicBool,
+    lane_pending: AtomicU8,
 }
 
 /// A whole decode step captured as a CUDA graph: append, summarize (sequences whose `close` entry is
@@ -107,6 +109,10 @@ struct Buffers {
     out: CudaSlice<u16>,
     slots: CudaSlice<u16>,
 }
+
+/// [`DecodeBatch::lane_pending`] bits: a prefetch's routing, and its gather, not yet waited for.
+const ROUTED: u8 = 1;
+const DONE: u8 = 2;
 
 /// An extra kernel argument after the params.
 enum Arg {
@@ -238,8 +244,9 @@ impl<'k> DecodeBatch<'k> {
             capture_cands: None,
             route_resolved: false,
             pdl: gpu.arch().cc() >= 90 && std::env::var("HGA_PDL").as_deref() == Ok("1"),
+            lane_routed: gpu.context().new_event(None)?,
             lane_done: gpu.context().new_event(None)?,
-            lane_pending: AtomicBool::new(false),
+            lane_pending: AtomicU8::new(0),
         })
     }
 
@@ -248,13 +255,33 @@ impl<'k> DecodeBatch<'k> {
     /// never races the prefetch's slot assignments; an engine calls it to place the wait itself (work it
     /// queues on the stream afterwards waits too).
     pub fn join_prefetch(&self) -> Result<(), CudaError> {
-        if self.lane_pending.swap(false, Ordering::AcqRel) {
+        // The gather follows the routing on the lane: its event covers both.
+        if self.lane_pending.swap(0, Ordering::AcqRel) & DONE != 0 {
             if let Err(e) = self.gpu.stream().wait(&self.lane_done) {
-                self.lane_pending.store(true, Ordering::Release);
+                self.lane_pending.fetch_or(DONE, Ordering::AcqRel);
                 return Err(e.into());
             }
         }
         Ok(())
+    }
+
+    /// Makes the batch's stream wait for a prefetch's routing (not its gather): enough for work that
+    /// reads or writes the routing state (summaries, slot tables, union lists) or the step's inputs,
+    /// but neither the slots' contents nor the lists the gather reads (the lane's own copies).
+    fn join_prefetch_route(&self) -> Result<(), CudaError> {
+        if self.lane_pending.fetch_and(!ROUTED, Ordering::AcqRel) & ROUTED != 0 {
+            if let Err(e) = self.gpu.stream().wait(&self.lane_routed) {
+                self.lane_pending.fetch_or(ROUTED, Ordering::AcqRel);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch's stream, after a prefetch's routing ([`DecodeBatch::join_prefetch_route`]).
+    fn route_stream(&self) -> Result<&Arc<CudaStream>, CudaError> {
+        self.join_prefetch_route()?;
+        Ok(self.gpu.stream())
     }
 
     /// The batch's stream, after any prefetch in flight ([`DecodeBatch::join_prefetch`]).
@@ -268,7 +295,8 @@ impl<'k> DecodeBatch<'k> {
     /// `CUDA_ERROR_OUT_OF_MEMORY`) nothing is mapped and the batch is as it was. New pages are filled
     /// on the stream before any later work.
     fn grow(&mut self, need: &[(usize, usize)]) -> Result<(), CudaError> {
-        self.join_prefetch()?;
+        // New pages only: a prefetch's gather never reads them.
+        self.join_prefetch_route()?;
         let need: Vec<(usize, usize)> =
             need.iter().map(|&(r, c)| (r, c.min(self.layout.cap_chunks))).filter(|&(r, c)| c > self.grown[r]).collect();
         if need.is_empty() {
@@ -420,7 +448,7 @@ impl<'k> DecodeBatch<'k> {
             .collect();
         self.grow(&need)?;
         let pos_host: Vec<i32> = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         st.memcpy_htod(&pos_host, &mut self.b.pos)?;
         self.pos_host = pos_host;
         let close = self.closing_chunks();
@@ -445,7 +473,7 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be -1 or a chunk the row's tables hold (< {})", self.grown_chunks(row)),
             });
         }
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         upload(&st, "close", close, &mut self.b.close)
     }
 
@@ -592,7 +620,9 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
-        self.launch_on(self.stream()?, &self.p, k, grid, block, extra)
+        // Only the attention reads and fills slots that a prefetch's gather may still be writing.
+        let st = if matches!(k, Kernel::Attend) { self.stream()? } else { self.route_stream()? };
+        self.launch_on(st, &self.p, k, grid, block, extra)
     }
 
     /// A launch of `k` with params `p` on `stream` (the batch's, or a prefetch lane's).
@@ -683,9 +713,9 @@ impl<'k> DecodeBatch<'k> {
 
     /// Uploads the new token's keys and values (`[B][kv_heads][d]`) for [`DecodeBatch::launch_append_kernel`].
     pub fn upload_new_kv(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         upload(&st, "k", k, &mut self.b.k_new)?;
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         upload(&st, "v", v, &mut self.b.v_new)
     }
 
@@ -735,7 +765,7 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         let n = k.len() / row_len;
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         if self.staging.as_ref().is_none_or(|(sk, _)| sk.len() < k.len()) {
             self.staging = Some((st.alloc_zeros::<u16>(k.len())?, st.alloc_zeros::<u16>(k.len())?));
         }
@@ -828,7 +858,7 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_chunk_score` alone.
     pub fn launch_chunk_score(&mut self) -> Result<(), CudaError> {
         let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
-        self.chunk_score_on(self.stream()?, &self.p, cands)
+        self.chunk_score_on(self.route_stream()?, &self.p, cands)
     }
 
     /// `hga_select` alone: top chunks, their groups scored, top groups (no resolve: see
@@ -839,7 +869,7 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch_select_kernel(&mut self, fuse_resolve: bool) -> Result<(), CudaError> {
-        self.select_on(self.stream()?, &self.p, fuse_resolve)
+        self.select_on(self.route_stream()?, &self.p, fuse_resolve)
     }
 
     /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses), unless the
@@ -855,7 +885,7 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_resolve` alone; starts a new step id (slot stamps).
     pub fn launch_resolve(&mut self) -> Result<(), CudaError> {
         self.route_resolved = false;
-        self.resolve_on(self.stream()?, &self.p)
+        self.resolve_on(self.route_stream()?, &self.p)
     }
 
     /// Attention: `hga_attend` (split-K; misses read from host memory and cached; the last split merges).

@@ -39,7 +39,9 @@
 //!   whole layer as the device runs it (queued steps: stand-in + append + step, `layer_us`), the
 //!   stand-in alone, and the speculate row when its prefetch finished, its recall (the step's routed
 //!   groups it opened too) and the groups it read. Not modelled: projecting the guessed query (one
-//!   more GEMV before the prefetch can start) and the host's time to issue the prefetch.
+//!   more GEMV before the prefetch can start) and the host's time to issue the prefetch. With the
+//!   stand-in in front, the host runs ahead of the churn row's launched steps too, so its `step_us`
+//!   is then close to device time (compare churn and speculate rows of one run, not other runs).
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
@@ -457,7 +459,8 @@ impl Bench<'_> {
                 }
                 self.lev[0].record(&st)?;
                 // The prefetch routes as of the token before the step's, as a decoder's would before
-                // the layer appends it; the batch's next launch waits for it.
+                // the layer appends it; the append and the step's route wait for its routing, the
+                // attention for its gather too (so `append_us` includes any wait for the routing).
                 match (l.lane.as_deref_mut(), &guess) {
                     (Some(lane), Some(g)) => {
                         let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
@@ -468,7 +471,6 @@ impl Bench<'_> {
                 }
                 l.mlp.launch(l.bytes)?;
                 self.lev[1].record(&st)?;
-                b.join_prefetch()?;
             }
             self.ev[0].record(&st)?;
             b.launch_append(&k, &v)?;

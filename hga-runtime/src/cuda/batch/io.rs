@@ -80,7 +80,8 @@ impl DecodeBatch<'_> {
         self.check_rows(rows)?;
         let bytes = (self.q_row() * 2) as u64;
         self.gpu.context().bind_to_thread()?;
-        let stream = self.stream()?.cu_stream();
+        // Queries in: the step's input, like upload_q. Outputs out: after the attention.
+        let stream = if to_own { self.route_stream()? } else { self.stream()? }.cu_stream();
         for (i, r, n) in runs(rows) {
             let (e, o) = (ext + i as u64 * bytes, own + r as u64 * bytes);
             let (dst, src) = if to_own { (o, e) } else { (e, o) };
@@ -127,7 +128,7 @@ impl DecodeBatch<'_> {
             });
         }
         let at = first_row * row;
-        let st = self.stream()?.clone();
+        let st = self.route_stream()?.clone();
         st.memcpy_htod(q, &mut self.b.q.slice_mut(at..at + q.len()))?;
         Ok(())
     }

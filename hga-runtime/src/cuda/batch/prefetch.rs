@@ -13,12 +13,15 @@
 //!   warp per group, without attending them (a real step fills its slots inside the attention).
 //!
 //! The lane has its own queries, positions and step scratch, so it runs beside another layer's
-//! work on the batch's stream. What it shares with its batch (the slot cache, the batch's union lists)
-//! the batch's next work waits for: every method of the batch that queues work or reads state back first
-//! makes the batch's stream wait for the lane's event. The real step routes with its own query, so a
-//! guess changes which groups hit, never the output (`tests/gpu_prefetch.rs` checks that bit for bit).
+//! work on the batch's stream. What it shares with its batch the batch's next work waits for, in two
+//! parts: work that touches the routing state or the step's inputs (uploads, append, summarize, the
+//! step's route) waits for the prefetch's routing, which ends by copying the union lists to the lane;
+//! the attention, which reads and fills slots, and every read-back wait for the gather too. So the
+//! step's route runs beside the prefetch's PCIe reads. A CUDA graph replay of the step waits for both.
+//! The real step routes with its own query, so a guess changes which groups hit, never the output
+//! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
-use super::{ptr, upload, DecodeBatch};
+use super::{ptr, upload, DecodeBatch, DONE, ROUTED};
 use crate::cuda::gather::GATHER_THREADS;
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
@@ -38,9 +41,10 @@ pub struct PrefetchLane {
     scratch: StepScratch,
     pos: CudaSlice<i32>,
     q: CudaSlice<u16>,
-    /// The batch's union and slot-cache counters as the last prefetch left them (the batch's own are
-    /// overwritten by its step): per (row, KV head) union groups and size, and `part_state`.
+    /// The batch's union lists and slot-cache counters as the last prefetch's resolve left them: what
+    /// the gather reads (the step may rewrite the batch's own meanwhile) and the lane's telemetry.
     uni_group: CudaSlice<i32>,
+    uni_slot: CudaSlice<i32>,
     n_uni: CudaSlice<i32>,
     part_state: CudaSlice<i32>,
     /// Positions the last prefetch routed at (-1: the row sat out).
@@ -72,6 +76,7 @@ impl PrefetchLane {
             pos: st.clone_htod(&vec![-1i32; layout.bsz])?,
             q: st.alloc_zeros::<u16>(q_len)?,
             uni_group: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
+            uni_slot: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
             last_pos: vec![-1; layout.bsz],
@@ -89,7 +94,8 @@ impl PrefetchLane {
 
     /// Device bytes the lane holds (its scratch and buffers).
     pub fn committed_bytes(&self) -> u64 {
-        let i32s = self.pos.len() + self.uni_group.len() + self.n_uni.len() + self.part_state.len();
+        let i32s =
+            self.pos.len() + self.uni_group.len() + self.uni_slot.len() + self.n_uni.len() + self.part_state.len();
         self.scratch.committed_bytes() + 4 * i32s as u64 + 2 * self.q.len() as u64
     }
 
@@ -131,7 +137,8 @@ impl DecodeBatch<'_> {
     /// guess of the step's queries) on `lane`'s stream and reads the groups it opens that miss into the
     /// slot cache, as of `positions` (per row the coming step's position, `None` or 0: the row sits
     /// out; routing sees the chunks closed by the token before it). Returns at once; the lane waits for
-    /// the batch's work queued so far, and the batch's next work waits for the prefetch. Errors (nothing
+    /// the batch's work queued so far, and the batch's next work waits for the prefetch (its route for
+    /// the prefetch's routing, its attention for the gather too: see the module docs). Errors (nothing
     /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
     /// the wrong length.
     pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
@@ -192,25 +199,34 @@ impl DecodeBatch<'_> {
         if !fuse {
             self.resolve_on(&st, &p)?;
         }
-        self.gather_on(&st, &p)?;
+        // The gather reads the lane's copies of the union lists, so the step's own routing (which
+        // rewrites the batch's) may run beside it: the batch waits for `lane_routed` before routing
+        // and for `lane_done` before its attention (which reads and fills slots).
         st.memcpy_dtod(&self.b.uni_group, &mut lane.uni_group)?;
+        st.memcpy_dtod(&self.b.uni_slot, &mut lane.uni_slot)?;
         st.memcpy_dtod(&self.b.n_uni, &mut lane.n_uni)?;
         st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
-        lane.last_pos = pos;
+        self.lane_routed.record(&st)?;
+        self.gather_on(&st, lane)?;
         self.lane_done.record(&st)?;
-        self.lane_pending.store(true, Ordering::Release);
+        lane.last_pos = pos;
+        self.lane_pending.store(ROUTED | DONE, Ordering::Release);
         Ok(())
     }
 
-    /// `hga_gather_misses` on `st` for the union the resolve of `p` left in the batch's lists.
-    fn gather_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
+    /// `hga_gather_misses` on `st` for the union the prefetch's resolve left in `lane`'s copies.
+    fn gather_on(&self, st: &Arc<CudaStream>, lane: &PrefetchLane) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let warps = GATHER_THREADS / 32;
+        let p = &self.p;
         let grid = ((p.ucap as u32).div_ceil(warps).max(1), kvh, b);
         let rec_elems = (2 * self.kernels.spec().routing().group * d) as i32;
         let mut lb = st.launch_builder(self.kernels.gather());
         let (kvh_i, ucap, ps, cg) = (kvh as i32, p.ucap, p.part_slots, p.cap_groups);
-        lb.arg(&p.pos).arg(&p.uni_group).arg(&p.uni_slot).arg(&p.n_uni).arg(&p.group_addr).arg(&p.slots);
+        let g = &lane.gpu;
+        let (lp, lg, ls, ln) =
+            (ptr(&lane.pos, g), ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
+        lb.arg(&lp).arg(&lg).arg(&ls).arg(&ln).arg(&p.group_addr).arg(&p.slots);
         lb.arg(&kvh_i).arg(&ucap).arg(&ps).arg(&cg).arg(&rec_elems);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (GATHER_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the pointers are the batch's live buffers (and the lane's positions), sized for this
