@@ -3,7 +3,8 @@
 //! rows), a removed sequence's row reused, block appends against token-by-token ones, working-set hits
 //! on a repeated step, the host budget, typed errors; every attend path (host slices or device buffers,
 //! CUDA graph on or off, telemetry full or off) bit for bit against the others, and the one-copy counter
-//! read-back against the batch's per-buffer read-backs. Skips visibly without a GPU; fails instead when
+//! read-back against the batch's per-buffer read-backs; speculative prefetch (host and device guesses)
+//! against a cache without it. Skips visibly without a GPU; fails instead when
 //! HGA_REQUIRE_GPU=1.
 
 mod common;
@@ -767,7 +768,8 @@ fn gpu_attend_time_per_path() {
     }
 }
 
-/// [`HgaCache::prefetch`] before each step (the exact query, a perturbed one, an unrelated one) leaves
+/// [`HgaCache::prefetch`] (layer 0, host guesses) and [`HgaCache::prefetch_device`] (layer 1) before
+/// each step (the exact query, a perturbed one, an unrelated one) leave
 /// the outputs bit for bit those of a cache that never prefetches, and the prefetching cache misses
 /// less. Two layers, two sequences, a slot cache of twice one step's union per layer.
 #[test]
@@ -782,6 +784,7 @@ fn gpu_prefetch_changes_hits_not_outputs() {
     let union_slots = 2 * 4 * 8 * 8;
     config.gpu_budget_bytes = Some((layers * 2 * union_slots * 2 * 16 * 128 * 2) as u64);
     let (Some(mut plain), Some(mut spec_c)) = (gpu_cache(config.clone()), gpu_cache(config)) else { return };
+    let gpu = hga_runtime::cuda::Gpu::open(0).unwrap();
     let ids = fill(&mut rng, [&mut plain, &mut spec_c], &[3000, 1700]);
     for layer in 1..layers {
         for (a, b) in ids[0].iter().zip(&ids[1]) {
@@ -803,7 +806,15 @@ fn gpu_prefetch_changes_hits_not_outputs() {
                     .collect(),
                 _ => randv(&mut rng, 2 * qrow),
             };
-            spec_c.prefetch(layer, &ids[1], &guess).unwrap();
+            if layer == 1 {
+                let bits: Vec<u16> = guess.iter().map(|&x| f32_to_bf16(x)).collect();
+                let dev = gpu.stream().clone_htod(&bits).unwrap();
+                spec_c.prefetch_device(layer, &ids[1], &dev).unwrap();
+                // The buffer's stream waits for the lane's copy: dropping it is safe at once.
+                drop(dev);
+            } else {
+                spec_c.prefetch(layer, &ids[1], &guess).unwrap();
+            }
             let (k, v) = (randv(&mut rng, 2 * kvrow), randv(&mut rng, 2 * kvrow));
             for (c, id) in [(&mut plain, &ids[0]), (&mut spec_c, &ids[1])] {
                 for (i, &s) in id.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Speculative prefetch ([`DecodeBatch::prefetch`] on a [`PrefetchLane`]), on the GPU: two batches hold
 //! the same random bf16 context; before each step one of them prefetches with a guess of the step's
-//! query (the query itself, a perturbed copy, or an unrelated one; rows sitting the prefetch out too).
+//! query (the query itself, a perturbed copy, or an unrelated one; rows sitting the prefetch out too;
+//! from host memory, or from device memory with the rows' entries in another order).
 //! Checks, step by step: the outputs of the two batches are equal bit for bit (and match the CPU
 //! backend), the slots of every union are distinct and in the partition, an exact guess leaves the
 //! step no miss unless a chunk closes between the prefetch's position and the step's, the lane's union
@@ -12,6 +13,7 @@ mod common;
 use common::records::{append, blocks, decode, next_query, Records};
 use common::{gpu_or_skip, rng, Row};
 
+use cudarc::driver::DevicePtr;
 use half::bf16;
 use hga_dsl::{ModelShape, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, PrefetchLane};
@@ -81,7 +83,21 @@ fn run(unions: usize) {
         };
         let positions: Vec<Option<u32>> =
             rows.iter().enumerate().map(|(i, r)| (i == 0 || step % 4 != 1).then_some(r.len as u32)).collect();
-        spec_b.prefetch(&mut lane, &positions, &guess).unwrap();
+        if step % 2 == 0 {
+            spec_b.prefetch(&mut lane, &positions, &guess).unwrap();
+        } else {
+            // From device memory, entries in reverse row order (the rows that take part).
+            let qrow = guess.len() / 2;
+            let order: Vec<(usize, u32)> =
+                positions.iter().enumerate().rev().filter_map(|(r, p)| p.map(|p| (r, p))).collect();
+            let entries: Vec<u16> = order.iter().flat_map(|&(r, _)| guess[r * qrow..(r + 1) * qrow].to_vec()).collect();
+            let dev = gpu.stream().clone_htod(&entries).unwrap();
+            let addr = dev.device_ptr(gpu.stream()).0;
+            // SAFETY: `dev` holds the entries and outlives the copy (synchronized below).
+            unsafe { spec_b.prefetch_device(&mut lane, &order, addr) }.unwrap();
+            lane.q_copied().synchronize().unwrap();
+            drop(dev);
+        }
         let outs =
             decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);
         assert!(outs[0] == outs[1], "step {step}: the prefetching batch's output differs");
@@ -125,6 +141,9 @@ fn run(unions: usize) {
     assert_eq!(field(spec_b.prefetch(&mut lane, &pos, &q.0[1..])), "q");
     let far = vec![Some(rows[0].len as u32 + 200), None];
     assert_eq!(field(spec_b.prefetch(&mut lane, &far, &q.0)), "positions");
+    let dup = [(0usize, pos[0].unwrap()), (0, pos[0].unwrap())];
+    // SAFETY: refused before anything is queued (the address is never read).
+    assert_eq!(field(unsafe { spec_b.prefetch_device(&mut lane, &dup, 0) }), "rows");
     let mut other = PrefetchLane::new(&gpu, &kernels, Capacity { max_context: 8192, ..cap }).unwrap();
     assert_eq!(field(spec_b.prefetch(&mut other, &pos, &q.0)), "scratch");
     let outs = decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);

@@ -266,14 +266,7 @@ impl HgaCache {
     /// groups hit (a wrong guess costs PCIe reads and slots). The CPU backend holds every group in host
     /// memory: it checks the input and does nothing. Sequences must be known and appear once.
     pub fn prefetch(&mut self, layer: usize, seqs: &[SeqId], q: &[f32]) -> Result<(), RuntimeError> {
-        self.check_layer(layer)?;
-        let mut seen = HashSet::with_capacity(seqs.len());
-        for &id in seqs {
-            self.lens(id)?;
-            if !seen.insert(id) {
-                return Err(RuntimeError::DuplicateSequence { id: id.0 });
-            }
-        }
+        self.check_prefetch(layer, seqs)?;
         let l = self.layout;
         HeadLayout::exact("q", q, seqs.len() * l.q_heads * l.head_dim)?;
         l.tokens("q", q, l.q_heads)?;
@@ -282,6 +275,46 @@ impl HgaCache {
             #[cfg(feature = "cuda")]
             Backend::Gpu(b) => b.prefetch(layer, seqs, q),
         }
+    }
+
+    /// [`HgaCache::prefetch`] with the guesses in a device buffer of bf16 bits
+    /// (`[seqs][q_heads][head_dim]`). The GPU backend copies them on its prefetch stream after the work
+    /// queued on `q`'s stream, and that stream's later work waits only for the copy; their values are
+    /// not checked for being finite. The CPU backend reads them back to check them, and does nothing.
+    #[cfg(feature = "cuda")]
+    pub fn prefetch_device(
+        &mut self,
+        layer: usize,
+        seqs: &[SeqId],
+        q: &cudarc::driver::CudaSlice<u16>,
+    ) -> Result<(), RuntimeError> {
+        if let Backend::Cpu(_) = self.backend {
+            return self.prefetch(layer, seqs, &device_to_f32("q", q)?);
+        }
+        self.check_prefetch(layer, seqs)?;
+        let want = seqs.len() * self.layout.q_heads * self.layout.head_dim;
+        if q.len() != want {
+            let expected =
+                format!("{want} ({} sequences × {} heads × {})", seqs.len(), self.layout.q_heads, self.layout.head_dim);
+            return Err(RuntimeError::ShapeMismatch { field: "q", expected, got: q.len() });
+        }
+        match &mut self.backend {
+            Backend::Gpu(b) => b.prefetch_device(layer, seqs, q),
+            Backend::Cpu(_) => Ok(()),
+        }
+    }
+
+    /// Checks the layer and sequences of a prefetch: known, each once (they may hold no token yet).
+    fn check_prefetch(&self, layer: usize, seqs: &[SeqId]) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let mut seen = HashSet::with_capacity(seqs.len());
+        for &id in seqs {
+            self.lens(id)?;
+            if !seen.insert(id) {
+                return Err(RuntimeError::DuplicateSequence { id: id.0 });
+            }
+        }
+        Ok(())
     }
 
     /// Checks a batch of an attend call: the layer, each sequence known, once, with a token in `layer`.

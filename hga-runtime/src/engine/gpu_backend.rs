@@ -395,27 +395,70 @@ impl GpuBackend {
     }
 
     /// Speculative prefetch of `layer` for each sequence's coming token (`q`: host f32 guesses,
-    /// `[seqs][q_heads][d]`, checked by the caller) on the prefetch lane, made on first use (its step
-    /// scratch is committed for `max_seq_len`). Returns once queued; the layer's next work waits for it.
+    /// `[seqs][q_heads][d]`, checked by the caller) on the prefetch lane. Returns once queued; the
+    /// layer's next work waits for it.
     pub(crate) fn prefetch(&mut self, layer: usize, seqs: &[SeqId], q: &[f32]) -> Result<(), RuntimeError> {
         let qrow = self.spec().model().q_heads as usize * self.spec().head_dim();
+        let rows = self.prefetch_rows(layer, seqs)?;
         let mut pos = vec![None; self.rows.len()];
         let mut qb = vec![0u16; self.rows.len() * qrow];
-        for (i, id) in seqs.iter().enumerate() {
-            let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
-            pos[s.row] = Some(s.lens[layer] as u32);
-            for (d, &x) in qb[s.row * qrow..(s.row + 1) * qrow].iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
+        for (i, &(row, p)) in rows.iter().enumerate() {
+            pos[row] = Some(p);
+            for (d, &x) in qb[row * qrow..(row + 1) * qrow].iter_mut().zip(&q[i * qrow..(i + 1) * qrow]) {
                 *d = f32_to_bf16(x);
             }
         }
-        let lane = match self.lane.take() {
-            Some(l) => l,
-            None => {
-                Box::new(PrefetchLane::new(&self.gpu, self.kernels, self.cap).map_err(cuda_err("make prefetch lane"))?)
-            }
-        };
-        let lane = self.lane.insert(lane);
+        self.lane()?;
+        let lane = self.lane.as_deref_mut().expect("made by lane()");
         self.batches[layer].prefetch(lane, &pos, &qb).map_err(cuda_err("prefetch"))
+    }
+
+    /// [`GpuBackend::prefetch`] with the guesses in a device buffer of bf16 bits (length checked by the
+    /// caller): the lane copies them after the work queued on `q`'s stream, which then waits for the
+    /// copy (not for the prefetch).
+    pub(crate) fn prefetch_device(
+        &mut self,
+        layer: usize,
+        seqs: &[SeqId],
+        q: &CudaSlice<u16>,
+    ) -> Result<(), RuntimeError> {
+        let rows = self.prefetch_rows(layer, seqs)?;
+        let stream = self.gpu.stream().clone();
+        let others = other_streams(&stream, [q.stream(), q.stream()]);
+        // The lane starts after our stream's work, which waits for what was queued on `q` first.
+        for s in &others {
+            self.events.join(&stream, s)?;
+        }
+        let (qp, _guard) = q.device_ptr(&stream);
+        self.lane()?;
+        let lane = self.lane.as_deref_mut().expect("made by lane()");
+        // SAFETY: `q` holds seqs.len() rows (checked by the caller); its stream waits below for the
+        // lane's copy before anything queued later on it can change or free it.
+        unsafe { self.batches[layer].prefetch_device(lane, &rows, qp) }.map_err(cuda_err("prefetch"))?;
+        for s in &others {
+            s.wait(lane.q_copied())
+                .map_err(|e| RuntimeError::Cuda { op: "wait for prefetch copy", message: format!("{e:?}") })?;
+        }
+        Ok(())
+    }
+
+    /// The rows of `seqs` and their coming positions in `layer` (the tokens the layer holds).
+    fn prefetch_rows(&self, layer: usize, seqs: &[SeqId]) -> Result<Vec<(usize, u32)>, RuntimeError> {
+        seqs.iter()
+            .map(|id| {
+                let s = self.seqs.get(id).ok_or(RuntimeError::UnknownSequence { id: id.0 })?;
+                Ok((s.row, s.lens[layer] as u32))
+            })
+            .collect()
+    }
+
+    /// Makes the prefetch lane on first use (its step scratch is committed for `max_seq_len`).
+    fn lane(&mut self) -> Result<(), RuntimeError> {
+        if self.lane.is_none() {
+            let lane = PrefetchLane::new(&self.gpu, self.kernels, self.cap).map_err(cuda_err("make prefetch lane"))?;
+            self.lane = Some(Box::new(lane));
+        }
+        Ok(())
     }
 
     fn full_telemetry(&self) -> bool {

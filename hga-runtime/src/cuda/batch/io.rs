@@ -22,7 +22,7 @@ use super::{ptr, DecodeBatch, StepGraph};
 use crate::cuda::attend_io::{AttendGraph, CounterBuffer, CounterLayout};
 use crate::cuda::CudaError;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{result, CudaSlice};
+use cudarc::driver::{result, CudaSlice, CudaStream};
 use std::ops::Range;
 
 /// Maximal runs of consecutive rows in `rows`: (index into `rows`, first row, length).
@@ -57,7 +57,7 @@ impl DecodeBatch<'_> {
     }
 
     /// Checks that `rows` are distinct rows of the batch.
-    fn check_rows(&self, rows: &[usize]) -> Result<(), CudaError> {
+    pub(super) fn check_rows(&self, rows: &[usize]) -> Result<(), CudaError> {
         let mut seen = vec![false; self.cap.batch];
         for &r in rows {
             if r >= self.cap.batch || std::mem::replace(&mut seen[r], true) {
@@ -78,15 +78,31 @@ impl DecodeBatch<'_> {
     /// `ext` must hold `rows.len()` rows, valid until the stream has run the copies.
     unsafe fn copy_rows(&self, ext: u64, own: u64, rows: &[usize], to_own: bool) -> Result<(), CudaError> {
         self.check_rows(rows)?;
+        // Queries in: the step's input, like upload_q. Outputs out: after the attention.
+        let stream = if to_own { self.route_stream()? } else { self.stream()? };
+        // SAFETY: forwarded from the caller; `own` is a buffer of the batch's rows.
+        unsafe { self.copy_row_runs(stream, ext, own, rows, to_own) }
+    }
+
+    /// [`DecodeBatch::copy_rows`] on `stream` (rows checked by the caller).
+    ///
+    /// # Safety
+    /// As [`DecodeBatch::copy_rows`]; `own` must hold the batch's rows.
+    pub(super) unsafe fn copy_row_runs(
+        &self,
+        stream: &CudaStream,
+        ext: u64,
+        own: u64,
+        rows: &[usize],
+        to_own: bool,
+    ) -> Result<(), CudaError> {
         let bytes = (self.q_row() * 2) as u64;
         self.gpu.context().bind_to_thread()?;
-        // Queries in: the step's input, like upload_q. Outputs out: after the attention.
-        let stream = if to_own { self.route_stream()? } else { self.stream()? }.cu_stream();
         for (i, r, n) in runs(rows) {
             let (e, o) = (ext + i as u64 * bytes, own + r as u64 * bytes);
             let (dst, src) = if to_own { (o, e) } else { (e, o) };
             // SAFETY: both ranges hold `n` rows (the batch's by its capacity, `ext`'s by the caller).
-            unsafe { result::memcpy_dtod_async(dst, src, n * bytes as usize, stream) }?;
+            unsafe { result::memcpy_dtod_async(dst, src, n * bytes as usize, stream.cu_stream()) }?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::cuda::gather::GATHER_THREADS;
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
 use crate::cuda::{Capacity, CudaError, DecodeKernels, Gpu, StepScratch};
-use cudarc::driver::{result, CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -51,6 +51,8 @@ pub struct PrefetchLane {
     last_pos: Vec<i32>,
     /// Recorded on a batch's stream at each prefetch: the lane waits for the batch's earlier work.
     ready: CudaEvent,
+    /// Recorded on the lane after each prefetch's copy of its queries.
+    q_copied: CudaEvent,
 }
 
 impl std::fmt::Debug for PrefetchLane {
@@ -81,6 +83,7 @@ impl PrefetchLane {
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
             last_pos: vec![-1; layout.bsz],
             ready: gpu.context().new_event(None)?,
+            q_copied: gpu.context().new_event(None)?,
             gpu: lane,
             layout,
             scratch,
@@ -126,6 +129,12 @@ impl PrefetchLane {
             .sum())
     }
 
+    /// Recorded on the lane's stream once the last prefetch copied its queries: a stream that would
+    /// overwrite or free the guessed queries of [`DecodeBatch::prefetch_device`] waits for it.
+    pub fn q_copied(&self) -> &CudaEvent {
+        &self.q_copied
+    }
+
     /// Waits for the lane's work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.sync()
@@ -142,27 +151,33 @@ impl DecodeBatch<'_> {
     /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
     /// the wrong length.
     pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
-        self.prefetch_with(lane, positions, q.len(), |st, dst| upload(st, "q", q, dst))
+        self.prefetch_with(lane, positions, q.len(), |_, st, dst| upload(st, "q", q, dst))
     }
 
-    /// [`DecodeBatch::prefetch`] with the guessed queries in device memory (`[B][q_heads][d]` bf16 bits
-    /// at `q`, copied on the lane's stream).
+    /// [`DecodeBatch::prefetch`] with the guessed queries in device memory: entry `i` of `q`
+    /// (`[rows.len()][q_heads][d]` bf16 bits) is row `rows[i].0`'s guess for its coming position
+    /// `rows[i].1`; other rows sit out. Copied on the lane's stream (one copy per run of consecutive
+    /// rows) after the batch's work queued so far; [`PrefetchLane::q_copied`] marks when `q` may change.
     ///
     /// # Safety
-    /// `q` must be a device address holding `B × q_heads × d` elements, valid and unchanged until the
-    /// lane's stream has copied them (it first waits for the batch's stream as of this call).
+    /// `q` must be a device address holding `rows.len()` rows, valid and unchanged until the lane's
+    /// stream has copied them.
     pub unsafe fn prefetch_device(
         &mut self,
         lane: &mut PrefetchLane,
-        positions: &[Option<u32>],
+        rows: &[(usize, u32)],
         q: u64,
     ) -> Result<(), CudaError> {
+        let ids: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
+        self.check_rows(&ids)?;
+        let mut positions = vec![None; self.cap.batch];
+        for &(r, p) in rows {
+            positions[r] = Some(p);
+        }
         let n = lane.q.len();
-        self.prefetch_with(lane, positions, n, |st, dst| {
-            st.context().bind_to_thread()?;
-            // SAFETY: the lane's buffer holds n elements; the caller vouches for `q`.
-            unsafe { result::memcpy_dtod_async(dst.device_ptr(st).0, q, n * 2, st.cu_stream()) }?;
-            Ok(())
+        self.prefetch_with(lane, &positions, n, |batch, st, dst| {
+            // SAFETY: the lane's buffer holds every row; the caller vouches for `q`.
+            unsafe { batch.copy_row_runs(st, q, dst.device_ptr(st).0, &ids, true) }
         })
     }
 
@@ -171,7 +186,7 @@ impl DecodeBatch<'_> {
         lane: &mut PrefetchLane,
         positions: &[Option<u32>],
         q_len: usize,
-        load_q: impl FnOnce(&Arc<CudaStream>, &mut CudaSlice<u16>) -> Result<(), CudaError>,
+        load_q: impl FnOnce(&Self, &Arc<CudaStream>, &mut CudaSlice<u16>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
         lane.scratch.check_compatible(&lane.gpu, &self.layout)?;
         if q_len != lane.q.len() {
@@ -189,7 +204,8 @@ impl DecodeBatch<'_> {
         lane.ready.record(self.stream()?)?;
         st.wait(&lane.ready)?;
         st.memcpy_htod(&pos, &mut lane.pos)?;
-        load_q(&st, &mut lane.q)?;
+        load_q(self, &st, &mut lane.q)?;
+        lane.q_copied.record(&st)?;
         // No output: the prefetch runs no attention.
         let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q: ptr(&lane.q, &lane.gpu), out: 0, ..self.p };
         lane.scratch.apply(&mut p);
