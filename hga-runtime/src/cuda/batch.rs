@@ -114,6 +114,16 @@ struct Buffers {
 const ROUTED: u8 = 1;
 const DONE: u8 = 2;
 
+/// One launch of a step kernel: stream, params, kernel, grid, block size, and extra arguments.
+struct Launch<'a> {
+    stream: &'a Arc<CudaStream>,
+    p: &'a HgaParams,
+    k: Kernel,
+    grid: (u32, u32, u32),
+    block: u32,
+    extra: &'a [Arg],
+}
+
 /// An extra kernel argument after the params.
 enum Arg {
     Ptr(u64),
@@ -622,22 +632,15 @@ impl<'k> DecodeBatch<'k> {
     fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
         // Only the attention reads and fills slots that a prefetch's gather may still be writing.
         let st = if matches!(k, Kernel::Attend) { self.stream()? } else { self.route_stream()? };
-        self.launch_on(st, &self.p, k, grid, block, extra)
+        self.launch_on(Launch { stream: st, p: &self.p, k, grid, block, extra })
     }
 
-    /// A launch of `k` with params `p` on `stream` (the batch's, or a prefetch lane's).
-    fn launch_on(
-        &self,
-        stream: &Arc<CudaStream>,
-        p: &HgaParams,
-        k: Kernel,
-        grid: (u32, u32, u32),
-        block: u32,
-        extra: &[Arg],
-    ) -> Result<(), CudaError> {
+    /// A launch of `l.k` with params `l.p` on `l.stream` (the batch's, or a prefetch lane's).
+    fn launch_on(&self, l: Launch) -> Result<(), CudaError> {
         if self.pdl {
-            return self.launch_pdl(stream, p, k, grid, block, extra);
+            return self.launch_pdl(&l);
         }
+        let Launch { stream, p, k, grid, block, extra } = l;
         let mut lb = stream.launch_builder(self.kernels.func(k));
         lb.arg(p);
         for e in extra {
@@ -655,16 +658,9 @@ impl<'k> DecodeBatch<'k> {
     /// A launch with programmatic stream serialization (sm_90+): the kernel may be scheduled while the
     /// previous one runs; its `griddepcontrol.wait` (STEP_PROLOGUE in the source) orders its work after
     /// the previous kernel's. cudarc has no launch attributes, so this goes to `cuLaunchKernelEx`.
-    fn launch_pdl(
-        &self,
-        stream: &CudaStream,
-        p: &HgaParams,
-        k: Kernel,
-        grid: (u32, u32, u32),
-        block: u32,
-        extra: &[Arg],
-    ) -> Result<(), CudaError> {
+    fn launch_pdl(&self, l: &Launch) -> Result<(), CudaError> {
         use cudarc::driver::sys;
+        let &Launch { stream, p, k, grid, block, extra } = l;
         let mut params: Vec<*mut std::ffi::c_void> = Vec::with_capacity(1 + extra.len());
         params.push(p as *const HgaParams as *mut std::ffi::c_void);
         for e in extra {
@@ -897,26 +893,29 @@ impl<'k> DecodeBatch<'k> {
     fn chunk_score_on(&self, st: &Arc<CudaStream>, p: &HgaParams, cands: u32) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
         let grid = (cands.div_ceil(self.lp.chunk_tile).max(1), kvh, b);
-        self.launch_on(st, p, Kernel::ChunkScore, grid, self.lp.score_threads, &[])
+        self.launch_on(Launch { stream: st, p, k: Kernel::ChunkScore, grid, block: self.lp.score_threads, extra: &[] })
     }
 
     /// `hga_select` on `st` with params `p` (the resolve fused in when `fuse_resolve`).
     fn select_on(&self, st: &Arc<CudaStream>, p: &HgaParams, fuse_resolve: bool) -> Result<(), CudaError> {
         let b = self.cap.batch as u32;
         let args = [Arg::Int(i32::from(fuse_resolve))];
-        self.launch_on(st, p, Kernel::Select, (self.lp.units, b, 1), self.lp.select_threads, &args)
+        let grid = (self.lp.units, b, 1);
+        self.launch_on(Launch { stream: st, p, k: Kernel::Select, grid, block: self.lp.select_threads, extra: &args })
     }
 
     /// `hga_resolve` on `st` with params `p`.
     fn resolve_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
-        self.launch_on(st, p, Kernel::Resolve, (kvh, b, 1), self.lp.resolve_threads, &[])
+        let grid = (kvh, b, 1);
+        self.launch_on(Launch { stream: st, p, k: Kernel::Resolve, grid, block: self.lp.resolve_threads, extra: &[] })
     }
 
     /// `hga_attend` on `st` with params `p`.
     fn attend_on(&self, st: &Arc<CudaStream>, p: &HgaParams) -> Result<(), CudaError> {
         let (b, _, kvh, _) = self.dims();
-        self.launch_on(st, p, Kernel::Attend, (self.lp.split_k, kvh * self.lp.head_tiles, b), self.lp.threads, &[])
+        let grid = (self.lp.split_k, kvh * self.lp.head_tiles, b);
+        self.launch_on(Launch { stream: st, p, k: Kernel::Attend, grid, block: self.lp.threads, extra: &[] })
     }
 
     /// Route → fetch → attend: [`DecodeBatch::launch_route`], [`DecodeBatch::launch_fetch`] and
