@@ -810,7 +810,7 @@ fn gpu_prefetch_changes_hits_not_outputs() {
                 let bits: Vec<u16> = guess.iter().map(|&x| f32_to_bf16(x)).collect();
                 let dev = gpu.stream().clone_htod(&bits).unwrap();
                 spec_c.prefetch_device(layer, &ids[1], &dev).unwrap();
-                // The buffer's stream waits for the lane's copy: dropping it is safe at once.
+                // The buffer's stream waits for the batch's copy: dropping it is safe at once.
                 drop(dev);
             } else {
                 spec_c.prefetch(layer, &ids[1], &guess).unwrap();

@@ -96,6 +96,8 @@ struct Buffers {
     win_k: CudaSlice<u16>,
     win_v: CudaSlice<u16>,
     q: CudaSlice<u16>,
+    /// Guessed queries of a prefetch ([`DecodeBatch::prefetch`]), read by the lane's routing.
+    spec_q: CudaSlice<u16>,
     sel_group: CudaSlice<i32>,
     n_sel_group: CudaSlice<i32>,
     uni_group: CudaSlice<i32>,
@@ -192,6 +194,7 @@ impl<'k> DecodeBatch<'k> {
             win_k: zh(win)?,
             win_v: zh(win)?,
             q: zh(bsz * qh * d)?,
+            spec_q: zh(bsz * qh * d)?,
             sel_group: zi(bsz * l.units * l.kge)?,
             n_sel_group: zi(bsz * l.units)?,
             uni_group: zi(bsz * kvh * ucap)?,

@@ -21,8 +21,8 @@ pub struct StateBytes {
     pub slots: u64,
     /// Per group its slot index and host record address, committed.
     pub tables: u64,
-    /// The batch's own per-step buffers (new K/V, queries, output, the opened-group lists and union
-    /// kept for telemetry, partition state).
+    /// The batch's own per-step buffers (new K/V, queries, a prefetch's guessed queries, output, the
+    /// opened-group lists and union kept for telemetry, partition state).
     pub step: u64,
     /// This layer's share of the step scratch: `scratch_shared / layers`, rounded up.
     pub scratch: u64,

@@ -414,8 +414,8 @@ impl GpuBackend {
     }
 
     /// [`GpuBackend::prefetch`] with the guesses in a device buffer of bf16 bits (length checked by the
-    /// caller): the lane copies them after the work queued on `q`'s stream, which then waits for the
-    /// copy (not for the prefetch).
+    /// caller): copied into the layer's batch on our stream after the work queued on `q`'s stream,
+    /// which then waits for the copy (not for the prefetch).
     pub(crate) fn prefetch_device(
         &mut self,
         layer: usize,
@@ -425,21 +425,19 @@ impl GpuBackend {
         let rows = self.prefetch_rows(layer, seqs)?;
         let stream = self.gpu.stream().clone();
         let others = other_streams(&stream, [q.stream(), q.stream()]);
-        // The lane starts after our stream's work, which waits for what was queued on `q` first.
         for s in &others {
             self.events.join(&stream, s)?;
         }
         let (qp, _guard) = q.device_ptr(&stream);
         self.lane()?;
         let lane = self.lane.as_deref_mut().expect("made by lane()");
-        // SAFETY: `q` holds seqs.len() rows (checked by the caller); its stream waits below for the
-        // lane's copy before anything queued later on it can change or free it.
-        unsafe { self.batches[layer].prefetch_device(lane, &rows, qp) }.map_err(cuda_err("prefetch"))?;
+        // SAFETY: `q` holds seqs.len() rows (checked by the caller); its stream waits below for ours,
+        // which copies them first.
+        let r = unsafe { self.batches[layer].prefetch_device(lane, &rows, qp) }.map_err(cuda_err("prefetch"));
         for s in &others {
-            s.wait(lane.q_copied())
-                .map_err(|e| RuntimeError::Cuda { op: "wait for prefetch copy", message: format!("{e:?}") })?;
+            self.events.join(s, &stream)?;
         }
-        Ok(())
+        r
     }
 
     /// The rows of `seqs` and their coming positions in `layer` (the tokens the layer holds).

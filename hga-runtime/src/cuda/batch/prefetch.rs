@@ -12,7 +12,8 @@
 //! - gather (`hga_gather_misses`): copies the misses from their host records into their slots, one
 //!   warp per group, without attending them (a real step fills its slots inside the attention).
 //!
-//! The lane has its own queries, positions and step scratch, so it runs beside another layer's
+//! The lane has its own positions and step scratch (the guessed queries are copied into the batch on
+//! its stream, after whatever produced them), so it runs beside another layer's
 //! work on the batch's stream. What it shares with its batch the batch's next work waits for, in two
 //! parts: work that touches the routing state or the step's inputs (uploads, append, summarize, the
 //! step's route) waits for the prefetch's routing, which ends by copying the union lists to the lane;
@@ -26,7 +27,7 @@ use crate::cuda::gather::GATHER_THREADS;
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
 use crate::cuda::{Capacity, CudaError, DecodeKernels, Gpu, StepScratch};
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -40,7 +41,6 @@ pub struct PrefetchLane {
     /// follow its batches' growth).
     scratch: StepScratch,
     pos: CudaSlice<i32>,
-    q: CudaSlice<u16>,
     /// The batch's union lists and slot-cache counters as the last prefetch's resolve left them: what
     /// the gather reads (the step may rewrite the batch's own meanwhile) and the lane's telemetry.
     uni_group: CudaSlice<i32>,
@@ -51,8 +51,6 @@ pub struct PrefetchLane {
     last_pos: Vec<i32>,
     /// Recorded on a batch's stream at each prefetch: the lane waits for the batch's earlier work.
     ready: CudaEvent,
-    /// Recorded on the lane after each prefetch's copy of its queries.
-    q_copied: CudaEvent,
 }
 
 impl std::fmt::Debug for PrefetchLane {
@@ -71,19 +69,15 @@ impl PrefetchLane {
         let scratch = StepScratch::with_layout(&lane, kernels, layout)?;
         scratch.commit_all()?;
         let st = lane.stream();
-        let m = kernels.spec().model();
-        let q_len = layout.bsz * (m.q_heads * m.head_dim) as usize;
         let heads = layout.bsz * layout.kvh;
         Ok(PrefetchLane {
             pos: st.clone_htod(&vec![-1i32; layout.bsz])?,
-            q: st.alloc_zeros::<u16>(q_len)?,
             uni_group: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             uni_slot: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
             last_pos: vec![-1; layout.bsz],
             ready: gpu.context().new_event(None)?,
-            q_copied: gpu.context().new_event(None)?,
             gpu: lane,
             layout,
             scratch,
@@ -99,7 +93,7 @@ impl PrefetchLane {
     pub fn committed_bytes(&self) -> u64 {
         let i32s =
             self.pos.len() + self.uni_group.len() + self.uni_slot.len() + self.n_uni.len() + self.part_state.len();
-        self.scratch.committed_bytes() + 4 * i32s as u64 + 2 * self.q.len() as u64
+        self.scratch.committed_bytes() + 4 * i32s as u64
     }
 
     /// Groups the last prefetch opened per (row, KV head) (`[B·kv_heads]` lists; empty for rows that
@@ -129,12 +123,6 @@ impl PrefetchLane {
             .sum())
     }
 
-    /// Recorded on the lane's stream once the last prefetch copied its queries: a stream that would
-    /// overwrite or free the guessed queries of [`DecodeBatch::prefetch_device`] waits for it.
-    pub fn q_copied(&self) -> &CudaEvent {
-        &self.q_copied
-    }
-
     /// Waits for the lane's work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.sync()
@@ -151,16 +139,16 @@ impl DecodeBatch<'_> {
     /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
     /// the wrong length.
     pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
-        self.prefetch_with(lane, positions, q.len(), |_, st, dst| upload(st, "q", q, dst))
+        self.prefetch_with(lane, positions, q.len(), |batch, st| upload(st, "q", q, &mut batch.b.spec_q))
     }
 
     /// [`DecodeBatch::prefetch`] with the guessed queries in device memory: entry `i` of `q`
     /// (`[rows.len()][q_heads][d]` bf16 bits) is row `rows[i].0`'s guess for its coming position
-    /// `rows[i].1`; other rows sit out. Copied on the lane's stream (one copy per run of consecutive
-    /// rows) after the batch's work queued so far; [`PrefetchLane::q_copied`] marks when `q` may change.
+    /// `rows[i].1`; other rows sit out. Copied into the batch on the batch's stream (one copy per run
+    /// of consecutive rows), so work queued on that stream later may change `q`.
     ///
     /// # Safety
-    /// `q` must be a device address holding `rows.len()` rows, valid and unchanged until the lane's
+    /// `q` must be a device address holding `rows.len()` rows, valid and unchanged until the batch's
     /// stream has copied them.
     pub unsafe fn prefetch_device(
         &mut self,
@@ -174,10 +162,10 @@ impl DecodeBatch<'_> {
         for &(r, p) in rows {
             positions[r] = Some(p);
         }
-        let n = lane.q.len();
-        self.prefetch_with(lane, &positions, n, |batch, st, dst| {
-            // SAFETY: the lane's buffer holds every row; the caller vouches for `q`.
-            unsafe { batch.copy_row_runs(st, q, dst.device_ptr(st).0, &ids, true) }
+        let n = self.b.spec_q.len();
+        self.prefetch_with(lane, &positions, n, |batch, st| {
+            // SAFETY: the batch's buffer holds every row; the caller vouches for `q`.
+            unsafe { batch.copy_row_runs(st, q, ptr(&batch.b.spec_q, &batch.gpu), &ids, true) }
         })
     }
 
@@ -186,28 +174,31 @@ impl DecodeBatch<'_> {
         lane: &mut PrefetchLane,
         positions: &[Option<u32>],
         q_len: usize,
-        load_q: impl FnOnce(&Self, &Arc<CudaStream>, &mut CudaSlice<u16>) -> Result<(), CudaError>,
+        load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
         lane.scratch.check_compatible(&lane.gpu, &self.layout)?;
-        if q_len != lane.q.len() {
+        if q_len != self.b.spec_q.len() {
             return Err(CudaError::Invalid {
                 field: "q",
                 value: format!("{q_len} elements"),
-                rule: format!("must have {} elements (batch × q_heads × d)", lane.q.len()),
+                rule: format!("must have {} elements (batch × q_heads × d)", self.b.spec_q.len()),
             });
         }
         let pos = self.prefetch_positions(positions)?;
         if pos.iter().all(|&p| p < 0) {
             return Ok(());
         }
+        // The guesses go into the batch's own buffer on its stream (after their producer, before
+        // whatever reuses their memory); an earlier prefetch of this batch is done reading it by then.
+        let main = self.stream()?.clone();
+        load_q(self, &main)?;
         let st = lane.gpu.stream().clone();
-        lane.ready.record(self.stream()?)?;
+        lane.ready.record(&main)?;
         st.wait(&lane.ready)?;
         st.memcpy_htod(&pos, &mut lane.pos)?;
-        load_q(self, &st, &mut lane.q)?;
-        lane.q_copied.record(&st)?;
         // No output: the prefetch runs no attention.
-        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q: ptr(&lane.q, &lane.gpu), out: 0, ..self.p };
+        let q = ptr(&self.b.spec_q, &self.gpu);
+        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q, out: 0, ..self.p };
         lane.scratch.apply(&mut p);
         self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
         let fuse = self.resolve_fuses();
