@@ -1,9 +1,10 @@
 //! A decode loop through the engine API, as an inference engine drives it: one [`HgaCache`] for the
 //! model, a prefill appended as one block per layer, then per step and layer the new token's K/V
-//! appended and its query attended; telemetry per step and in total.
+//! appended and its query attended, with a speculative prefetch of the next layer; telemetry per step
+//! and in total.
 //!
-//! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS]`
-//! (defaults: `qwen3-8b 16384 32`). Runs on the GPU when one is usable (kernel parameters from the
+//! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS PREFETCH]`
+//! (defaults: `qwen3-8b 16384 32 1`; `PREFETCH` 0 leaves it out). Runs on the GPU when one is usable (kernel parameters from the
 //! checked-in tuned configs), else on the CPU backend. Keys, values and queries are random here; an
 //! engine passes its own (keys after RoPE), as host slices or, on the GPU, as device buffers
 //! (`append_device`, `attend_device`).
@@ -17,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let preset = args.first().map_or("qwen3-8b", String::as_str);
     let context: usize = args.get(1).map_or(Ok(16384), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
+    let prefetch = args.get(3).map_or(Ok(1), |s| s.parse::<u8>())? != 0;
     let layers = 2;
 
     // The model's shape and the reference router; `hga_dsl::HfModel::from_file("config.json")?.shape`
@@ -44,9 +46,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Decode: each step appends the new token to every layer and attends its query there.
     let mut out = vec![0.0f32; q_row];
     for step in 0..steps {
+        let queries: Vec<Vec<f32>> = (0..layers).map(|_| random(q_row)).collect();
         for layer in 0..layers {
             cache.append(seq, layer, &random(kv_row), &random(kv_row))?;
-            let t = cache.attend(layer, &[seq], &random(q_row), &mut out)?;
+            let t = cache.attend(layer, &[seq], &queries[layer], &mut out)?;
+            // Speculative prefetch of the next layer, queued before this layer's MLP so that its reads
+            // overlap it. An engine guesses the next layer's query, e.g. its q projection applied to
+            // this layer's hidden state after attention; here the guess is the query itself.
+            if prefetch && layer + 1 < layers {
+                cache.prefetch(layer + 1, &[seq], &queries[layer + 1])?;
+            }
             if step + 1 == steps && layer == 0 {
                 println!(
                     "last step, layer 0: {} tokens attended of {} visible per head, hit rate {}, {} bytes host → device, {:?}",
