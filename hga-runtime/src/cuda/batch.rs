@@ -492,7 +492,8 @@ impl<'k> DecodeBatch<'k> {
 
     /// Uploads this step's queries (`[B][q_heads][d]`, element bits, after RoPE).
     pub fn upload_q(&mut self, q: &[u16]) -> Result<(), CudaError> {
-        let st = self.stream()?.clone();
+        // The step's input, like upload_q_rows: a prefetch reads its own guesses, not these.
+        let st = self.route_stream()?.clone();
         upload(&st, "q", q, &mut self.b.q)
     }
 
@@ -500,7 +501,6 @@ impl<'k> DecodeBatch<'k> {
     pub fn upload_window(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         let st = self.stream()?.clone();
         upload(&st, "win_k", k, &mut self.b.win_k)?;
-        let st = self.stream()?.clone();
         upload(&st, "win_v", v, &mut self.b.win_v)
     }
 
@@ -714,7 +714,6 @@ impl<'k> DecodeBatch<'k> {
     pub fn upload_new_kv(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
         let st = self.route_stream()?.clone();
         upload(&st, "k", k, &mut self.b.k_new)?;
-        let st = self.route_stream()?.clone();
         upload(&st, "v", v, &mut self.b.v_new)
     }
 

@@ -278,9 +278,9 @@ impl HgaCache {
     }
 
     /// [`HgaCache::prefetch`] with the guesses in a device buffer of bf16 bits
-    /// (`[seqs][q_heads][head_dim]`). The GPU backend copies them on its prefetch stream after the work
-    /// queued on `q`'s stream, and that stream's later work waits only for the copy; their values are
-    /// not checked for being finite. The CPU backend reads them back to check them, and does nothing.
+    /// (`[seqs][q_heads][head_dim]`). The GPU backend copies them into the layer's state on its own
+    /// stream after the work queued on `q`'s stream, and that stream's later work waits only for the
+    /// copy, not for the prefetch; their values are not checked for being finite. The CPU backend reads them back to check them, and does nothing.
     #[cfg(feature = "cuda")]
     pub fn prefetch_device(
         &mut self,

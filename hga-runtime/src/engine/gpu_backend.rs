@@ -42,7 +42,8 @@
 //! **Speculative prefetch** ([`GpuBackend::prefetch`]): a guess of a layer's coming queries routes on
 //! a [`PrefetchLane`] (a second stream with its own step scratch, made on the first prefetch and shared
 //! by all layers) and reads the groups it opens that miss into the layer's slot cache; the layer's batch
-//! waits for the lane's event before its next work, so the step's routing and slots never race it.
+//! waits for the prefetch's routing before its own and for the prefetch's reads before its attention,
+//! so the step's routing and slots never race it.
 //!
 //! **Appends** of one (sequence, layer) are one block append (`append_block`, or
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
@@ -314,7 +315,7 @@ impl GpuBackend {
         let stream = self.gpu.stream().clone();
         // The buffers' streams and the batch's are ordered both ways (event waits, no host sync): the
         // launches read what was queued before, and later work on the buffers waits for them.
-        let others = other_streams(&stream, [k.stream(), v.stream()]);
+        let others = other_streams(&stream, &[k.stream(), v.stream()]);
         for s in &others {
             self.events.join(&stream, s)?;
         }
@@ -408,8 +409,7 @@ impl GpuBackend {
                 *d = f32_to_bf16(x);
             }
         }
-        self.lane()?;
-        let lane = self.lane.as_deref_mut().expect("made by lane()");
+        let lane = lane(&mut self.lane, &self.gpu, self.kernels, self.cap)?;
         self.batches[layer].prefetch(lane, &pos, &qb).map_err(cuda_err("prefetch"))
     }
 
@@ -424,13 +424,12 @@ impl GpuBackend {
     ) -> Result<(), RuntimeError> {
         let rows = self.prefetch_rows(layer, seqs)?;
         let stream = self.gpu.stream().clone();
-        let others = other_streams(&stream, [q.stream(), q.stream()]);
+        let others = other_streams(&stream, &[q.stream()]);
         for s in &others {
             self.events.join(&stream, s)?;
         }
         let (qp, _guard) = q.device_ptr(&stream);
-        self.lane()?;
-        let lane = self.lane.as_deref_mut().expect("made by lane()");
+        let lane = lane(&mut self.lane, &self.gpu, self.kernels, self.cap)?;
         // SAFETY: `q` holds seqs.len() rows (checked by the caller); its stream waits below for ours,
         // which copies them first.
         let r = unsafe { self.batches[layer].prefetch_device(lane, &rows, qp) }.map_err(cuda_err("prefetch"));
@@ -448,15 +447,6 @@ impl GpuBackend {
                 Ok((s.row, s.lens[layer] as u32))
             })
             .collect()
-    }
-
-    /// Makes the prefetch lane on first use (its step scratch is committed for `max_seq_len`).
-    fn lane(&mut self) -> Result<(), RuntimeError> {
-        if self.lane.is_none() {
-            let lane = PrefetchLane::new(&self.gpu, self.kernels, self.cap).map_err(cuda_err("make prefetch lane"))?;
-            self.lane = Some(Box::new(lane));
-        }
-        Ok(())
     }
 
     fn full_telemetry(&self) -> bool {
@@ -649,7 +639,7 @@ impl GpuBackend {
             return Ok(());
         }
         let stream = self.gpu.stream().clone();
-        let others = other_streams(&stream, [q.stream(), out.stream()]);
+        let others = other_streams(&stream, &[q.stream(), out.stream()]);
         // Our launches read what was queued on the buffers before; later work on them waits for ours.
         for s in &others {
             self.events.join(&stream, s)?;
@@ -681,9 +671,23 @@ impl GpuBackend {
 }
 
 /// The streams of `bufs` other than `ours`, each once.
-fn other_streams(ours: &CudaStream, bufs: [&Arc<CudaStream>; 2]) -> Vec<Arc<CudaStream>> {
+/// The prefetch lane in `slot`, made on first use (its step scratch is committed for `cap.max_context`).
+/// A free function over the field, so that the caller can borrow the batches beside it.
+fn lane<'a>(
+    slot: &'a mut Option<Box<PrefetchLane>>,
+    gpu: &Gpu,
+    kernels: &DecodeKernels,
+    cap: Capacity,
+) -> Result<&'a mut PrefetchLane, RuntimeError> {
+    if slot.is_none() {
+        *slot = Some(Box::new(PrefetchLane::new(gpu, kernels, cap).map_err(cuda_err("make prefetch lane"))?));
+    }
+    Ok(slot.as_deref_mut().expect("made above"))
+}
+
+fn other_streams(ours: &CudaStream, bufs: &[&Arc<CudaStream>]) -> Vec<Arc<CudaStream>> {
     let mut others: Vec<Arc<CudaStream>> = Vec::new();
-    for s in bufs {
+    for &s in bufs {
         if s.cu_stream() != ours.cu_stream() && others.iter().all(|o| o.cu_stream() != s.cu_stream()) {
             others.push(s.clone());
         }

@@ -127,10 +127,11 @@ struct Args {
     #[arg(long, value_parser = churn_rho, default_value = "0.75")]
     churn_rho: ChurnRho,
     /// Also run the churn state with speculative prefetch: before each step, a query of this cosine to
-    /// the step's own (a stand-in for the next layer's query projected from the previous layer) runs
-    /// the route and the attention, which brings its groups into the slot cache; then the step runs.
-    /// Reports the step after the prefetch (the critical path when the prefetch hides behind the
-    /// previous layer's MLP), its hit rate, the prefetch's recall and its own time. In (0, 1].
+    /// the step's own (a stand-in for the next layer's query projected from the previous layer) is
+    /// routed on a second stream and its misses read into the slot cache, beside a stand-in MLP
+    /// (`--mlp-mb`); the churn row then runs the same stand-in without a prefetch. Reports whole layers
+    /// for both, the step after the prefetch, its hit rate, the prefetch's recall and when it finished.
+    /// In (0, 1].
     #[arg(long, value_parser = cosine)]
     speculate_cos: Option<f32>,
     /// With `--speculate-cos`: MB of HBM the stand-in for the work between two layers' attention (output
@@ -373,7 +374,7 @@ impl Samples {
             json!({ "gpu_us": g, "fetch_us": f, "misses": m, "routed": r,
                     "fetch_GBps": (m * record) as f64 / f / 1e3 })
         });
-        let speculation = if self.prefetched == 0 {
+        let speculation = if self.prefetch_us.is_empty() {
             Value::Null
         } else {
             json!({
@@ -461,13 +462,10 @@ impl Bench<'_> {
                 // The prefetch routes as of the token before the step's, as a decoder's would before
                 // the layer appends it; the append and the step's route wait for its routing, the
                 // attention for its gather too (so `append_us` includes any wait for the routing).
-                match (l.lane.as_deref_mut(), &guess) {
-                    (Some(lane), Some(g)) => {
-                        let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
-                        b.prefetch(lane, &coming, g)?;
-                        self.lev[2].record(lane.stream())?;
-                    }
-                    _ => self.lev[2].record(&st)?,
+                if let (Some(lane), Some(g)) = (l.lane.as_deref_mut(), &guess) {
+                    let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
+                    b.prefetch(lane, &coming, g)?;
+                    self.lev[2].record(lane.stream())?;
                 }
                 l.mlp.launch(l.bytes)?;
                 self.lev[1].record(&st)?;
@@ -531,6 +529,8 @@ impl Bench<'_> {
                 if layer.is_some() {
                     s.layer.push(us(&self.lev[0], &self.ev[5])?);
                     s.mlp.push(us(&self.lev[0], &self.lev[1])?);
+                }
+                if layer.as_ref().is_some_and(|l| l.lane.is_some()) {
                     s.prefetch_us.push(us(&self.lev[0], &self.lev[2])?);
                 }
             } else {
