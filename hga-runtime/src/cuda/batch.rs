@@ -278,6 +278,13 @@ impl<'k> DecodeBatch<'k> {
         Ok(())
     }
 
+    /// Whether a prefetch's gather has not been waited for yet: the next attention would wait for it.
+    /// A graph replay waits for the whole prefetch before its routing, launched stages only before
+    /// the attention, so an engine launches the stages while this holds.
+    pub fn prefetch_in_flight(&self) -> bool {
+        self.lane_pending.load(Ordering::Acquire) & DONE != 0
+    }
+
     /// Makes the batch's stream wait for a prefetch's routing (not its gather): enough for work that
     /// reads or writes the routing state (summaries, slot tables, union lists) or the step's inputs,
     /// but neither the slots' contents nor the lists the gather reads (the lane's own copies).

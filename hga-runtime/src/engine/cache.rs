@@ -262,7 +262,8 @@ impl HgaCache {
     /// The GPU backend routes the guess on a second stream, as of the tokens the layer holds now, and
     /// reads the groups it opens that miss into the layer's slot cache; it returns once that is queued,
     /// so call it before the work it should hide behind (the previous layer's MLP), and the layer's next
-    /// append or attend waits for it. It never changes what [`HgaCache::attend`] returns, only which
+    /// append or attend waits for it (its attend launches route, fetch and attend as separate
+    /// kernels then, not as its CUDA graph, so that its route runs beside the prefetch's reads). It never changes what [`HgaCache::attend`] returns, only which
     /// groups hit (a wrong guess costs PCIe reads and slots). The CPU backend holds every group in host
     /// memory: it checks the input and does nothing. Sequences must be known and appear once.
     pub fn prefetch(&mut self, layer: usize, seqs: &[SeqId], q: &[f32]) -> Result<(), RuntimeError> {
