@@ -55,7 +55,8 @@ fn run(unions: usize) {
     let ucap = spec.gqa() * spec.routing().top_groups as usize;
     let steps = 60;
     let starts = [6000 + rng.random_range(0..3000), 3000 + rng.random_range(0..2000)];
-    let totals: Vec<usize> = starts.iter().map(|s| s + steps).collect();
+    // One more token than the steps: the refused prefetches are followed by a step.
+    let totals: Vec<usize> = starts.iter().map(|s| s + steps + 1).collect();
     let cap = Capacity { batch: 2, max_context: 16384, n_slots: 2 * kvh * ucap * unions };
     let mut plain = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
     let mut spec_b = DecodeBatch::new(&gpu, &kernels, cap).unwrap();

@@ -166,6 +166,13 @@ impl Gpu {
     pub fn with_new_stream(&self) -> Result<Gpu, CudaError> {
         Ok(Gpu { stream: self.ctx.new_stream()?, ..self.clone() })
     }
+    /// [`Gpu::with_new_stream`] at the context's highest stream priority: as blocks of other streams
+    /// retire, the SMs take this stream's pending blocks first.
+    pub fn with_priority_stream(&self) -> Result<Gpu, CudaError> {
+        self.ctx.bind_to_thread()?;
+        let (_, greatest) = cudarc::driver::result::stream::get_priority_range()?;
+        Ok(Gpu { stream: self.ctx.new_stream_with_priority(greatest)?, ..self.clone() })
+    }
     /// Waits for all work on the stream.
     pub fn sync(&self) -> Result<(), CudaError> {
         Ok(self.stream.synchronize()?)

@@ -459,7 +459,9 @@ impl GpuBackend {
     fn launch_chain(&mut self, layer: usize) -> Result<(), RuntimeError> {
         // A replay would wait for a pending prefetch's gather before routing; launched stages route
         // beside it and wait only before the attention.
-        if self.cuda_graph && !self.batches[layer].prefetch_in_flight() {
+        let replay = self.cuda_graph && !self.batches[layer].prefetch_in_flight();
+        self.io[layer].replayed = replay;
+        if replay {
             return self.replay_graph(layer);
         }
         self.launch_stages(layer, None)?;
@@ -540,7 +542,7 @@ impl GpuBackend {
     /// each query head's softmax, and the stage times.
     fn read_telemetry(&self, layer: usize, rows: &[usize], tel: &mut StepTelemetry) -> Result<(), RuntimeError> {
         let io = &self.io[layer];
-        let buf = if self.cuda_graph { io.graph.as_ref().and_then(|g| g.counters()) } else { io.counters.as_ref() };
+        let buf = if io.replayed { io.graph.as_ref().and_then(|g| g.counters()) } else { io.counters.as_ref() };
         let c = buf.expect("gathered with full telemetry").read().map_err(cuda_err("read counters"))?;
         let missing = c.host_record_errors();
         if missing > 0 {
@@ -551,7 +553,7 @@ impl GpuBackend {
         }
         let ms = |a, b| self.events.elapsed(a, b);
         tel.stages.device = ms(0, 3)?;
-        if self.cuda_graph {
+        if io.replayed {
             tel.graph_replay = true;
         } else {
             (tel.stages.route, tel.stages.fetch, tel.stages.attend) = (ms(0, 1)?, ms(1, 2)?, ms(2, 3)?);
@@ -652,6 +654,7 @@ impl GpuBackend {
             let first = rows[0];
             let consecutive = rows.iter().enumerate().all(|(i, &r)| r == first + i);
             if consecutive && !self.cuda_graph {
+                self.io[layer].replayed = false;
                 self.launch_stages(layer, Some((qp, op, first..first + rows.len())))?;
                 return self.gather(layer);
             }
@@ -704,6 +707,9 @@ struct LayerIo {
     counters: Option<CounterBuffer>,
     /// The captured attend chain, with `cuda_graph`.
     graph: Option<AttendGraph>,
+    /// The last attend chain was the graph's replay (not separate launches): where its counters and
+    /// stage times are.
+    replayed: bool,
 }
 
 /// CUDA events made once (creating events per call costs driver calls): the stage boundaries of a step

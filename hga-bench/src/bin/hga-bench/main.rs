@@ -80,7 +80,7 @@ use hga_dsl::{presets, Sharing, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, PrefetchLane, StateBytes};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
-use mlp::MlpStandIn;
+use mlp::{MlpGrid, MlpStandIn};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -140,6 +140,12 @@ struct Args {
     /// (output projection and the routed experts, distinct experts under uniform routing).
     #[arg(long, value_parser = positive_mb)]
     mlp_mb: Option<f64>,
+    /// With `--speculate-cos`: how the stand-in MLP's blocks are laid out. `tiles`: each block streams
+    /// one 64 KiB tile and exits, as the blocks of a GEMV or an MoE kernel do, so that a prefetch's
+    /// blocks (on a high-priority stream) get SMs as they retire; `persistent`: one wave of blocks
+    /// that stream until the end and hold every SM (the worst case for a prefetch beside it).
+    #[arg(long, value_enum, default_value_t = MlpGrid::Tiles)]
+    mlp_grid: MlpGrid,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -670,7 +676,8 @@ fn run(a: Args) -> Res<()> {
     let mlp_bytes = |bsz: usize| a.mlp_mb.map_or_else(|| mlp::qwen3_30b_a3b_bytes(bsz), |mb| (mb * 1e6) as u64);
     let mlp = match a.speculate_cos {
         Some(_) => {
-            Some(MlpStandIn::load(&gpu, &jit, &spec, a.batches.iter().map(|&b| mlp_bytes(b)).max().unwrap_or(0))?)
+            let max_bytes = a.batches.iter().map(|&b| mlp_bytes(b)).max().unwrap_or(0);
+            Some(MlpStandIn::load(&gpu, &jit, &spec, max_bytes, a.mlp_grid)?)
         }
         None => None,
     };
@@ -767,6 +774,7 @@ fn run(a: Args) -> Res<()> {
                     }
                     if mlp.is_some() && matches!(mode, "churn" | "speculate") {
                         result[mode]["mlp_bytes"] = json!(mlp_bytes(bsz));
+                        result[mode]["mlp_grid"] = json!(format!("{:?}", a.mlp_grid).to_lowercase());
                     }
                     result[mode]["n_slots"] = json!(slots);
                     result[mode]["rho"] = json!(rho);

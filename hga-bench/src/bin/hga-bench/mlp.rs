@@ -33,18 +33,32 @@ pub fn qwen3_30b_a3b_bytes(batch: usize) -> u64 {
     (4096.0 * 2048.0 * 2.0 + distinct * expert) as u64
 }
 
+/// How the stand-in's blocks cover the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MlpGrid {
+    /// One block per 64 KiB tile: blocks retire all along, as a GEMV's do.
+    Tiles,
+    /// Eight blocks of 256 threads per SM (every thread slot) streaming grid-stride to the end.
+    Persistent,
+}
+
+/// 16-byte words one block of the tiled grid streams (64 KiB: 16 per thread).
+const TILE_WORDS: u64 = 256 * 16;
+
 /// The loaded kernel and a buffer to stream.
 pub struct MlpStandIn {
     gpu: Gpu,
     func: CudaFunction,
     buf: CudaSlice<u8>,
     sink: CudaSlice<u32>,
-    grid: u32,
+    /// Blocks of the persistent grid.
+    wave: u32,
+    grid: MlpGrid,
 }
 
 impl MlpStandIn {
     /// Compiles the kernel and allocates the largest buffer it will stream (`max_bytes`).
-    pub fn load(gpu: &Gpu, jit: &Jit, spec: &ValidSpec, max_bytes: u64) -> Res<MlpStandIn> {
+    pub fn load(gpu: &Gpu, jit: &Jit, spec: &ValidSpec, max_bytes: u64, grid: MlpGrid) -> Res<MlpStandIn> {
         let src = GeneratedSource {
             source: SOURCE.to_string(),
             entry_points: vec!["hbm_stream"],
@@ -59,12 +73,15 @@ impl MlpStandIn {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             as u32;
         let st = gpu.stream();
+        let words = max_bytes.div_ceil(16).max(1);
+        let blocks = words.div_ceil(TILE_WORDS).max((8 * sms) as u64);
         Ok(MlpStandIn {
             gpu: gpu.clone(),
             func: module.load_function("hbm_stream")?,
-            buf: st.alloc_zeros::<u8>(max_bytes.next_multiple_of(16).max(16) as usize)?,
-            sink: st.alloc_zeros::<u32>((8 * sms) as usize)?,
-            grid: 8 * sms,
+            buf: st.alloc_zeros::<u8>((words * 16) as usize)?,
+            sink: st.alloc_zeros::<u32>(blocks as usize)?,
+            wave: 8 * sms,
+            grid,
         })
     }
 
@@ -75,7 +92,12 @@ impl MlpStandIn {
         let (x, s) = (self.buf.device_ptr(st).0, self.sink.device_ptr(st).0);
         let mut lb = st.launch_builder(&self.func);
         lb.arg(&x).arg(&n).arg(&s);
-        let cfg = LaunchConfig { grid_dim: (self.grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let blocks = match self.grid {
+            // The sink holds a word per tile of the largest buffer.
+            MlpGrid::Tiles => n.div_ceil(TILE_WORDS).max(1) as u32,
+            MlpGrid::Persistent => self.wave,
+        };
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: `x` holds at least `n` 16-byte words, `sink` one word per block.
         unsafe { lb.launch(cfg) }?;
         Ok(())

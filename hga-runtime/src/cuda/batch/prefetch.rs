@@ -60,12 +60,15 @@ impl std::fmt::Debug for PrefetchLane {
 }
 
 impl PrefetchLane {
-    /// A lane on a new stream of `gpu`'s context for batches of `kernels`' spec with capacity `cap`
+    /// A lane on a new stream of the highest priority in `gpu`'s context for batches of `kernels`' spec with capacity `cap`
     /// (`n_slots` may differ between the batches).
     pub fn new(gpu: &Gpu, kernels: &DecodeKernels, cap: Capacity) -> Result<PrefetchLane, CudaError> {
         let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
         layout.check(cap)?;
-        let lane = gpu.with_new_stream()?;
+        // High priority: the prefetch is meant to run beside the model's own kernels (the previous
+        // layer's MLP), which otherwise hold every SM until they end, and its reads are on the
+        // critical path of the layer it prefetches for.
+        let lane = gpu.with_priority_stream()?;
         let scratch = StepScratch::with_layout(&lane, kernels, layout)?;
         scratch.commit_all()?;
         let st = lane.stream();
