@@ -2,7 +2,8 @@
 // -(slot + 1)) from their host records into their slots, without attending them: the fetch of a
 // speculative prefetch. Layouts as in the decode kernels' HgaParams (DESIGN.md §3): a host record and
 // a slot both hold one group's keys then values, rec_elems = 2 * group * head_dim elements, contiguous.
-// One warp per union entry; grid (ceil(ucap / warps), kv_heads, rows), rows with pos < 0 sit out.
+// Warps stride over the union entries; grid (x, kv_heads, rows) with any x (the runtime keeps it small:
+// the reads are bound by PCIe), rows with pos < 0 sit out.
 
 #define NO_SLOT (-2147483647 - 1)
 

@@ -10,8 +10,13 @@ const SOURCE: &str = include_str!("gather.cu");
 /// Entry point of the gather module.
 pub const GATHER_ENTRY: &str = "hga_gather_misses";
 
-/// Threads per block of [`GATHER_ENTRY`] (one warp per union entry).
+/// Threads per block of [`GATHER_ENTRY`] (one warp per union entry at a time).
 pub const GATHER_THREADS: u32 = 256;
+
+/// Warps a gather launches in all (at least one block per row and KV head): each keeps eight 16-byte
+/// loads per lane in flight, so 256 warps have 1 MiB in flight, several times PCIe's
+/// bandwidth-delay product (~55 GB/s × ~2 µs).
+pub const GATHER_WARPS: u32 = 256;
 
 /// The gather module's source for the JIT (`launch` only fills the field; the kernel ignores it).
 pub fn gather_source(launch: &LaunchParams) -> GeneratedSource {

@@ -362,6 +362,11 @@ struct Samples {
     /// Speculative prefetch (measured steps): when it finished (from the layer's start, queued
     /// steps), the groups it brought in, and how many of the step's routed groups it had opened too.
     prefetch_us: Vec<f64>,
+    /// The prefetch's start on its lane and its routing done (from the layer's start, queued steps),
+    /// and the host's time to issue it (every measured step).
+    prefetch_start_us: Vec<f64>,
+    prefetch_routed_us: Vec<f64>,
+    prefetch_issue_us: Vec<f64>,
     prefetched: u64,
     foreseen: u64,
     /// Whole layers (queued steps): stand-in MLP + append + step, the prefetch beside the MLP; and
@@ -385,6 +390,9 @@ impl Samples {
         } else {
             json!({
                 "prefetch_done_us": median(&mut self.prefetch_us),
+                "prefetch_start_us": median(&mut self.prefetch_start_us),
+                "prefetch_routed_us": median(&mut self.prefetch_routed_us),
+                "prefetch_issue_host_us": median(&mut self.prefetch_issue_us),
                 "prefetched_per_step": self.prefetched as f64 / self.steps.max(1) as f64,
                 "recall": self.foreseen as f64 / self.routed.max(1) as f64,
             })
@@ -470,7 +478,11 @@ impl Bench<'_> {
                 // attention for its gather too (so `append_us` includes any wait for the routing).
                 if let (Some(lane), Some(g)) = (l.lane.as_deref_mut(), &guess) {
                     let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
+                    let t0 = std::time::Instant::now();
                     b.prefetch(lane, &coming, g)?;
+                    if t >= warmup {
+                        s.prefetch_issue_us.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
                     self.lev[2].record(lane.stream())?;
                 }
                 l.mlp.launch(l.bytes)?;
@@ -536,8 +548,12 @@ impl Bench<'_> {
                     s.layer.push(us(&self.lev[0], &self.ev[5])?);
                     s.mlp.push(us(&self.lev[0], &self.lev[1])?);
                 }
-                if layer.as_ref().is_some_and(|l| l.lane.is_some()) {
+                if let Some(lane) = layer.as_ref().and_then(|l| l.lane.as_deref()) {
                     s.prefetch_us.push(us(&self.lev[0], &self.lev[2])?);
+                    if let Some(ev) = lane.stage_events() {
+                        s.prefetch_start_us.push(us(&self.lev[0], &ev[0])?);
+                        s.prefetch_routed_us.push(us(&self.lev[0], &ev[1])?);
+                    }
                 }
             } else {
                 s.step.push(total);
@@ -758,7 +774,11 @@ fn run(a: Args) -> Res<()> {
                     seed += 1000;
                     // With --speculate-cos, the churn and speculate rows time whole layers.
                     let mut lane = match spec {
-                        Some(_) => Some(PrefetchLane::new(&gpu, kernels, cap)?),
+                        Some(_) => {
+                            let mut lane = PrefetchLane::new(&gpu, kernels, cap)?;
+                            lane.time_stages()?;
+                            Some(lane)
+                        }
                         None => None,
                     };
                     let layer = match (&mlp, mode) {

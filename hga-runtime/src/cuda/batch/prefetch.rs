@@ -23,7 +23,7 @@
 //! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
 use super::{ptr, upload, DecodeBatch, DONE, ROUTED};
-use crate::cuda::gather::GATHER_THREADS;
+use crate::cuda::gather::{GATHER_THREADS, GATHER_WARPS};
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
 use crate::cuda::{Capacity, CudaError, DecodeKernels, Gpu, StepScratch};
@@ -51,6 +51,9 @@ pub struct PrefetchLane {
     last_pos: Vec<i32>,
     /// Recorded on a batch's stream at each prefetch: the lane waits for the batch's earlier work.
     ready: CudaEvent,
+    /// With [`PrefetchLane::time_stages`]: timing events recorded on the lane at each prefetch's
+    /// start (after its wait for the batch), after its routing, and after its gather.
+    stages: Option<[CudaEvent; 3]>,
 }
 
 impl std::fmt::Debug for PrefetchLane {
@@ -81,6 +84,7 @@ impl PrefetchLane {
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
             last_pos: vec![-1; layout.bsz],
             ready: gpu.context().new_event(None)?,
+            stages: None,
             gpu: lane,
             layout,
             scratch,
@@ -129,6 +133,32 @@ impl PrefetchLane {
     /// Waits for the lane's work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.gpu.sync()
+    }
+
+    /// From now on, records timing events at each prefetch's stages (telemetry:
+    /// [`PrefetchLane::stage_events`]); off by default, since events between the lane's launches cost
+    /// driver calls.
+    pub fn time_stages(&mut self) -> Result<(), CudaError> {
+        if self.stages.is_none() {
+            let ctx = self.gpu.context();
+            let mk = || ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT));
+            self.stages = Some([mk()?, mk()?, mk()?]);
+        }
+        Ok(())
+    }
+
+    /// With [`PrefetchLane::time_stages`], the last prefetch's events: its start on the lane (after
+    /// the wait for its batch's earlier work), its routing done, its gather done. Time them against an
+    /// event of the batch's stream with `CudaEvent::elapsed_ms` once they have completed.
+    pub fn stage_events(&self) -> Option<&[CudaEvent; 3]> {
+        self.stages.as_ref()
+    }
+
+    fn record_stage(&self, i: usize) -> Result<(), CudaError> {
+        if let Some(ev) = &self.stages {
+            ev[i].record(self.gpu.stream())?;
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +228,7 @@ impl DecodeBatch<'_> {
         let st = lane.gpu.stream().clone();
         lane.ready.record(&main)?;
         st.wait(&lane.ready)?;
+        lane.record_stage(0)?;
         st.memcpy_htod(&pos, &mut lane.pos)?;
         // No output: the prefetch runs no attention.
         let q = ptr(&self.b.spec_q, &self.gpu);
@@ -217,8 +248,10 @@ impl DecodeBatch<'_> {
         st.memcpy_dtod(&self.b.n_uni, &mut lane.n_uni)?;
         st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
         self.lane_routed.record(&st)?;
+        lane.record_stage(1)?;
         self.gather_on(&st, lane)?;
         self.lane_done.record(&st)?;
+        lane.record_stage(2)?;
         lane.last_pos = pos;
         self.lane_pending.store(ROUTED | DONE, Ordering::Release);
         Ok(())
@@ -229,7 +262,11 @@ impl DecodeBatch<'_> {
         let (b, _, kvh, d) = self.dims();
         let warps = GATHER_THREADS / 32;
         let p = &self.p;
-        let grid = ((p.ucap as u32).div_ceil(warps).max(1), kvh, b);
+        // Few blocks, their warps striding over the union: the reads are bound by PCIe, for which
+        // GATHER_WARPS warps with eight 16-byte loads per lane in flight are plenty (1 MiB), and
+        // blocks waiting on PCIe would otherwise hold SMs that the work beside the prefetch needs.
+        let per_head = GATHER_WARPS.div_ceil(warps * kvh * b).max(1);
+        let grid = ((p.ucap as u32).div_ceil(warps).clamp(1, per_head), kvh, b);
         let rec_elems = (2 * self.kernels.spec().routing().group * d) as i32;
         let mut lb = st.launch_builder(self.kernels.gather());
         let (kvh_i, ucap, ps, cg) = (kvh as i32, p.ucap, p.part_slots, p.cap_groups);
