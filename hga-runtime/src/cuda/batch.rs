@@ -26,7 +26,7 @@ use std::sync::Arc;
 mod io;
 mod prefetch;
 
-pub use prefetch::PrefetchLane;
+pub use prefetch::{LanePriority, PrefetchLane};
 
 /// How much a [`DecodeBatch`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

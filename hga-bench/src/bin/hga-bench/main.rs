@@ -77,7 +77,7 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, PrefetchLane, StateBytes};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
 use mlp::{MlpGrid, MlpStandIn};
@@ -146,6 +146,9 @@ struct Args {
     /// that stream until the end and hold every SM (the worst case for a prefetch beside it).
     #[arg(long, value_enum, default_value_t = MlpGrid::Tiles)]
     mlp_grid: MlpGrid,
+    /// With `--speculate-cos`: the priority of the prefetch lane's stream (`PrefetchLane::with_priority`).
+    #[arg(long, value_enum, default_value_t = Priority::Highest)]
+    prefetch_priority: Priority,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -335,6 +338,22 @@ impl Queries {
 }
 
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// `--prefetch-priority`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Priority {
+    Highest,
+    Default,
+}
+
+impl From<Priority> for LanePriority {
+    fn from(p: Priority) -> LanePriority {
+        match p {
+            Priority::Highest => LanePriority::Highest,
+            Priority::Default => LanePriority::Default,
+        }
+    }
+}
 
 fn event(gpu: &Gpu) -> Res<CudaEvent> {
     Ok(gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
@@ -775,7 +794,7 @@ fn run(a: Args) -> Res<()> {
                     // With --speculate-cos, the churn and speculate rows time whole layers.
                     let mut lane = match spec {
                         Some(_) => {
-                            let mut lane = PrefetchLane::new(&gpu, kernels, cap)?;
+                            let mut lane = PrefetchLane::with_priority(&gpu, kernels, cap, a.prefetch_priority.into())?;
                             lane.time_stages()?;
                             Some(lane)
                         }
@@ -795,6 +814,7 @@ fn run(a: Args) -> Res<()> {
                     if mlp.is_some() && matches!(mode, "churn" | "speculate") {
                         result[mode]["mlp_bytes"] = json!(mlp_bytes(bsz));
                         result[mode]["mlp_grid"] = json!(format!("{:?}", a.mlp_grid).to_lowercase());
+                        result[mode]["prefetch_priority"] = json!(format!("{:?}", a.prefetch_priority).to_lowercase());
                     }
                     result[mode]["n_slots"] = json!(slots);
                     result[mode]["rho"] = json!(rho);

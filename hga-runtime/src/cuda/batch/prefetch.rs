@@ -9,16 +9,19 @@
 //!   appended: that token is not in the K/V yet);
 //! - resolve: the union's misses get slots under the same CLOCK policy (the prefetch is a step of the
 //!   layer's slot cache);
-//! - gather (`hga_gather_misses`): copies the misses from their host records into their slots, one
-//!   warp per group, without attending them (a real step fills its slots inside the attention).
+//! - gather (`hga_gather_misses`): copies the misses from their host records into their slots, a
+//!   warp per group at a time and few warps in all (the reads are bound by PCIe), without attending
+//!   them (a real step fills its slots inside the attention).
 //!
-//! The lane has its own positions and step scratch (the guessed queries are copied into the batch on
-//! its stream, after whatever produced them), so it runs beside another layer's
+//! The lane has its own positions, step scratch and union lists (the guessed queries are copied into
+//! the batch on its stream, after whatever produced them), on a stream of the highest priority, so it
+//! runs beside another layer's
 //! work on the batch's stream. What it shares with its batch the batch's next work waits for, in two
 //! parts: work that touches the routing state or the step's inputs (uploads, append, summarize, the
-//! step's route) waits for the prefetch's routing, which ends by copying the union lists to the lane;
+//! step's route) waits for the prefetch's routing;
 //! the attention, which reads and fills slots, and every read-back wait for the gather too. So the
-//! step's route runs beside the prefetch's PCIe reads. A CUDA graph replay of the step waits for both.
+//! step's route runs beside the prefetch's PCIe reads. A CUDA graph replay of the step would wait for
+//! both (the engine launches the stages instead while a prefetch is in flight).
 //! The real step routes with its own query, so a guess changes which groups hit, never the output
 //! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
@@ -31,6 +34,18 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, LaunchConfig, PushKernelA
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The priority of a [`PrefetchLane`]'s stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LanePriority {
+    /// The context's highest: as blocks of the work beside the prefetch (the previous layer's MLP)
+    /// retire, the SMs take the prefetch's first, so that its routing does not wait for that work to
+    /// end (the layer's step waits for the routing).
+    #[default]
+    Highest,
+    /// The same as the batch's stream.
+    Default,
+}
+
 /// A second stream with the buffers of speculative prefetches ([`DecodeBatch::prefetch`]) for the
 /// batches of one spec and capacity: every layer of a model can share one (prefetches run one after
 /// another on its stream).
@@ -41,8 +56,9 @@ pub struct PrefetchLane {
     /// follow its batches' growth).
     scratch: StepScratch,
     pos: CudaSlice<i32>,
-    /// The batch's union lists and slot-cache counters as the last prefetch's resolve left them: what
-    /// the gather reads (the step may rewrite the batch's own meanwhile) and the lane's telemetry.
+    /// The last prefetch's union lists (its resolve writes them here, not into the batch's) and a
+    /// copy of the batch's slot-cache counters as that resolve left them: what the gather reads (the
+    /// step may rewrite the batch's own meanwhile) and the lane's telemetry.
     uni_group: CudaSlice<i32>,
     uni_slot: CudaSlice<i32>,
     n_uni: CudaSlice<i32>,
@@ -63,15 +79,25 @@ impl std::fmt::Debug for PrefetchLane {
 }
 
 impl PrefetchLane {
-    /// A lane on a new stream of the highest priority in `gpu`'s context for batches of `kernels`' spec with capacity `cap`
-    /// (`n_slots` may differ between the batches).
+    /// A lane on a new stream of the highest priority in `gpu`'s context for batches of `kernels`'
+    /// spec with capacity `cap` (`n_slots` may differ between the batches).
     pub fn new(gpu: &Gpu, kernels: &DecodeKernels, cap: Capacity) -> Result<PrefetchLane, CudaError> {
+        Self::with_priority(gpu, kernels, cap, LanePriority::Highest)
+    }
+
+    /// [`PrefetchLane::new`] with the lane's stream at `priority`.
+    pub fn with_priority(
+        gpu: &Gpu,
+        kernels: &DecodeKernels,
+        cap: Capacity,
+        priority: LanePriority,
+    ) -> Result<PrefetchLane, CudaError> {
         let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
         layout.check(cap)?;
-        // High priority: the prefetch is meant to run beside the model's own kernels (the previous
-        // layer's MLP), which otherwise hold every SM until they end, and its reads are on the
-        // critical path of the layer it prefetches for.
-        let lane = gpu.with_priority_stream()?;
+        let lane = match priority {
+            LanePriority::Highest => gpu.with_priority_stream()?,
+            LanePriority::Default => gpu.with_new_stream()?,
+        };
         let scratch = StepScratch::with_layout(&lane, kernels, layout)?;
         scratch.commit_all()?;
         let st = lane.stream();
@@ -232,7 +258,13 @@ impl DecodeBatch<'_> {
         st.memcpy_htod(&pos, &mut lane.pos)?;
         // No output: the prefetch runs no attention.
         let q = ptr(&self.b.spec_q, &self.gpu);
-        let mut p = HgaParams { pos: ptr(&lane.pos, &lane.gpu), q, out: 0, ..self.p };
+        // The resolve writes the union straight into the lane's lists, which the gather reads, so the
+        // step's own routing (which rewrites the batch's) may run beside the gather: the batch waits
+        // for `lane_routed` before routing and for `lane_done` before its attention (which reads and
+        // fills slots).
+        let g = &lane.gpu;
+        let (uni_group, uni_slot, n_uni) = (ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
+        let mut p = HgaParams { pos: ptr(&lane.pos, g), q, out: 0, uni_group, uni_slot, n_uni, ..self.p };
         lane.scratch.apply(&mut p);
         self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
         let fuse = self.resolve_fuses();
@@ -240,12 +272,7 @@ impl DecodeBatch<'_> {
         if !fuse {
             self.resolve_on(&st, &p)?;
         }
-        // The gather reads the lane's copies of the union lists, so the step's own routing (which
-        // rewrites the batch's) may run beside it: the batch waits for `lane_routed` before routing
-        // and for `lane_done` before its attention (which reads and fills slots).
-        st.memcpy_dtod(&self.b.uni_group, &mut lane.uni_group)?;
-        st.memcpy_dtod(&self.b.uni_slot, &mut lane.uni_slot)?;
-        st.memcpy_dtod(&self.b.n_uni, &mut lane.n_uni)?;
+        // The slot-cache counters for the lane's telemetry, before the step rewrites them.
         st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
         self.lane_routed.record(&st)?;
         lane.record_stage(1)?;
