@@ -286,8 +286,9 @@ impl<'k> DecodeBatch<'k> {
     }
 
     /// Makes the batch's stream wait for a prefetch's routing (not its gather): enough for work that
-    /// reads or writes the routing state (summaries, slot tables, union lists) or the step's inputs,
-    /// but neither the slots' contents nor the lists the gather reads (the lane's own copies).
+    /// reads or writes the slot cache's tables, or rewrites summaries and host records the prefetch
+    /// may route over (block appends, uploads of whole tables), but neither the slots' contents nor
+    /// the lists the gather reads (the lane's own).
     fn join_prefetch_route(&self) -> Result<(), CudaError> {
         if self.lane_pending.fetch_and(!ROUTED, Ordering::AcqRel) & ROUTED != 0 {
             if let Err(e) = self.gpu.stream().wait(&self.lane_routed) {
@@ -296,6 +297,16 @@ impl<'k> DecodeBatch<'k> {
             }
         }
         Ok(())
+    }
+
+    /// The batch's stream without waiting for a prefetch: for work that neither reads what a
+    /// prefetch writes (the slot cache, the lane's lists) nor writes what it reads (its guesses and
+    /// positions, the summaries of the chunks closed before its position, the host records of
+    /// routed groups): the step's inputs, its append and summarize (the open group and the closing
+    /// chunk are newer than anything the prefetch routes), and its chunk score and select into the
+    /// batch's own scratch and lists.
+    fn free_stream(&self) -> &Arc<CudaStream> {
+        self.gpu.stream()
     }
 
     /// The batch's stream, after a prefetch's routing ([`DecodeBatch::join_prefetch_route`]).
@@ -468,7 +479,7 @@ impl<'k> DecodeBatch<'k> {
             .collect();
         self.grow(&need)?;
         let pos_host: Vec<i32> = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
-        let st = self.route_stream()?.clone();
+        let st = self.free_stream().clone();
         st.memcpy_htod(&pos_host, &mut self.b.pos)?;
         self.pos_host = pos_host;
         let close = self.closing_chunks();
@@ -493,14 +504,14 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be -1 or a chunk the row's tables hold (< {})", self.grown_chunks(row)),
             });
         }
-        let st = self.route_stream()?.clone();
+        let st = self.free_stream().clone();
         upload(&st, "close", close, &mut self.b.close)
     }
 
     /// Uploads this step's queries (`[B][q_heads][d]`, element bits, after RoPE).
     pub fn upload_q(&mut self, q: &[u16]) -> Result<(), CudaError> {
         // The step's input, like upload_q_rows: a prefetch reads its own guesses, not these.
-        let st = self.route_stream()?.clone();
+        let st = self.free_stream().clone();
         upload(&st, "q", q, &mut self.b.q)
     }
 
@@ -640,8 +651,14 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch(&self, k: Kernel, grid: (u32, u32, u32), block: u32, extra: &[Arg]) -> Result<(), CudaError> {
-        // Only the attention reads and fills slots that a prefetch's gather may still be writing.
-        let st = if matches!(k, Kernel::Attend) { self.stream()? } else { self.route_stream()? };
+        // Only the attention reads and fills slots that a prefetch's gather may still be writing, and
+        // only the resolve touches the slot cache that the prefetch's routing updates.
+        let st = match k {
+            Kernel::Attend => self.stream()?,
+            // Block appends stay behind the routing too (they are not on a decode step's path).
+            Kernel::Resolve | Kernel::Ingest | Kernel::IngestSummarize => self.route_stream()?,
+            Kernel::Append | Kernel::Summarize | Kernel::ChunkScore | Kernel::Select => self.free_stream(),
+        };
         self.launch_on(Launch { stream: st, p: &self.p, k, grid, block, extra })
     }
 
@@ -719,7 +736,7 @@ impl<'k> DecodeBatch<'k> {
 
     /// Uploads the new token's keys and values (`[B][kv_heads][d]`) for [`DecodeBatch::launch_append_kernel`].
     pub fn upload_new_kv(&mut self, k: &[u16], v: &[u16]) -> Result<(), CudaError> {
-        let st = self.route_stream()?.clone();
+        let st = self.free_stream().clone();
         upload(&st, "k", k, &mut self.b.k_new)?;
         upload(&st, "v", v, &mut self.b.v_new)
     }
@@ -828,7 +845,9 @@ impl<'k> DecodeBatch<'k> {
     /// ([`hga_dsl::codegen::RESOLVE_STAGED_LISTS`]) keep `hga_resolve` apart, in `launch_fetch`.
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
-        let fuse = self.resolve_fuses();
+        // With a prefetch's routing pending, the resolve runs apart (after it), so that the chunk
+        // score and select run beside it.
+        let fuse = self.resolve_fuses() && self.lane_pending.load(Ordering::Acquire) & ROUTED == 0;
         self.launch_select_kernel(fuse)?;
         self.route_resolved = fuse;
         Ok(())
@@ -863,7 +882,7 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_chunk_score` alone.
     pub fn launch_chunk_score(&mut self) -> Result<(), CudaError> {
         let cands = self.capture_cands.unwrap_or_else(|| self.max_candidates());
-        self.chunk_score_on(self.route_stream()?, &self.p, cands)
+        self.chunk_score_on(self.free_stream(), &self.p, cands)
     }
 
     /// `hga_select` alone: top chunks, their groups scored, top groups (no resolve: see
@@ -874,7 +893,8 @@ impl<'k> DecodeBatch<'k> {
     }
 
     fn launch_select_kernel(&mut self, fuse_resolve: bool) -> Result<(), CudaError> {
-        self.select_on(self.route_stream()?, &self.p, fuse_resolve)
+        let st = if fuse_resolve { self.route_stream()? } else { self.free_stream() };
+        self.select_on(st, &self.p, fuse_resolve)
     }
 
     /// Fetch bookkeeping: `hga_resolve` (union, slot-cache lookup, slots for the misses), unless the

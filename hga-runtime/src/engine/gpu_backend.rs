@@ -42,8 +42,8 @@
 //! **Speculative prefetch** ([`GpuBackend::prefetch`]): a guess of a layer's coming queries routes on
 //! a [`PrefetchLane`] (a second stream with its own step scratch, made on the first prefetch and shared
 //! by all layers) and reads the groups it opens that miss into the layer's slot cache; the layer's batch
-//! waits for the prefetch's routing before its own and for the prefetch's reads before its attention,
-//! so the step's routing and slots never race it.
+//! waits for the prefetch's routing before its resolve and for the prefetch's reads before its
+//! attention, so the slot cache never races it.
 //!
 //! **Appends** of one (sequence, layer) are one block append (`append_block`, or
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
@@ -458,7 +458,7 @@ impl GpuBackend {
     /// the layer's graph with `cuda_graph` (captured again when it no longer fits) unless a prefetch is in flight, else launched.
     fn launch_chain(&mut self, layer: usize) -> Result<(), RuntimeError> {
         // A replay would wait for a pending prefetch's gather before routing; launched stages route
-        // beside it and wait only before the attention.
+        // beside it and wait only before the resolve (its routing) and the attention (its gather).
         let replay = self.cuda_graph && !self.batches[layer].prefetch_in_flight();
         self.io[layer].replayed = replay;
         if replay {

@@ -79,7 +79,7 @@ impl DecodeBatch<'_> {
     unsafe fn copy_rows(&self, ext: u64, own: u64, rows: &[usize], to_own: bool) -> Result<(), CudaError> {
         self.check_rows(rows)?;
         // Queries in: the step's input, like upload_q. Outputs out: after the attention.
-        let stream = if to_own { self.route_stream()? } else { self.stream()? };
+        let stream = if to_own { self.free_stream() } else { self.stream()? };
         // SAFETY: forwarded from the caller; `own` is a buffer of the batch's rows.
         unsafe { self.copy_row_runs(stream, ext, own, rows, to_own) }
     }
@@ -144,7 +144,7 @@ impl DecodeBatch<'_> {
             });
         }
         let at = first_row * row;
-        let st = self.route_stream()?.clone();
+        let st = self.free_stream().clone();
         st.memcpy_htod(q, &mut self.b.q.slice_mut(at..at + q.len()))?;
         Ok(())
     }

@@ -13,15 +13,15 @@
 //!   warp per group at a time and few warps in all (the reads are bound by PCIe), without attending
 //!   them (a real step fills its slots inside the attention).
 //!
-//! The lane has its own positions, step scratch and union lists (the guessed queries are copied into
-//! the batch on its stream, after whatever produced them), on a stream of the highest priority, so it
-//! runs beside another layer's
-//! work on the batch's stream. What it shares with its batch the batch's next work waits for, in two
-//! parts: work that touches the routing state or the step's inputs (uploads, append, summarize, the
-//! step's route) waits for the prefetch's routing;
-//! the attention, which reads and fills slots, and every read-back wait for the gather too. So the
-//! step's route runs beside the prefetch's PCIe reads. A CUDA graph replay of the step would wait for
-//! both (the engine launches the stages instead while a prefetch is in flight).
+//! The lane has its own positions, step scratch and lists (opened groups, union; the guessed queries
+//! are copied into the batch on its stream, after whatever produced them), on a stream of the highest
+//! priority, so it runs beside another layer's work on the batch's stream. It shares the slot cache
+//! with its batch, so the batch waits in two places: its resolve (which updates the slot cache) for
+//! the prefetch's routing, and its attention, which reads and fills slots, and every read-back for the
+//! gather too. The step's inputs, append, summarize, chunk score and select run beside the prefetch,
+//! and its resolve then runs apart from its select (not fused) so that only the resolve waits. A CUDA
+//! graph replay of the step would wait for the whole prefetch (the engine launches the stages instead
+//! while a prefetch is in flight).
 //! The real step routes with its own query, so a guess changes which groups hit, never the output
 //! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
@@ -63,6 +63,10 @@ pub struct PrefetchLane {
     uni_slot: CudaSlice<i32>,
     n_uni: CudaSlice<i32>,
     part_state: CudaSlice<i32>,
+    /// The last prefetch's opened groups per routing unit (its select writes them here, not into the
+    /// batch's, so that the step's own select may run beside the prefetch's routing).
+    sel_group: CudaSlice<i32>,
+    n_sel_group: CudaSlice<i32>,
     /// Positions the last prefetch routed at (-1: the row sat out).
     last_pos: Vec<i32>,
     /// Recorded on a batch's stream at each prefetch: the lane waits for the batch's earlier work.
@@ -108,6 +112,8 @@ impl PrefetchLane {
             uni_slot: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
             part_state: st.alloc_zeros::<i32>((heads * 4).max(1))?,
+            sel_group: st.alloc_zeros::<i32>((layout.bsz * layout.units * layout.kge).max(1))?,
+            n_sel_group: st.alloc_zeros::<i32>((layout.bsz * layout.units).max(1))?,
             last_pos: vec![-1; layout.bsz],
             ready: gpu.context().new_event(None)?,
             stages: None,
@@ -124,8 +130,13 @@ impl PrefetchLane {
 
     /// Device bytes the lane holds (its scratch and buffers).
     pub fn committed_bytes(&self) -> u64 {
-        let i32s =
-            self.pos.len() + self.uni_group.len() + self.uni_slot.len() + self.n_uni.len() + self.part_state.len();
+        let i32s = self.pos.len()
+            + self.uni_group.len()
+            + self.uni_slot.len()
+            + self.n_uni.len()
+            + self.part_state.len()
+            + self.sel_group.len()
+            + self.n_sel_group.len();
         self.scratch.committed_bytes() + 4 * i32s as u64
     }
 
@@ -193,8 +204,8 @@ impl DecodeBatch<'_> {
     /// guess of the step's queries) on `lane`'s stream and reads the groups it opens that miss into the
     /// slot cache, as of `positions` (per row the coming step's position, `None` or 0: the row sits
     /// out; routing sees the chunks closed by the token before it). Returns at once; the lane waits for
-    /// the batch's work queued so far, and the batch's next work waits for the prefetch (its route for
-    /// the prefetch's routing, its attention for the gather too: see the module docs). Errors (nothing
+    /// the batch's work queued so far, and the batch's resolve waits for the prefetch's routing, its
+    /// attention for the gather too (see the module docs). Errors (nothing
     /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
     /// the wrong length.
     pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
@@ -258,13 +269,24 @@ impl DecodeBatch<'_> {
         st.memcpy_htod(&pos, &mut lane.pos)?;
         // No output: the prefetch runs no attention.
         let q = ptr(&self.b.spec_q, &self.gpu);
-        // The resolve writes the union straight into the lane's lists, which the gather reads, so the
-        // step's own routing (which rewrites the batch's) may run beside the gather: the batch waits
-        // for `lane_routed` before routing and for `lane_done` before its attention (which reads and
-        // fills slots).
+        // The select and resolve write their lists into the lane's, which the gather reads, so the
+        // step's own chunk score and select (into the batch's) may run beside the prefetch: the batch
+        // waits for `lane_routed` before its resolve (the slot cache) and for `lane_done` before its
+        // attention (which reads and fills slots).
         let g = &lane.gpu;
         let (uni_group, uni_slot, n_uni) = (ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
-        let mut p = HgaParams { pos: ptr(&lane.pos, g), q, out: 0, uni_group, uni_slot, n_uni, ..self.p };
+        let (sel_group, n_sel_group) = (ptr(&lane.sel_group, g), ptr(&lane.n_sel_group, g));
+        let mut p = HgaParams {
+            pos: ptr(&lane.pos, g),
+            q,
+            out: 0,
+            uni_group,
+            uni_slot,
+            n_uni,
+            sel_group,
+            n_sel_group,
+            ..self.p
+        };
         lane.scratch.apply(&mut p);
         self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
         let fuse = self.resolve_fuses();
