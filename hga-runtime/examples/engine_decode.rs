@@ -1,10 +1,10 @@
 //! A decode loop through the engine API, as an inference engine drives it: one [`HgaCache`] for the
 //! model, a prefill appended as one block per layer, then per step and layer the new token's K/V
-//! appended and its query attended, with a speculative prefetch of the next layer; telemetry per step
-//! and in total.
+//! appended and its query attended, optionally with a speculative prefetch of the next layer (it pays
+//! only where a layer's MLP outlasts it: BENCHMARKS.md); telemetry per step and in total.
 //!
 //! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS PREFETCH]`
-//! (defaults: `qwen3-8b 16384 32 1`; `PREFETCH` 0 leaves it out). Runs on the GPU when one is usable (kernel parameters from the
+//! (defaults: `qwen3-8b 16384 32 0`; `PREFETCH` 1 adds it). Runs on the GPU when one is usable (kernel parameters from the
 //! checked-in tuned configs), else on the CPU backend. Keys, values and queries are random here; an
 //! engine passes its own (keys after RoPE), as host slices or, on the GPU, as device buffers
 //! (`append_device`, `attend_device`).
@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let preset = args.first().map_or("qwen3-8b", String::as_str);
     let context: usize = args.get(1).map_or(Ok(16384), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
-    let prefetch = args.get(3).map_or(Ok(1), |s| s.parse::<u8>())? != 0;
+    let prefetch = args.get(3).map_or(Ok(0), |s| s.parse::<u8>())? != 0;
     let layers = 2;
 
     // The model's shape and the reference router; `hga_dsl::HfModel::from_file("config.json")?.shape`
