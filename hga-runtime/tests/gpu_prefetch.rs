@@ -10,7 +10,7 @@
 //! that queue nothing. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
-use common::records::{append, blocks, decode, next_query, Records};
+use common::records::{append, blocks, decode, decode_with, next_query, Records};
 use common::{gpu_or_skip, rng, Row};
 
 use cudarc::driver::DevicePtr;
@@ -84,7 +84,13 @@ fn run(unions: usize) {
         };
         let positions: Vec<Option<u32>> =
             rows.iter().enumerate().map(|(i, r)| (i == 0 || step % 4 != 1).then_some(r.len as u32)).collect();
-        if step % 2 == 0 {
+        // Every fourth step the prefetch comes right before the step's launches, after its inputs are
+        // set: the step's append, summarize, chunk score and select then run beside the prefetch's
+        // routing (its resolve apart, after it).
+        let inside = step % 4 == 2;
+        if inside {
+            // Below, through decode_with.
+        } else if step % 2 == 0 {
             spec_b.prefetch(&mut lane, &positions, &guess).unwrap();
         } else {
             // From device memory, entries in reverse row order (the rows that take part).
@@ -98,8 +104,12 @@ fn run(unions: usize) {
             unsafe { spec_b.prefetch_device(&mut lane, &order, addr) }.unwrap();
             drop(dev);
         }
-        let outs =
-            decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);
+        let batches = &mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)];
+        let outs = decode_with(batches, &mut rows, &[true, true], &q, &spec, |i, b| {
+            if inside && i == 1 {
+                b.prefetch(&mut lane, &positions, &guess).unwrap();
+            }
+        });
         assert!(outs[0] == outs[1], "step {step}: the prefetching batch's output differs");
         let union = spec_b.union().unwrap();
         for (i, u) in union.iter().enumerate() {
@@ -148,4 +158,13 @@ fn run(unions: usize) {
     assert_eq!(field(spec_b.prefetch(&mut other, &pos, &q.0)), "scratch");
     let outs = decode(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &mut rows, &[true, true], &q, &spec);
     assert!(outs[0] == outs[1], "output differs after refused prefetches");
+    // Between a step's resolve and its attention a prefetch could evict the slots the attention is
+    // about to fill: refused.
+    spec_b.launch_route().unwrap();
+    spec_b.launch_fetch().unwrap();
+    let pos: Vec<Option<u32>> = rows.iter().map(|r| Some(r.len as u32 - 1)).collect();
+    assert_eq!(field(spec_b.prefetch(&mut lane, &pos, &q.0)), "step");
+    spec_b.launch_attend().unwrap();
+    spec_b.prefetch(&mut lane, &pos, &q.0).unwrap();
+    spec_b.join_prefetch().unwrap();
 }

@@ -77,6 +77,15 @@ pub struct DecodeBatch<'k> {
     lane_routed: CudaEvent,
     lane_done: CudaEvent,
     lane_pending: AtomicU8,
+    /// Per row, the position the last prefetch routed at (the token before its coming one; -1: the
+    /// row sat out): writes of tokens past it need not wait for the prefetch.
+    prefetch_pos: Vec<i32>,
+    /// Per row, the tokens the batch was told it holds (appended, or before a step's position): a
+    /// prefetch may route only over those.
+    held: Vec<usize>,
+    /// A step was resolved (slots given to its misses) and not attended yet: a prefetch now could
+    /// evict those slots before the attention fills them.
+    awaiting_attend: bool,
 }
 
 /// A whole decode step captured as a CUDA graph: append, summarize (sequences whose `close` entry is
@@ -260,13 +269,18 @@ impl<'k> DecodeBatch<'k> {
             lane_routed: gpu.context().new_event(None)?,
             lane_done: gpu.context().new_event(None)?,
             lane_pending: AtomicU8::new(0),
+            prefetch_pos: vec![-1; bsz],
+            held: vec![0; bsz],
+            awaiting_attend: false,
         })
     }
 
     /// Makes the batch's stream wait for a prefetch still running on a lane ([`DecodeBatch::prefetch`]),
-    /// if any. Every method that queues work on the batch or reads it back calls this first, so the step
-    /// never races the prefetch's slot assignments; an engine calls it to place the wait itself (work it
-    /// queues on the stream afterwards waits too).
+    /// if any. The attention, every read-back, row resets and rewrites of tokens or record addresses
+    /// the prefetch routed over call this first (the resolve waits for its routing only; the step's
+    /// inputs, append, summarize, chunk score and select not at all), so the step never races the
+    /// prefetch; an engine calls it to place the wait itself (work it queues on the stream afterwards
+    /// waits too).
     pub fn join_prefetch(&self) -> Result<(), CudaError> {
         // The gather follows the routing on the lane: its event covers both.
         if self.lane_pending.swap(0, Ordering::AcqRel) & DONE != 0 {
@@ -326,13 +340,13 @@ impl<'k> DecodeBatch<'k> {
     /// `CUDA_ERROR_OUT_OF_MEMORY`) nothing is mapped and the batch is as it was. New pages are filled
     /// on the stream before any later work.
     fn grow(&mut self, need: &[(usize, usize)]) -> Result<(), CudaError> {
-        // New pages only: a prefetch's gather never reads them.
-        self.join_prefetch_route()?;
         let need: Vec<(usize, usize)> =
             need.iter().map(|&(r, c)| (r, c.min(self.layout.cap_chunks))).filter(|&(r, c)| c > self.grown[r]).collect();
         if need.is_empty() {
             return Ok(());
         }
+        // New pages only (a prefetch never reads them), but the scratch's bookkeeping is shared.
+        self.join_prefetch_route()?;
         let (rows, specs) = (self.cap.batch, self.layout.batch_tables());
         let mut mapped = Ok(());
         'map: for &(row, chunks) in &need {
@@ -481,6 +495,10 @@ impl<'k> DecodeBatch<'k> {
         let pos_host: Vec<i32> = pos.iter().map(|p| p.map_or(-1, |p| p as i32)).collect();
         let st = self.free_stream().clone();
         st.memcpy_htod(&pos_host, &mut self.b.pos)?;
+        // A step at position p reads tokens 0..p: the row holds them.
+        for (h, &p) in self.held.iter_mut().zip(&pos_host) {
+            *h = (*h).max(p.max(0) as usize);
+        }
         self.pos_host = pos_host;
         let close = self.closing_chunks();
         self.upload_close(&close)
@@ -552,6 +570,8 @@ impl<'k> DecodeBatch<'k> {
     /// Maps every row's tables for `max_context` (a flat store is for tests and benchmarks; engines set
     /// addresses per group as rows grow: [`DecodeBatch::set_group_addrs`]).
     pub unsafe fn set_host_store(&mut self, device_ptr: u64) -> Result<(), CudaError> {
+        // Every record address changes, and a prefetch's gather reads them.
+        self.join_prefetch()?;
         self.commit_all()?;
         let rec = self.record_bytes();
         let n = self.tables[3].bytes() / 8;
@@ -586,6 +606,7 @@ impl<'k> DecodeBatch<'k> {
             return Ok(());
         }
         self.grow(&[(row, (first_group + addrs.len()).div_ceil(self.layout.gpc))])?;
+        self.join_prefetch_before(row, first_group * self.kernels.spec().routing().group as usize)?;
         let at = (row * kvh + kv_head) * cap_groups + first_group;
         self.tables[3].write(at as u64 * 8, addrs)
     }
@@ -632,18 +653,27 @@ impl<'k> DecodeBatch<'k> {
                 rule: format!("must be < batch ({})", self.cap.batch),
             });
         }
+        self.join_prefetch()?;
+        // group_addr back to 0 where mapped (unmapped pages are filled when mapped).
+        let span = self.layout.batch_tables()[3].row_span(self.cap.batch, row);
+        self.tables[3].refill(span)?;
+        self.forget_slots(row)?;
+        self.held[row] = 0;
+        Ok(())
+    }
+
+    /// Empties row `row`'s slot cache: slot_of back to -1, its partition's owners, stamps and counters
+    /// reset (after the batch's queued work; a pending prefetch must have been joined or synchronized).
+    fn forget_slots(&mut self, row: usize) -> Result<(), CudaError> {
         let kvh = self.kernels.spec().model().kv_heads as usize;
         let ps = self.p.part_slots as usize;
-        let st = self.stream()?.clone();
+        let st = self.gpu.stream().clone();
         let fill = |buf: &mut CudaSlice<i32>, at: usize, n: usize, v: i32| -> Result<(), CudaError> {
             st.memcpy_htod(&vec![v; n], &mut buf.slice_mut(at..at + n))?;
             Ok(())
         };
-        // slot_of back to -1 and group_addr to 0 where mapped (unmapped pages are filled when mapped).
-        for t in 2..4 {
-            let span = self.layout.batch_tables()[t].row_span(self.cap.batch, row);
-            self.tables[t].refill(span)?;
-        }
+        let span = self.layout.batch_tables()[2].row_span(self.cap.batch, row);
+        self.tables[2].refill(span)?;
         fill(&mut self.b.slot_owner, row * kvh * ps, kvh * ps, -1)?;
         fill(&mut self.b.slot_stamp, row * kvh * ps, kvh * ps, -1)?;
         fill(&mut self.b.part_state, row * kvh * 4, kvh * 4, 0)?;
@@ -655,9 +685,14 @@ impl<'k> DecodeBatch<'k> {
         // only the resolve touches the slot cache that the prefetch's routing updates.
         let st = match k {
             Kernel::Attend => self.stream()?,
-            // Block appends stay behind the routing too (they are not on a decode step's path).
-            Kernel::Resolve | Kernel::Ingest | Kernel::IngestSummarize => self.route_stream()?,
-            Kernel::Append | Kernel::Summarize | Kernel::ChunkScore | Kernel::Select => self.free_stream(),
+            Kernel::Resolve => self.route_stream()?,
+            // Block appends joined what they must first (`join_prefetch_before`).
+            Kernel::Append
+            | Kernel::Summarize
+            | Kernel::ChunkScore
+            | Kernel::Select
+            | Kernel::Ingest
+            | Kernel::IngestSummarize => self.free_stream(),
         };
         self.launch_on(Launch { stream: st, p: &self.p, k, grid, block, extra })
     }
@@ -745,7 +780,11 @@ impl<'k> DecodeBatch<'k> {
     pub fn launch_append_kernel(&mut self) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let (kp, vp) = (ptr(&self.b.k_new, &self.gpu), ptr(&self.b.v_new, &self.gpu));
-        self.launch(Kernel::Append, (kvh, b, 1), d, &[Arg::Ptr(kp), Arg::Ptr(vp)])
+        self.launch(Kernel::Append, (kvh, b, 1), d, &[Arg::Ptr(kp), Arg::Ptr(vp)])?;
+        for (h, &p) in self.held.iter_mut().zip(&self.pos_host) {
+            *h = (*h).max((p + 1).max(0) as usize);
+        }
+        Ok(())
     }
 
     /// `hga_summarize` for `close[b]` (chunk index, or -1 for none), which must be in the window.
@@ -787,7 +826,8 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         let n = k.len() / row_len;
-        let st = self.route_stream()?.clone();
+        self.join_prefetch_before(row, p0)?;
+        let st = self.free_stream().clone();
         if self.staging.as_ref().is_none_or(|(sk, _)| sk.len() < k.len()) {
             self.staging = Some((st.alloc_zeros::<u16>(k.len())?, st.alloc_zeros::<u16>(k.len())?));
         }
@@ -823,6 +863,7 @@ impl<'k> DecodeBatch<'k> {
             });
         }
         self.grow(&[(row, self.layout.chunks_for(p0 + n))])?;
+        self.join_prefetch_before(row, p0)?;
         let (_, _, kvh, d) = self.dims();
         // Chunks whose last token (c·(i+1) − 1) is in the block: p0 / c ..< (p0 + n) / c.
         let (first, end) = (p0 / c, (p0 + n) / c);
@@ -835,14 +876,28 @@ impl<'k> DecodeBatch<'k> {
         let nt = self.lp.threads as usize;
         let blocks = (n * kvh as usize * d as usize / 8).div_ceil(nt) as u32;
         let args = [Arg::Int(row as i32), Arg::Int(p0 as i32), Arg::Int(n as i32), Arg::Ptr(k), Arg::Ptr(v)];
-        self.launch(Kernel::Ingest, (blocks, 1, 1), nt as u32, &args)
+        self.launch(Kernel::Ingest, (blocks, 1, 1), nt as u32, &args)?;
+        self.held[row] = self.held[row].max(p0 + n);
+        Ok(())
+    }
+
+    /// Makes the batch's stream wait for a pending prefetch if it routed row `row` over token
+    /// `first_token` or later ones: work that rewrites the row's tokens, summaries or record addresses
+    /// from there on must not race its routing or its gather. Writes past its position need no wait.
+    fn join_prefetch_before(&self, row: usize, first_token: usize) -> Result<(), CudaError> {
+        let routed_to = self.prefetch_pos.get(row).copied().unwrap_or(-1);
+        if self.lane_pending.load(Ordering::Acquire) != 0 && (first_token as i64) <= routed_to as i64 {
+            self.join_prefetch()?;
+        }
+        Ok(())
     }
 
     /// Routing: `hga_chunk_score`, then `hga_select` with the fetch bookkeeping fused in (the last unit
     /// of each (row, KV head) to finish resolves it: union, slot lookup, slots for the misses), so the
     /// step is one launch shorter; the [`DecodeBatch::launch_fetch`] that follows launches nothing.
     /// Budgets whose lists exceed what the resolve stages in shared memory
-    /// ([`hga_dsl::codegen::RESOLVE_STAGED_LISTS`]) keep `hga_resolve` apart, in `launch_fetch`.
+    /// ([`hga_dsl::codegen::RESOLVE_STAGED_LISTS`]) keep `hga_resolve` apart, in `launch_fetch`, and so
+    /// does a step while a prefetch's routing is pending (only the resolve waits for it).
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
         // With a prefetch's routing pending, the resolve runs apart (after it), so that the chunk
@@ -850,6 +905,7 @@ impl<'k> DecodeBatch<'k> {
         let fuse = self.resolve_fuses() && self.lane_pending.load(Ordering::Acquire) & ROUTED == 0;
         self.launch_select_kernel(fuse)?;
         self.route_resolved = fuse;
+        self.awaiting_attend |= fuse;
         Ok(())
     }
 
@@ -910,12 +966,16 @@ impl<'k> DecodeBatch<'k> {
     /// `hga_resolve` alone; starts a new step id (slot stamps).
     pub fn launch_resolve(&mut self) -> Result<(), CudaError> {
         self.route_resolved = false;
-        self.resolve_on(self.route_stream()?, &self.p)
+        self.resolve_on(self.route_stream()?, &self.p)?;
+        self.awaiting_attend = true;
+        Ok(())
     }
 
     /// Attention: `hga_attend` (split-K; misses read from host memory and cached; the last split merges).
     pub fn launch_attend(&mut self) -> Result<(), CudaError> {
-        self.attend_on(self.stream()?, &self.p)
+        self.attend_on(self.stream()?, &self.p)?;
+        self.awaiting_attend = false;
+        Ok(())
     }
 
     /// `hga_chunk_score` on `st` with params `p`, its grid sized for `cands` candidate chunks.
@@ -1010,6 +1070,10 @@ impl<'k> DecodeBatch<'k> {
         // Unified addressing: the host pointer of mapped pinned memory is valid on the device.
         // SAFETY: the pinned buffer is owned by this batch.
         unsafe { self.set_host_store(pinned.as_ptr()? as u64)? };
+        if self._pinned_store.is_some() {
+            // Queued work (a prefetch's gather among it) may still read the old store.
+            self.gpu.stream().synchronize()?;
+        }
         self._pinned_store = Some(pinned);
         Ok(())
     }

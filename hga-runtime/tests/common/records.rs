@@ -84,8 +84,21 @@ pub fn decode(
     batches: &mut [(&mut DecodeBatch, &mut Records)],
     rows: &mut [Row],
     active: &[bool],
+    q: &(Vec<u16>, Vec<f32>),
+    spec: &ValidSpec,
+) -> Vec<Vec<u16>> {
+    decode_with(batches, rows, active, q, spec, |_, _| {})
+}
+
+/// [`decode`], calling `before_step(i, batch)` for batch `i` after its positions and queries are set,
+/// right before its step's launches (nothing joined in between).
+pub fn decode_with(
+    batches: &mut [(&mut DecodeBatch, &mut Records)],
+    rows: &mut [Row],
+    active: &[bool],
     (q_bits, q): &(Vec<u16>, Vec<f32>),
     spec: &ValidSpec,
+    mut before_step: impl FnMut(usize, &mut DecodeBatch),
 ) -> Vec<Vec<u16>> {
     let l = HeadLayout::of(spec);
     let (kvh, d, qh, g) = (l.kv_heads, l.head_dim, l.q_heads, spec.routing().group as usize);
@@ -106,7 +119,7 @@ pub fn decode(
         row.len += 1;
     }
     let mut outs = Vec::new();
-    for (b, recs) in batches.iter_mut() {
+    for (bi, (b, recs)) in batches.iter_mut().enumerate() {
         for (i, row) in rows.iter().enumerate() {
             if active[i] {
                 recs.cover(b, i, row.len, kvh, g);
@@ -115,6 +128,7 @@ pub fn decode(
         b.set_rows(&pos).unwrap();
         b.upload_q(q_bits).unwrap();
         b.poison_output().unwrap();
+        before_step(bi, b);
         b.step(&k_new, &v_new).unwrap();
         outs.push(b.output().unwrap());
     }

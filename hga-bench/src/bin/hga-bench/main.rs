@@ -493,8 +493,8 @@ impl Bench<'_> {
                 }
                 self.lev[0].record(&st)?;
                 // The prefetch routes as of the token before the step's, as a decoder's would before
-                // the layer appends it; the append and the step's route wait for its routing, the
-                // attention for its gather too (so `append_us` includes any wait for the routing).
+                // the layer appends it; the step's resolve waits for its routing (in the fetch stage),
+                // its attention for its gather.
                 if let (Some(lane), Some(g)) = (l.lane.as_deref_mut(), &guess) {
                     let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
                     let t0 = std::time::Instant::now();

@@ -21,7 +21,11 @@
 //! gather too. The step's inputs, append, summarize, chunk score and select run beside the prefetch,
 //! and its resolve then runs apart from its select (not fused) so that only the resolve waits. A CUDA
 //! graph replay of the step would wait for the whole prefetch (the engine launches the stages instead
-//! while a prefetch is in flight).
+//! while a prefetch is in flight). Block appends and record addresses past the prefetch's position run
+//! beside it too; rewrites of tokens it routed over, row resets and table uploads wait for all of it.
+//! A prefetch is refused between a step's resolve and its attention (it could evict the slots that
+//! attention is about to fill) and at positions past the tokens a row holds.
+//!
 //! The real step routes with its own query, so a guess changes which groups hit, never the output
 //! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
@@ -191,11 +195,11 @@ impl PrefetchLane {
         self.stages.as_ref()
     }
 
-    fn record_stage(&self, i: usize) -> Result<(), CudaError> {
+    /// Telemetry only: a failed record leaves that event's last time and nothing else.
+    fn record_stage(&self, i: usize) {
         if let Some(ev) = &self.stages {
-            ev[i].record(self.gpu.stream())?;
+            let _ = ev[i].record(self.gpu.stream());
         }
-        Ok(())
     }
 }
 
@@ -254,6 +258,15 @@ impl DecodeBatch<'_> {
                 rule: format!("must have {} elements (batch × q_heads × d)", self.b.spec_q.len()),
             });
         }
+        if self.awaiting_attend {
+            return Err(CudaError::Invalid {
+                field: "step",
+                value: "resolved, not attended".into(),
+                rule: "a prefetch must not come between a step's resolve and its attention (its resolve could \
+                       evict the slots the attention is about to fill): launch the attention first"
+                    .into(),
+            });
+        }
         let pos = self.prefetch_positions(positions)?;
         if pos.iter().all(|&p| p < 0) {
             return Ok(());
@@ -265,8 +278,26 @@ impl DecodeBatch<'_> {
         let st = lane.gpu.stream().clone();
         lane.ready.record(&main)?;
         st.wait(&lane.ready)?;
-        lane.record_stage(0)?;
-        st.memcpy_htod(&pos, &mut lane.pos)?;
+        let queued = self.queue_prefetch(lane, &st, &pos);
+        if let Err(e) = queued {
+            // Part of it may be queued: let it finish, and forget what the rows' slot caches hold,
+            // since its resolve may have given slots to groups its gather never read.
+            let _ = lane.gpu.sync();
+            for (row, _) in pos.iter().enumerate().filter(|(_, &p)| p >= 0) {
+                self.forget_slots(row)?;
+            }
+            return Err(e);
+        }
+        self.prefetch_pos.clone_from(&pos);
+        lane.last_pos = pos;
+        self.lane_pending.store(ROUTED | DONE, Ordering::Release);
+        Ok(())
+    }
+
+    /// The prefetch's work on the lane's stream `st` at positions `pos` (after its wait for the batch).
+    fn queue_prefetch(&self, lane: &mut PrefetchLane, st: &Arc<CudaStream>, pos: &[i32]) -> Result<(), CudaError> {
+        lane.record_stage(0);
+        st.memcpy_htod(pos, &mut lane.pos)?;
         // No output: the prefetch runs no attention.
         let q = ptr(&self.b.spec_q, &self.gpu);
         // The select and resolve write their lists into the lane's, which the gather reads, so the
@@ -288,25 +319,23 @@ impl DecodeBatch<'_> {
             ..self.p
         };
         lane.scratch.apply(&mut p);
-        self.chunk_score_on(&st, &p, self.candidates_at(&pos))?;
+        self.chunk_score_on(st, &p, self.candidates_at(pos))?;
         let fuse = self.resolve_fuses();
-        self.select_on(&st, &p, fuse)?;
+        self.select_on(st, &p, fuse)?;
         if !fuse {
-            self.resolve_on(&st, &p)?;
+            self.resolve_on(st, &p)?;
         }
         // The slot-cache counters for the lane's telemetry, before the step rewrites them.
         st.memcpy_dtod(&self.b.part_state, &mut lane.part_state)?;
-        self.lane_routed.record(&st)?;
-        lane.record_stage(1)?;
-        self.gather_on(&st, lane)?;
-        self.lane_done.record(&st)?;
-        lane.record_stage(2)?;
-        lane.last_pos = pos;
-        self.lane_pending.store(ROUTED | DONE, Ordering::Release);
+        self.lane_routed.record(st)?;
+        lane.record_stage(1);
+        self.gather_on(st, lane)?;
+        self.lane_done.record(st)?;
+        lane.record_stage(2);
         Ok(())
     }
 
-    /// `hga_gather_misses` on `st` for the union the prefetch's resolve left in `lane`'s copies.
+    /// `hga_gather_misses` on `st` for the union the prefetch's resolve left in `lane`'s own lists.
     fn gather_on(&self, st: &Arc<CudaStream>, lane: &PrefetchLane) -> Result<(), CudaError> {
         let (b, _, kvh, d) = self.dims();
         let warps = GATHER_THREADS / 32;
@@ -346,7 +375,9 @@ impl DecodeBatch<'_> {
             .map(|(row, p)| match *p {
                 None | Some(0) => Ok(-1),
                 Some(p)
-                    if (p as usize) < self.cap.max_context && self.layout.chunks_for(p as usize) <= self.grown[row] =>
+                    if (p as usize) < self.cap.max_context
+                        && p as usize <= self.held[row]
+                        && self.layout.chunks_for(p as usize) <= self.grown[row] =>
                 {
                     Ok(p as i32 - 1)
                 }
@@ -354,8 +385,9 @@ impl DecodeBatch<'_> {
                     field: "positions",
                     value: format!("{p} for row {row}"),
                     rule: format!(
-                        "must be < max_context ({}) with tokens 0..{p} in the row's tables ({} chunks of {})",
+                        "must be < max_context ({}) and at most the tokens the row holds ({}), in the row's tables ({} chunks of {})",
                         self.cap.max_context,
+                        self.held[row],
                         self.grown[row],
                         self.kernels.spec().routing().chunk
                     ),
