@@ -994,6 +994,9 @@ mod tests {
         assert_eq!(a.churn_rho.0, Some(0.75));
         assert!(a.mode == Mode::Hga && a.kernel.is_none() && a.config.is_none() && a.speculate_cos.is_none());
         assert_eq!(parse(&["--speculate-cos", "0.9"]).unwrap().speculate_cos, Some(0.9));
+        assert!(a.mlp_grid == MlpGrid::Tiles && a.prefetch_priority == Priority::Highest);
+        let a = parse(&["--mlp-grid", "persistent", "--prefetch-priority", "default"]).unwrap();
+        assert!(a.mlp_grid == MlpGrid::Persistent && a.prefetch_priority == Priority::Default);
         let a =
             parse(&["--churn-rho", "off", "--contexts", "65536,1048576", "--kernel", "256,16,32", "--mode", "dense"])
                 .unwrap();
@@ -1036,6 +1039,8 @@ mod tests {
             (&["--speculate-cos", "0"], "--speculate-cos"),
             (&["--speculate-cos", "1.5"], "--speculate-cos"),
             (&["--mode", "sdpa"], "--mode"),
+            (&["--mlp-grid", "waves"], "--mlp-grid"),
+            (&["--prefetch-priority", "low"], "--prefetch-priority"),
         ] {
             let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
             assert!(e.to_string().contains(flag), "{args:?}: {e}");
