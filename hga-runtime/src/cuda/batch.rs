@@ -300,9 +300,8 @@ impl<'k> DecodeBatch<'k> {
     }
 
     /// Makes the batch's stream wait for a prefetch's routing (not its gather): enough for work that
-    /// reads or writes the slot cache's tables, or rewrites summaries and host records the prefetch
-    /// may route over (block appends, uploads of whole tables), but neither the slots' contents nor
-    /// the lists the gather reads (the lane's own).
+    /// reads or writes the slot cache's tables (the resolve) or maps new table pages (`grow`), but
+    /// neither the slots' contents nor the lists the gather reads (the lane's own).
     fn join_prefetch_route(&self) -> Result<(), CudaError> {
         if self.lane_pending.fetch_and(!ROUTED, Ordering::AcqRel) & ROUTED != 0 {
             if let Err(e) = self.gpu.stream().wait(&self.lane_routed) {
@@ -554,6 +553,8 @@ impl<'k> DecodeBatch<'k> {
                 });
             }
         }
+        // Every summary changes, and a prefetch's routing reads them.
+        self.join_prefetch()?;
         self.commit_all()?;
         let bits = |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect() };
         self.tables[0].write(0, &bits(chunk))?;

@@ -455,7 +455,8 @@ impl GpuBackend {
 
     /// Route → fetch → attend of `layer` over the active rows, reading the queries from and writing the
     /// outputs to the batch's own buffers, then (with full telemetry) the counter gather: replayed from
-    /// the layer's graph with `cuda_graph` (captured again when it no longer fits) unless a prefetch is in flight, else launched.
+    /// the layer's graph with `cuda_graph` (captured again when it no longer fits) unless a prefetch is
+    /// in flight, else launched.
     fn launch_chain(&mut self, layer: usize) -> Result<(), RuntimeError> {
         // A replay would wait for a pending prefetch's gather before routing; launched stages route
         // beside it and wait only before the resolve (its routing) and the attention (its gather).
