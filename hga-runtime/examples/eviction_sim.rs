@@ -69,6 +69,8 @@ struct Args {
     rho: f32,
     seed: u64,
     speculate_cos: Option<f32>,
+    /// Extra chunks and groups per query head of the lookahead route (`--lookahead C,G`).
+    lookahead: Option<(usize, usize)>,
 }
 
 fn args() -> Result<Args, String> {
@@ -80,6 +82,7 @@ fn args() -> Result<Args, String> {
         rho: 0.9,
         seed: 1,
         speculate_cos: None,
+        lookahead: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +98,10 @@ fn args() -> Result<Args, String> {
             "--rho" => a.rho = val.parse().map_err(|e| bad(&e))?,
             "--seed" => a.seed = val.parse().map_err(|e| bad(&e))?,
             "--speculate-cos" => a.speculate_cos = Some(val.parse().map_err(|e| bad(&e))?),
+            "--lookahead" => {
+                let (c, g) = val.split_once(',').ok_or_else(|| bad(&"expected CHUNKS,GROUPS"))?;
+                a.lookahead = Some((c.parse().map_err(|e| bad(&e))?, g.parse().map_err(|e| bad(&e))?));
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -119,6 +126,9 @@ struct Step {
     selected: Vec<std::collections::HashSet<usize>>,
     /// Per KV head, the union of the speculative query (`--speculate-cos`).
     guesses: Option<Vec<Vec<u32>>>,
+    /// Per KV head, the union of this step's query routed wider (`--lookahead`): what a prefetch
+    /// issued after the step would bring in for the next one.
+    ahead: Option<Vec<Vec<u32>>>,
 }
 
 /// One query head's route: its groups, its candidate chunks' scores, its selected chunks.
@@ -157,7 +167,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
     };
     // Per query head of `q`: its groups, its candidate chunks' scores and its selected chunks, over
     // the chunks closed by `tokens` tokens.
-    let route = |q: &[f32], tokens: usize| -> (usize, Vec<HeadRoute>) {
+    let route = |q: &[f32], tokens: usize, (top_chunks, top_groups): (usize, usize)| -> (usize, Vec<HeadRoute>) {
         let closed = tokens / C;
         let sinks_end = KF.min(closed);
         let local_start = closed.saturating_sub(KL).max(sinks_end);
@@ -168,11 +178,11 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 let qh = &q[h * D..(h + 1) * D];
                 let cs: Vec<f32> =
                     (sinks_end..local_start).map(|c| dot(qh, &chunk_sum[(kvh * chunks + c) * D..][..D])).collect();
-                let sel: Vec<usize> = top_k(&cs, TOP_CHUNKS).into_iter().map(|i| sinks_end + i).collect();
+                let sel: Vec<usize> = top_k(&cs, top_chunks).into_iter().map(|i| sinks_end + i).collect();
                 let cand: Vec<usize> = sel.iter().flat_map(|&c| (0..GPC).map(move |j| c * GPC + j)).collect();
                 let gs: Vec<f32> =
                     cand.iter().map(|&g| dot(qh, &group_sum[(kvh * chunks * GPC + g) * D..][..D])).collect();
-                (top_k(&gs, TOP_GROUPS).into_iter().map(|i| cand[i] as u32).collect(), cs, sel)
+                (top_k(&gs, top_groups).into_iter().map(|i| cand[i] as u32).collect(), cs, sel)
             })
             .collect();
         (sinks_end, per_head)
@@ -196,9 +206,10 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
                 let s = (1.0 - c * c).max(0.0).sqrt();
                 h.iter_mut().zip(&n).for_each(|(x, y)| *x = c * *x + s * y);
             }
-            unions_of(&route(&sq, pos).1)
+            unions_of(&route(&sq, pos, (TOP_CHUNKS, TOP_GROUPS)).1)
         });
-        let (sinks_end, per_head) = route(&q, pos + 1);
+        let (sinks_end, per_head) = route(&q, pos + 1, (TOP_CHUNKS, TOP_GROUPS));
+        let ahead = a.lookahead.map(|(c, g)| unions_of(&route(&q, pos + 1, (TOP_CHUNKS + c, TOP_GROUPS + g)).1));
         let heads_of = |kvh: usize| &per_head[kvh * (QH / KVH)..(kvh + 1) * (QH / KVH)];
         let unions = unions_of(&per_head);
         let relevance = (0..KVH)
@@ -213,7 +224,7 @@ fn trace(context: usize, a: &Args) -> Vec<Step> {
             })
             .collect();
         let selected = (0..KVH).map(|kvh| heads_of(kvh).iter().flat_map(|x| x.2.iter().copied()).collect()).collect();
-        steps.push(Step { unions, relevance, selected, guesses });
+        steps.push(Step { unions, relevance, selected, guesses, ahead });
     }
     steps
 }
@@ -235,6 +246,9 @@ fn main() {
         let mut policies = vec!["Fifo", "Clock", "Lru", "ClockSelected", "Relevance", "Belady"];
         if a.speculate_cos.is_some() {
             policies.push("Clock+prefetch");
+        }
+        if a.lookahead.is_some() {
+            policies.push("Clock+lookahead");
         }
         // Clock+prefetch: (groups prefetched, routed groups the speculation foresaw).
         let (mut prefetched, mut foreseen) = (0usize, 0usize);
@@ -278,6 +292,16 @@ fn main() {
                             }
                             p.resolve(u, Eviction::Clock)
                         }
+                        "Clock+lookahead" => {
+                            // The step, then (off its critical path) the prefetch of its wider route.
+                            let r = p.resolve(u, Eviction::Clock).expect("unions hold distinct groups");
+                            let wide = &step.ahead.as_ref().expect("traced with --lookahead")[kvh];
+                            let f = p.resolve(wide, Eviction::Clock).expect("unions hold distinct groups");
+                            if t >= a.warmup {
+                                prefetched += f.misses - f.uncached;
+                            }
+                            Ok(r)
+                        }
                         "Belady" => {
                             let nu = &next_use[t];
                             p.resolve_ranked(u, |g, _| {
@@ -303,6 +327,13 @@ fn main() {
                 misses as f64 / a.steps as f64,
                 (hits + misses) as f64 / a.steps as f64
             );
+            if policy == "Clock+lookahead" {
+                println!(
+                    "|  | (lookahead {:?}: {:.1} groups fetched / step after the step) |  |  |  |",
+                    a.lookahead.unwrap_or_default(),
+                    prefetched as f64 / a.steps as f64
+                );
+            }
             if policy == "Clock+prefetch" {
                 let routed = (hits + misses) as f64;
                 println!(

@@ -7,7 +7,9 @@
 //! step no miss unless a chunk closes between the prefetch's position and the step's, the lane's union
 //! is the step's then, and (with room for both unions) the prefetching batch misses less overall; a
 //! slot cache of one union makes the step evict slots the gather fills. Bad arguments are typed errors
-//! that queue nothing. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
+//! that queue nothing. A lookahead ([`DecodeBatch::lookahead`], on a lane of a [`Widening`]) after each
+//! step of correlated queries: outputs bit for bit again, its union holds the step's, and it saves
+//! misses. Skips with "SKIPPED: ..." without a GPU; fails instead when HGA_REQUIRE_GPU=1.
 
 mod common;
 use common::records::{append, blocks, decode, decode_with, next_query, Records};
@@ -16,7 +18,7 @@ use common::{gpu_or_skip, rng, Row};
 use cudarc::driver::DevicePtr;
 use half::bf16;
 use hga_dsl::{ModelShape, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, PrefetchLane};
+use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, LanePriority, PrefetchLane, Widening};
 use rand::Rng;
 use std::collections::BTreeSet;
 
@@ -167,4 +169,83 @@ fn run(unions: usize) {
     spec_b.launch_attend().unwrap();
     spec_b.prefetch(&mut lane, &pos, &q.0).unwrap();
     spec_b.join_prefetch().unwrap();
+}
+
+/// A lookahead after every step (the step's own queries routed 4 chunks and 16 groups wider per query
+/// head) while the queries drift as a decoder's do: the outputs stay bit for bit, the step's routing is
+/// unchanged, the wider union holds the step's, and the next steps miss less than the twin's.
+#[test]
+fn lookahead_reads_the_runners_up_and_never_changes_the_output() {
+    let Some((gpu, jit)) = gpu_or_skip() else { return };
+    let mut rng = rng();
+    let spec = spec();
+    let kvh = spec.model().kv_heads as usize;
+    let kernels = DecodeKernels::load(&gpu, &jit, &spec).unwrap();
+    let widening = Widening { extra_chunks: 4, extra_groups: 16 };
+    let wide_ucap = spec.gqa() * (spec.routing().top_groups as usize + 16);
+    let steps = 48;
+    let starts = [5000 + rng.random_range(0..3000), 9000 + rng.random_range(0..3000)];
+    let totals: Vec<usize> = starts.iter().map(|s| s + steps).collect();
+    let cap = Capacity { batch: 2, max_context: 16384, n_slots: 2 * kvh * wide_ucap * 2 };
+    let mut plain = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+    let mut look = DecodeBatch::new(&gpu, &kernels, cap).unwrap();
+    let mut lane = PrefetchLane::with_options(&gpu, &kernels, cap, LanePriority::Highest, widening).unwrap();
+    assert_eq!(lane.widening(), widening);
+    let (mut rec_p, mut rec_l) = (Records::new(&gpu, &spec, &totals), Records::new(&gpu, &spec, &totals));
+    let mut rows: Vec<Row> = totals.iter().map(|&t| Row::new(&spec, t, &mut rng)).collect();
+    let w = kvh * spec.head_dim();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.cpu.append(&row.k[..starts[i] * w], &row.v[..starts[i] * w]).unwrap();
+        let bl = blocks(&mut rng, starts[i], 2500);
+        append(&mut [(&mut plain, &mut rec_p), (&mut look, &mut rec_l)], i, row, 0, &bl, &spec);
+        row.len = starts[i];
+    }
+    let field = |r: Result<(), CudaError>| match r {
+        Err(CudaError::Invalid { field, .. }) => field,
+        other => panic!("expected a typed error, got {other:?}"),
+    };
+    // A lane as wide as the step would open nothing new; a budget past the list searches is refused.
+    let mut narrow = PrefetchLane::new(&gpu, &kernels, cap).unwrap();
+    let coming: Vec<Option<u32>> = rows.iter().map(|r| Some(r.len as u32)).collect();
+    assert_eq!(field(look.lookahead(&mut narrow, &coming)), "lane");
+    let too_wide = Widening { extra_chunks: 8, extra_groups: 33 };
+    match PrefetchLane::with_options(&gpu, &kernels, cap, LanePriority::Highest, too_wide) {
+        Err(CudaError::Invalid { field: "extra_groups", .. }) => {}
+        other => panic!("expected an extra_groups error, got {other:?}"),
+    }
+
+    // Queries drift: each head's query is 0.9 of the last plus 0.1 of fresh noise.
+    let mut q = next_query(&mut rng, 2, &spec);
+    let (mut misses_plain, mut misses_look) = (0, 0);
+    for step in 0..steps {
+        let bits = perturbed(&mut rng, &q.1, 0.9);
+        let vals: Vec<f32> = bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+        q = (bits, vals);
+        let outs =
+            decode(&mut [(&mut plain, &mut rec_p), (&mut look, &mut rec_l)], &mut rows, &[true, true], &q, &spec);
+        assert!(outs[0] == outs[1], "step {step}: the looking-ahead batch's output differs");
+        let union = look.union().unwrap();
+        assert_eq!(sets(&union), sets(&plain.union().unwrap()), "step {step}: the step's own routing changed");
+        if step >= 8 {
+            misses_plain += plain.last_misses().unwrap();
+            misses_look += look.last_misses().unwrap();
+        }
+        // For the coming step: routed at this step's position with this step's queries, wider.
+        // (Not after the last step: no step comes.)
+        let coming: Vec<Option<u32>> =
+            rows.iter().zip(&totals).map(|(r, &t)| (r.len < t).then_some(r.len as u32)).collect();
+        look.lookahead(&mut lane, &coming).unwrap();
+        let wide = lane.last_union().unwrap();
+        for (i, (u, wd)) in sets(&union).iter().zip(&wide).enumerate() {
+            if coming[i / kvh].is_none() {
+                continue;
+            }
+            let wd: BTreeSet<usize> = wd.iter().copied().collect();
+            assert!(wd.len() > u.len(), "step {step}, partition {i}: the wider route opened no runner-up");
+            assert!(u.is_subset(&wd), "step {step}, partition {i}: the wider union misses some of the step's groups");
+        }
+    }
+    eprintln!("lookahead: {misses_plain} misses without, {misses_look} with");
+    assert!(misses_look < misses_plain, "the lookahead did not reduce misses: {misses_look} vs {misses_plain}");
+    assert_eq!(look.host_record_errors().unwrap(), 0);
 }

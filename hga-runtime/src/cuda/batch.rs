@@ -26,7 +26,7 @@ use std::sync::Arc;
 mod io;
 mod prefetch;
 
-pub use prefetch::{LanePriority, PrefetchLane};
+pub use prefetch::{LanePriority, PrefetchLane, Widening};
 
 /// How much a [`DecodeBatch`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +295,13 @@ impl<'k> DecodeBatch<'k> {
     /// Whether a prefetch's gather has not been waited for yet: the next attention would wait for it.
     /// A graph replay waits for the whole prefetch before its routing, launched stages only before
     /// the attention, so an engine launches the stages while this holds.
+    /// A prefetch already done (a lookahead that ran while the rest of the model did) is joined here,
+    /// at no cost, and is not in flight.
     pub fn prefetch_in_flight(&self) -> bool {
+        if self.lane_pending.load(Ordering::Acquire) & DONE != 0 && self.lane_done.try_is_complete().unwrap_or(false) {
+            // A wait for a completed event: nothing to wait for, so a failure only keeps it pending.
+            let _ = self.join_prefetch();
+        }
         self.lane_pending.load(Ordering::Acquire) & DONE != 0
     }
 
@@ -902,7 +908,13 @@ impl<'k> DecodeBatch<'k> {
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
         // With a prefetch's routing pending, the resolve runs apart (after it), so that the chunk
-        // score and select run beside it.
+        // score and select run beside it. A routing already done (a lookahead that ran while the rest
+        // of the model did) is waited for at no cost, and the resolve stays fused.
+        if self.lane_pending.load(Ordering::Acquire) & ROUTED != 0
+            && self.lane_routed.try_is_complete().unwrap_or(false)
+        {
+            self.join_prefetch_route()?;
+        }
         let fuse = self.resolve_fuses() && self.lane_pending.load(Ordering::Acquire) & ROUTED == 0;
         self.launch_select_kernel(fuse)?;
         self.route_resolved = fuse;
@@ -913,8 +925,7 @@ impl<'k> DecodeBatch<'k> {
     /// Whether a KV head's opened-group lists (its routing units × the group budget) fit the resolve's
     /// shared-memory staging, so it can run inside `hga_select`.
     pub fn resolve_fuses(&self) -> bool {
-        let units_per_kv_head = self.lp.units as usize / self.kernels.spec().model().kv_heads as usize;
-        units_per_kv_head * self.p.kge as usize <= hga_dsl::codegen::RESOLVE_STAGED_LISTS
+        self.layout.resolve_fuses()
     }
 
     /// Candidate chunks of the row with the most (the `hga_chunk_score` grid).

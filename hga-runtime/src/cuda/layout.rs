@@ -67,6 +67,30 @@ impl Layout {
         }
     }
 
+    /// The layout of a route `extra_chunks` and `extra_groups` wider than this one's (per routing unit,
+    /// each capped as [`Layout::of`] caps the spec's): a [`super::PrefetchLane`]'s wider route. The
+    /// kernels take the budgets at run time; `top_groups` (the spec's) bounds the list searches.
+    pub fn widened(&self, extra_chunks: usize, extra_groups: usize, top_groups: usize) -> Result<Layout, CudaError> {
+        let kce = (self.kce + extra_chunks).min(self.cap_chunks);
+        let kge = (self.kge + extra_groups).min(kce * self.gpc);
+        // The resolve's fixed-length binary searches cover lists of up to twice the largest power of
+        // two in the spec's group budget.
+        let most = 2 * (1usize << top_groups.max(1).ilog2());
+        if kge > most {
+            return Err(CudaError::Invalid {
+                field: "extra_groups",
+                value: extra_groups.to_string(),
+                rule: format!(
+                    "the widened group budget ({} + {extra_groups}) must be at most {most} (twice the largest power of two \
+                     in the spec's top_groups, {top_groups})",
+                    self.kge
+                ),
+            });
+        }
+        let units_per_kv_head = self.ucap / self.kge.max(1);
+        Ok(Layout { kce, kge, ucap: units_per_kv_head * kge, ..*self })
+    }
+
     /// Typed errors for a capacity the kernels cannot serve.
     pub fn check(&self, cap: Capacity) -> Result<(), CudaError> {
         let invalid = |field, value: usize, rule: String| CudaError::Invalid { field, value: value.to_string(), rule };
@@ -89,6 +113,12 @@ impl Layout {
             return Err(invalid("max_context", cap.max_context, "too large for 32-bit union indices".into()));
         }
         Ok(())
+    }
+
+    /// Whether a KV head's opened-group lists (its routing units × the group budget) fit the resolve's
+    /// shared-memory staging, so it can run inside `hga_select`.
+    pub fn resolve_fuses(&self) -> bool {
+        (self.units / self.kvh.max(1)) * self.kge <= hga_dsl::codegen::RESOLVE_STAGED_LISTS
     }
 
     /// Chunks a sequence of `len` tokens needs in the tables (the chunk of its last token included).
@@ -228,5 +258,52 @@ impl Table {
     /// Bytes of address space reserved (the table rounded up to whole pages).
     pub fn reserved(&self, page: u64) -> u64 {
         self.bytes().div_ceil(page) * page
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hga_dsl::{presets, Spec};
+
+    fn qwen(cap: Capacity) -> Layout {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        Layout::of(&spec, &hga_dsl::codegen::launch_params(&spec), cap)
+    }
+
+    #[test]
+    fn a_widened_route_grows_the_budgets_and_the_union_and_nothing_else() {
+        let cap = Capacity { batch: 2, max_context: 1 << 16, n_slots: 2 * 4 * 512 };
+        let l = qwen(cap);
+        assert_eq!((l.kce, l.kge, l.ucap), (16, 32, 8 * 32));
+        let w = l.widened(8, 32, 32).unwrap();
+        assert_eq!((w.kce, w.kge, w.ucap), (24, 64, 8 * 64));
+        assert_eq!(Layout { kce: l.kce, kge: l.kge, ucap: l.ucap, ..w }, l);
+        w.check(cap).unwrap();
+        assert!(w.resolve_fuses());
+        // No widening is the same layout.
+        assert_eq!(l.widened(0, 0, 32).unwrap(), l);
+    }
+
+    #[test]
+    fn widening_past_the_list_searches_or_the_partitions_is_refused() {
+        let cap = Capacity { batch: 1, max_context: 1 << 16, n_slots: 4 * 512 };
+        let l = qwen(cap);
+        match l.widened(8, 33, 32) {
+            Err(CudaError::Invalid { field: "extra_groups", .. }) => {}
+            other => panic!("expected an extra_groups error, got {other:?}"),
+        }
+        // 8 heads × 48 groups fit a partition of 512 slots; the check names n_slots when they do not.
+        let w = l.widened(4, 16, 32).unwrap();
+        w.check(cap).unwrap();
+        let small = Capacity { n_slots: 4 * 300, ..cap };
+        match w.check(small) {
+            Err(CudaError::Invalid { field: "n_slots", .. }) => {}
+            other => panic!("expected an n_slots error, got {other:?}"),
+        }
+        // Budgets stay capped by the context: 4 chunks of candidates at most.
+        let tiny = qwen(Capacity { batch: 1, max_context: 256, n_slots: 4 * 128 });
+        let t = tiny.widened(8, 32, 32).unwrap();
+        assert_eq!((t.kce, t.kge), (4, 16));
     }
 }

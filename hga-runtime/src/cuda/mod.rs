@@ -52,7 +52,7 @@ mod state_bytes;
 pub mod vmm;
 
 pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
-pub use batch::{Capacity, DecodeBatch, LanePriority, PrefetchLane, StepGraph};
+pub use batch::{Capacity, DecodeBatch, LanePriority, PrefetchLane, StepGraph, Widening};
 pub use gather::gather_source;
 pub use kernels::{DecodeKernels, FuncAttributes, TraceSpan};
 pub use scratch::StepScratch;

@@ -4,7 +4,7 @@
 //! ```text
 //! hga-bench [--model qwen3-30b] [--contexts 4096,32768,65536,131072,524288,1048576] [--batch 1,8]
 //!           [--steps 300] [--warmup 50] [--cold-steps 60] [--rho 0.9] [--churn-rho 0.75|off]
-//!           [--slots-factor 4] [--speculate-cos C] [--mlp-mb MB]
+//!           [--slots-factor 4] [--speculate-cos C] [--mlp-mb MB] [--lookahead CHUNKS,GROUPS]
 //!           [--sdpa .gpu/sdpa_baseline.py] [--json out.json] [--config TUNED.toml] [--gpu h200]
 //!           [--mode hga|dense] [--dense-json dense.json] [--kernel THREADS,SPLIT_K,TILE_TOKENS]
 //! ```
@@ -42,6 +42,13 @@
 //!   more GEMV before the prefetch can start) and the host's time to issue the prefetch. With the
 //!   stand-in in front, the host runs ahead of the churn row's launched steps too, so its `step_us`
 //!   is then close to device time (compare churn and speculate rows of one run, not other runs).
+//! - **Lookahead** (`--lookahead C,G`, off by default): the steady and churn states again, each step
+//!   followed by [`DecodeBatch::lookahead`] on a lane routing C chunks and G groups wider per query
+//!   head: the step's own queries, whose runners-up are the groups the next step most likely opens
+//!   anew, read into the slot cache. The bench waits for it before the next step: in a decoder the
+//!   rest of the model (every other layer) runs between two steps of a layer. Reported: the rows'
+//!   steps and hit rates, and the lookahead's own time on its lane and groups read. Not modelled: its
+//!   PCIe reads sharing the bus with other layers' misses.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.
@@ -77,7 +84,7 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
 use hga_dsl::{presets, Sharing, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes};
+use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes, Widening};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
 use mlp::{MlpGrid, MlpStandIn};
@@ -149,6 +156,13 @@ struct Args {
     /// With `--speculate-cos`: the priority of the prefetch lane's stream (`PrefetchLane::with_priority`).
     #[arg(long, value_enum, default_value_t = Priority::Highest)]
     prefetch_priority: Priority,
+    /// Also run the steady and churn states with a lookahead after every step
+    /// (`DecodeBatch::lookahead`): the step's own queries routed CHUNKS chunks and GROUPS groups wider
+    /// per query head on a second stream, reading the runners-up into the slot cache for the next
+    /// step. It is waited for before the next step, standing in for the rest of the model, which runs
+    /// between two steps of a layer; its own time is reported (`lookahead_us`). CHUNKS,GROUPS.
+    #[arg(long, value_parser = widening)]
+    lookahead: Option<Widening>,
     /// Slot pool size in units of the largest union one step can open.
     #[arg(long, value_parser = at_least_one, default_value_t = 4)]
     slots_factor: usize,
@@ -219,6 +233,17 @@ fn churn_rho(s: &str) -> Result<ChurnRho, String> {
         Ok(ChurnRho(None))
     } else {
         rho(s).map(|r| ChurnRho(Some(r)))
+    }
+}
+
+fn widening(s: &str) -> Result<Widening, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    match parts[..] {
+        [c, g] => match (c.parse(), g.parse()) {
+            (Ok(extra_chunks), Ok(extra_groups)) => Ok(Widening { extra_chunks, extra_groups }),
+            _ => Err(format!("{s:?} must be two whole numbers, CHUNKS,GROUPS")),
+        },
+        _ => Err(format!("{s:?} must be CHUNKS,GROUPS")),
     }
 }
 
@@ -392,6 +417,10 @@ struct Samples {
     /// the MLP alone.
     layer: Vec<f64>,
     mlp: Vec<f64>,
+    /// Lookahead after each measured step: its time on the lane (start to gather done) and the
+    /// groups it read.
+    ahead_us: Vec<f64>,
+    ahead_fetched: u64,
 }
 
 impl Samples {
@@ -416,6 +445,14 @@ impl Samples {
                 "recall": self.foreseen as f64 / self.routed.max(1) as f64,
             })
         };
+        let lookahead = if self.ahead_us.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "lookahead_us": median(&mut self.ahead_us),
+                "fetched_per_step": self.ahead_fetched as f64 / self.steps.max(1) as f64,
+            })
+        };
         let layer = if self.layer.is_empty() {
             Value::Null
         } else {
@@ -423,6 +460,7 @@ impl Samples {
         };
         json!({
             "speculation": speculation,
+            "lookahead": lookahead,
             "layer": layer,
             "first_step": first,
             "step_us": median(&mut self.step),
@@ -471,6 +509,7 @@ impl Bench<'_> {
         rho: f32,
         speculate: Option<f32>,
         mut layer: Option<Layer>,
+        mut ahead: Option<&mut PrefetchLane>,
         warmup: usize,
         steps: usize,
         seed: u64,
@@ -533,6 +572,19 @@ impl Bench<'_> {
             let routed: u64 = union.iter().map(|u| u.len() as u64).sum();
             for p in pos.iter_mut() {
                 *p += 1;
+            }
+            if let Some(lane) = ahead.as_deref_mut() {
+                // For the coming step, at its position; done before it (the rest of the model runs
+                // in between in a decoder).
+                let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
+                b.lookahead(lane, &coming)?;
+                lane.synchronize()?;
+                if t >= warmup {
+                    s.ahead_fetched += lane.last_misses()? as u64;
+                    if let Some(ev) = lane.stage_events() {
+                        s.ahead_us.push(us(&ev[0], &ev[2])?);
+                    }
+                }
             }
             if t == 0 {
                 // Misses move inside attend (read from host memory): resolve + attend is their stage.
@@ -771,6 +823,8 @@ fn run(a: Args) -> Res<()> {
                     Some(steady("steady", a.rho, None)),
                     a.churn_rho.0.map(|r| steady("churn", r, None)),
                     a.speculate_cos.map(|c| steady("speculate", a.churn_rho.0.unwrap_or(a.rho), Some(c))),
+                    a.lookahead.map(|_| steady("lookahead", a.rho, None)),
+                    a.lookahead.and(a.churn_rho.0).map(|r| steady("lookahead_churn", r, None)),
                     Some(("cold", need, 0.0, None, 2, a.cold_steps)),
                 ];
                 for (mode, slots, rho, spec, warmup, steps) in modes.into_iter().flatten() {
@@ -806,10 +860,22 @@ fn run(a: Args) -> Res<()> {
                         }
                         _ => None,
                     };
-                    let samples = bench.run(&mut b, &mut pos, &mut q, rho, spec, layer, warmup, steps, seed)?;
+                    let mut ahead = match (a.lookahead, mode) {
+                        (Some(w), "lookahead" | "lookahead_churn") => {
+                            let mut lane = PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Highest, w)?;
+                            lane.time_stages()?;
+                            Some(lane)
+                        }
+                        _ => None,
+                    };
+                    let samples =
+                        bench.run(&mut b, &mut pos, &mut q, rho, spec, layer, ahead.as_mut(), warmup, steps, seed)?;
                     result[mode] = samples.summary(bsz, kvh, record);
-                    if let Some(l) = &lane {
+                    if let Some(l) = lane.as_ref().or(ahead.as_ref()) {
                         result[mode]["lane_bytes"] = json!(l.committed_bytes());
+                    }
+                    if let Some(w) = a.lookahead.filter(|_| ahead.is_some()) {
+                        result[mode]["widening"] = json!([w.extra_chunks, w.extra_groups]);
                     }
                     if mlp.is_some() && matches!(mode, "churn" | "speculate") {
                         result[mode]["mlp_bytes"] = json!(mlp_bytes(bsz));
@@ -928,16 +994,17 @@ fn print_table(report: &Value) {
          the step scratch's per-layer share (shared by the model's layers), unshared/dense the whole scratch"
     );
     println!(
-        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | spec step | spec hit rate | spec recall | churn layer | spec layer | MLP | prefetch done | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
+        "| B | context | HGA steady step | HGA steady gpu | route | fetch | attend+merge | hit rate | groups/kvh | churn step | churn gpu | churn hit rate | spec step | spec hit rate | spec recall | churn layer | spec layer | MLP | prefetch done | look step | look hit | look churn step | look churn hit | lookahead | HGA cold gpu | cold hit | cold fetch GB/s | empty-cache step gpu | its fetch GB/s | dense (own) | SDPA | state MiB | dense K/V MiB | state/dense | unshared/dense |"
     );
     println!(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in report["results"].as_array().into_iter().flatten() {
         let (s, ch, sp, c, m) = (&r["steady"], &r["churn"], &r["speculate"], &r["cold"], &r["memory"]);
+        let (la, lc) = (&r["lookahead"], &r["lookahead_churn"]);
         let mib = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{:.1}", x / (1u64 << 20) as f64));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["batch"],
             r["context"],
             f(&s["step_us"]),
@@ -957,6 +1024,11 @@ fn print_table(report: &Value) {
             f(&sp["layer"]["layer_us"]),
             f(&sp["layer"]["mlp_us"]),
             f(&sp["speculation"]["prefetch_done_us"]),
+            f(&la["step_us"]),
+            pct(&la["hit_rate"]),
+            f(&lc["step_us"]),
+            pct(&lc["hit_rate"]),
+            f(&la["lookahead"]["lookahead_us"]),
             f(&c["gpu_us"]),
             pct(&c["hit_rate"]),
             f(&c["fetch_GBps"]),
@@ -994,6 +1066,9 @@ mod tests {
         assert_eq!(a.churn_rho.0, Some(0.75));
         assert!(a.mode == Mode::Hga && a.kernel.is_none() && a.config.is_none() && a.speculate_cos.is_none());
         assert_eq!(parse(&["--speculate-cos", "0.9"]).unwrap().speculate_cos, Some(0.9));
+        assert!(a.lookahead.is_none());
+        let w = parse(&["--lookahead", "8, 32"]).unwrap().lookahead.unwrap();
+        assert_eq!((w.extra_chunks, w.extra_groups), (8, 32));
         assert!(a.mlp_grid == MlpGrid::Tiles && a.prefetch_priority == Priority::Highest);
         let a = parse(&["--mlp-grid", "persistent", "--prefetch-priority", "default"]).unwrap();
         assert!(a.mlp_grid == MlpGrid::Persistent && a.prefetch_priority == Priority::Default);
@@ -1041,6 +1116,9 @@ mod tests {
             (&["--mode", "sdpa"], "--mode"),
             (&["--mlp-grid", "waves"], "--mlp-grid"),
             (&["--prefetch-priority", "low"], "--prefetch-priority"),
+            (&["--lookahead", "8"], "--lookahead"),
+            (&["--lookahead", "8,x"], "--lookahead"),
+            (&["--lookahead=-1,4"], "--lookahead"),
         ] {
             let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
             assert!(e.to_string().contains(flag), "{args:?}: {e}");

@@ -50,12 +50,31 @@ pub enum LanePriority {
     Default,
 }
 
+/// How much wider than the step a [`PrefetchLane`]'s prefetches route: extra chunks and extra groups
+/// per routing unit (query head, or KV head when shared).
+///
+/// A lookahead ([`DecodeBatch::lookahead`]) needs it: the step's own queries routed as wide as the
+/// step open nothing the step did not, while the runners-up of a step are the groups the next step of
+/// the same layer most likely opens anew. With `extra_groups >= extra_chunks × groups per chunk` the
+/// wider route opens every group the step's own route opens at the same position and query (each of
+/// those ranks at most `extra_chunks × groups per chunk` places lower among the wider candidates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Widening {
+    /// Chunks per routing unit beyond the spec's `top_chunks`.
+    pub extra_chunks: usize,
+    /// Groups per routing unit beyond the spec's `top_groups` (at most twice the largest power of two
+    /// in `top_groups`, in all).
+    pub extra_groups: usize,
+}
+
 /// A second stream with the buffers of speculative prefetches ([`DecodeBatch::prefetch`]) for the
 /// batches of one spec and capacity: every layer of a model can share one (prefetches run one after
 /// another on its stream).
 pub struct PrefetchLane {
     gpu: Gpu,
+    /// The lane's route's layout: its batches' widened by `widening`.
     layout: Layout,
+    widening: Widening,
     /// Chunk scores and the other per-step scratch, committed for `max_context` (the lane does not
     /// follow its batches' growth).
     scratch: StepScratch,
@@ -100,7 +119,23 @@ impl PrefetchLane {
         cap: Capacity,
         priority: LanePriority,
     ) -> Result<PrefetchLane, CudaError> {
-        let layout = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
+        Self::with_options(gpu, kernels, cap, priority, Widening::default())
+    }
+
+    /// [`PrefetchLane::with_priority`] whose prefetches route `widening` wider than the step (see
+    /// [`Widening`]). Errors: a widened group budget past the kernels' list searches (field
+    /// `extra_groups`), a widened union the batches' slot partitions cannot hold (field `n_slots`).
+    pub fn with_options(
+        gpu: &Gpu,
+        kernels: &DecodeKernels,
+        cap: Capacity,
+        priority: LanePriority,
+        widening: Widening,
+    ) -> Result<PrefetchLane, CudaError> {
+        let base = Layout::of(kernels.spec(), &kernels.generated().launch, cap);
+        base.check(cap)?;
+        let layout =
+            base.widened(widening.extra_chunks, widening.extra_groups, kernels.spec().routing().top_groups as usize)?;
         layout.check(cap)?;
         let lane = match priority {
             LanePriority::Highest => gpu.with_priority_stream()?,
@@ -123,8 +158,14 @@ impl PrefetchLane {
             stages: None,
             gpu: lane,
             layout,
+            widening,
             scratch,
         })
+    }
+
+    /// How much wider than the step the lane routes.
+    pub fn widening(&self) -> Widening {
+        self.widening
     }
 
     /// The lane's stream.
@@ -243,6 +284,29 @@ impl DecodeBatch<'_> {
         })
     }
 
+    /// Lookahead for the next step of this layer: a [`DecodeBatch::prefetch`] whose guess is the
+    /// queries of the step just launched (`[B][q_heads][d]`, as the batch holds them), at `positions`
+    /// (per row the coming step's position, normally the step's + 1). On a lane of a [`Widening`],
+    /// it reads the step's runners-up (the groups just outside its budgets), which the next step of
+    /// the layer most likely opens anew, while the rest of the model runs. Errors as
+    /// [`DecodeBatch::prefetch`]; a lane without widening is refused (field `lane`: it would open
+    /// nothing the step did not).
+    pub fn lookahead(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>]) -> Result<(), CudaError> {
+        if lane.widening == Widening::default() {
+            return Err(CudaError::Invalid {
+                field: "lane",
+                value: "a lane of no widening".into(),
+                rule: "a lookahead needs a lane that routes wider than the step (PrefetchLane::with_options)".into(),
+            });
+        }
+        let n = self.b.spec_q.len();
+        self.prefetch_with(lane, positions, n, |batch, st| {
+            // A copy: the next step may upload its own queries while the lane still routes.
+            st.memcpy_dtod(&batch.b.q, &mut batch.b.spec_q)?;
+            Ok(())
+        })
+    }
+
     fn prefetch_with(
         &mut self,
         lane: &mut PrefetchLane,
@@ -250,7 +314,12 @@ impl DecodeBatch<'_> {
         q_len: usize,
         load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
-        lane.scratch.check_compatible(&lane.gpu, &self.layout)?;
+        let wide = self.layout.widened(
+            lane.widening.extra_chunks,
+            lane.widening.extra_groups,
+            self.kernels.spec().routing().top_groups as usize,
+        )?;
+        lane.scratch.check_compatible(&lane.gpu, &wide)?;
         if q_len != self.b.spec_q.len() {
             return Err(CudaError::Invalid {
                 field: "q",
@@ -307,6 +376,7 @@ impl DecodeBatch<'_> {
         let g = &lane.gpu;
         let (uni_group, uni_slot, n_uni) = (ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
         let (sel_group, n_sel_group) = (ptr(&lane.sel_group, g), ptr(&lane.n_sel_group, g));
+        let l = &lane.layout;
         let mut p = HgaParams {
             pos: ptr(&lane.pos, g),
             q,
@@ -316,11 +386,14 @@ impl DecodeBatch<'_> {
             n_uni,
             sel_group,
             n_sel_group,
+            kce: l.kce as i32,
+            kge: l.kge as i32,
+            ucap: l.ucap as i32,
             ..self.p
         };
         lane.scratch.apply(&mut p);
         self.chunk_score_on(st, &p, self.candidates_at(pos))?;
-        let fuse = self.resolve_fuses();
+        let fuse = l.resolve_fuses();
         self.select_on(st, &p, fuse)?;
         if !fuse {
             self.resolve_on(st, &p)?;
@@ -344,10 +417,11 @@ impl DecodeBatch<'_> {
         // GATHER_WARPS warps with eight 16-byte loads per lane in flight are plenty (1 MiB), and
         // blocks waiting on PCIe would otherwise hold SMs that the work beside the prefetch needs.
         let per_head = GATHER_WARPS.div_ceil(warps * kvh * b).max(1);
-        let grid = ((p.ucap as u32).div_ceil(warps).clamp(1, per_head), kvh, b);
+        let ucap = lane.layout.ucap as i32;
+        let grid = ((ucap as u32).div_ceil(warps).clamp(1, per_head), kvh, b);
         let rec_elems = (2 * self.kernels.spec().routing().group * d) as i32;
         let mut lb = st.launch_builder(self.kernels.gather());
-        let (kvh_i, ucap, ps, cg) = (kvh as i32, p.ucap, p.part_slots, p.cap_groups);
+        let (kvh_i, ps, cg) = (kvh as i32, p.part_slots, p.cap_groups);
         let g = &lane.gpu;
         let (lp, lg, ls, ln) =
             (ptr(&lane.pos, g), ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
