@@ -1,15 +1,19 @@
 //! A decode loop through the engine API, as an inference engine drives it: one [`HgaCache`] for the
 //! model, a prefill appended as one block per layer, then per step and layer the new token's K/V
 //! appended and its query attended, optionally with a speculative prefetch of the next layer (it pays
-//! only where a layer's MLP outlasts it: BENCHMARKS.md); telemetry per step and in total.
+//! only where a layer's MLP outlasts it: BENCHMARKS.md) or a lookahead for each layer's next step
+//! (`CacheConfig::lookahead`); telemetry per step and in total. Each layer's query drifts from step to
+//! step (0.9 of the last plus 0.1 of fresh noise), as a decoder's do.
 //!
-//! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS PREFETCH]`
-//! (defaults: `qwen3-8b 16384 32 0`; `PREFETCH` 1 adds it). Runs on the GPU when one is usable (kernel parameters from the
+//! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS PREFETCH LOOKAHEAD LAYERS]`
+//! (defaults: `qwen3-8b 16384 32 0 0 2`; `PREFETCH` 1 adds it; `LOOKAHEAD` `C,G` routes the lookahead C
+//! chunks and G groups wider, `0` runs none). Runs on the GPU when one is usable (kernel parameters from the
 //! checked-in tuned configs), else on the CPU backend. Keys, values and queries are random here; an
 //! engine passes its own (keys after RoPE), as host slices or, on the GPU, as device buffers
 //! (`append_device`, `attend_device`).
 
 use hga_dsl::{presets, Spec};
+use hga_runtime::cuda::Widening;
 use hga_runtime::engine::{BackendChoice, CacheConfig, HgaCache};
 use rand::{Rng, SeedableRng};
 
@@ -19,14 +23,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let context: usize = args.get(1).map_or(Ok(16384), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
     let prefetch = args.get(3).map_or(Ok(0), |s| s.parse::<u8>())? != 0;
-    let layers = 2;
+    let lookahead = match args.get(4).map(String::as_str) {
+        None | Some("0") => None,
+        Some(w) => {
+            let (c, g) = w.split_once(',').ok_or("LOOKAHEAD must be CHUNKS,GROUPS or 0")?;
+            Some(Widening { extra_chunks: c.parse()?, extra_groups: g.parse()? })
+        }
+    };
+    let layers: usize = args.get(5).map_or(Ok(2), |s| s.parse())?;
 
     // The model's shape and the reference router; `hga_dsl::HfModel::from_file("config.json")?.shape`
     // reads a Hugging Face config instead of a preset.
     let spec = Spec::new(presets::find(preset)?.shape).validate()?;
     let config = CacheConfig::new(spec, layers, context + steps)
         // Kernel parameters tuned per GPU, context and batch (kernels-generated/configs).
-        .with_tuned(kernels_generated::tuned::all()?);
+        .with_tuned(kernels_generated::tuned::all()?)
+        .with_lookahead(lookahead);
     let mut cache = HgaCache::new(config, BackendChoice::Auto)?;
     println!("{preset}: backend {:?} ({})", cache.backend(), cache.device_name().unwrap_or("host"));
     if let Some(k) = cache.kernels() {
@@ -45,8 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Decode: each step appends the new token to every layer and attends its query there.
     let mut out = vec![0.0f32; q_row];
+    let mut queries: Vec<Vec<f32>> = (0..layers).map(|_| random(q_row)).collect();
     for step in 0..steps {
-        let queries: Vec<Vec<f32>> = (0..layers).map(|_| random(q_row)).collect();
+        for q in queries.iter_mut() {
+            let noise = random(q_row);
+            q.iter_mut().zip(noise).for_each(|(x, n)| *x = 0.9 * *x + 0.1 * n);
+        }
         for layer in 0..layers {
             cache.append(seq, layer, &random(kv_row), &random(kv_row))?;
             let t = cache.attend(layer, &[seq], &queries[layer], &mut out)?;

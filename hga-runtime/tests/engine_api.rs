@@ -6,6 +6,7 @@ use common::{rel_err, rng};
 
 use hga_dsl::{KernelParams, ModelShape, Routing, Spec, ValidSpec};
 use hga_runtime::cpu::{dense_causal, HeadLayout, LayerCache};
+use hga_runtime::cuda::Widening;
 use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, SeqId};
 use hga_runtime::RuntimeError;
 use rand::Rng;
@@ -256,6 +257,15 @@ fn invalid_config_and_missing_gpu_are_typed_errors() {
         Err(RuntimeError::InvalidConfig { field: "host_budget_bytes", .. })
     ));
     c.host_budget_bytes = 1 << 20;
+    // A lookahead must widen the route, within what the kernels' list searches cover (top_groups 4
+    // here: at most 4 more groups).
+    for w in [Widening::default(), Widening { extra_chunks: 1, extra_groups: 5 }] {
+        assert!(matches!(
+            HgaCache::new(c.clone().with_lookahead(Some(w)), BackendChoice::Cpu),
+            Err(RuntimeError::InvalidConfig { field: "lookahead", .. })
+        ));
+    }
+    c.clone().with_lookahead(Some(Widening { extra_chunks: 1, extra_groups: 4 })).validate().unwrap();
     // Without a usable GPU, asking for one is an error (never a panic); with one, it works.
     match HgaCache::new(c, BackendChoice::Gpu { ordinal: 0 }) {
         Ok(cache) => assert_eq!(cache.backend(), BackendKind::Gpu),

@@ -833,3 +833,91 @@ fn gpu_prefetch_changes_hits_not_outputs() {
     eprintln!("misses: {misses_plain} without prefetch, {misses_spec} with");
     assert!(misses_spec < misses_plain, "prefetch did not reduce misses: {misses_spec} vs {misses_plain}");
 }
+
+/// `CacheConfig::lookahead` (2 chunks and 8 groups wider per query head) while the queries drift as a
+/// decoder's do: through host slices (layer 0) and device buffers (layer 1), with CUDA graphs (the
+/// queries copied into the batch) and without (read in place, so the lookahead copies them from the
+/// caller's buffer), the outputs are bit for bit those of a cache without it, and the next steps miss
+/// less. A widening past the kernels' list searches or the slot partitions is a typed config error.
+#[test]
+fn gpu_lookahead_changes_hits_not_outputs() {
+    use hga_runtime::cuda::Widening;
+    let mut rng = rng();
+    let layers = 2;
+    let mut config = CacheConfig::new(spec(routing()), layers, 8192);
+    config.max_sequences = 2;
+    let l = hga_runtime::cpu::HeadLayout::of(&config.spec);
+    let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+    let record = 2 * 16 * 128 * 2;
+    // Two widened unions per (row, KV head): 8 query heads × (8 + 8) groups × 2.
+    let part = 8 * 16 * 2;
+    config.gpu_budget_bytes = Some((layers * 2 * 4 * part * record) as u64);
+    let widening = Widening { extra_chunks: 2, extra_groups: 8 };
+    let look = config.clone().with_lookahead(Some(widening));
+    let too_wide = config.clone().with_lookahead(Some(Widening { extra_chunks: 2, extra_groups: 9 }));
+    assert!(matches!(too_wide.validate(), Err(RuntimeError::InvalidConfig { field: "lookahead", .. })));
+    let Some(mut plain) = gpu_cache(config.clone()) else { return };
+    // A slot pool of one plain union per (row, KV head) cannot hold the widened one.
+    let mut small = look.clone();
+    small.gpu_budget_bytes = Some((layers * 2 * 4 * 64 * record) as u64);
+    match HgaCache::new(small, BackendChoice::Gpu { ordinal: 0 }) {
+        Err(RuntimeError::InvalidConfig { field: "lookahead", .. }) => {}
+        Err(e) => panic!("expected a lookahead config error, got {e}"),
+        Ok(_) => panic!("expected a lookahead config error, got a cache"),
+    }
+    let mut graphed = gpu_cache(look.clone()).unwrap();
+    let mut in_place = gpu_cache(look.with_cuda_graph(false)).unwrap();
+    let mut caches = [&mut plain, &mut graphed, &mut in_place];
+    let mut ids: [Vec<SeqId>; 3] = Default::default();
+    for len in [3000, 1700] {
+        let s: Vec<SeqId> = caches.iter_mut().map(|c| c.add_sequence().unwrap()).collect();
+        for layer in 0..layers {
+            let (k, v) = (randv(&mut rng, len * kvrow), randv(&mut rng, len * kvrow));
+            for (c, &id) in caches.iter_mut().zip(&s) {
+                c.append(id, layer, &k, &v).unwrap();
+            }
+        }
+        for (i, &id) in s.iter().enumerate() {
+            ids[i].push(id);
+        }
+    }
+    let gpu = hga_runtime::cuda::Gpu::open(0).unwrap();
+    let st = gpu.stream();
+    let mut q: Vec<Vec<f32>> = (0..layers).map(|_| randv(&mut rng, 2 * qrow)).collect();
+    let mut misses = [0u64; 3];
+    for step in 0..40 {
+        for (layer, ql) in q.iter_mut().enumerate() {
+            // Each query drifts: 0.9 of the last one plus 0.1 of fresh noise.
+            for x in ql.iter_mut() {
+                *x = bf16_to_f32(f32_to_bf16(0.9 * *x + 0.1 * rng.random_range(-1.0f32..1.0)));
+            }
+            let (k, v) = (randv(&mut rng, 2 * kvrow), randv(&mut rng, 2 * kvrow));
+            let mut outs = Vec::new();
+            for (c, id) in caches.iter_mut().zip(&ids) {
+                for (i, &s) in id.iter().enumerate() {
+                    c.append(s, layer, &k[i * kvrow..(i + 1) * kvrow], &v[i * kvrow..(i + 1) * kvrow]).unwrap();
+                }
+                let (o, t) = if layer == 0 {
+                    let mut o = vec![0.0; 2 * qrow];
+                    let t = c.attend(layer, id, ql, &mut o).unwrap();
+                    (o, t)
+                } else {
+                    let qd = st.clone_htod(&ql.iter().map(|&x| f32_to_bf16(x)).collect::<Vec<_>>()).unwrap();
+                    let mut od = st.clone_htod(&vec![0u16; 2 * qrow]).unwrap();
+                    let t = c.attend_device(layer, id, &qd, &mut od).unwrap();
+                    (st.clone_dtoh(&od).unwrap().into_iter().map(bf16_to_f32).collect(), t)
+                };
+                outs.push((o, t.hits + t.misses, t.misses));
+            }
+            for (i, (o, routed, m)) in outs.iter().enumerate() {
+                assert!(*o == outs[0].0, "step {step}, layer {layer}: cache {i}'s output differs");
+                assert_eq!(*routed, outs[0].1, "step {step}, layer {layer}: routed groups");
+                if step >= 4 {
+                    misses[i] += m;
+                }
+            }
+        }
+    }
+    eprintln!("misses: {} without lookahead, {} with (graphs), {} with (in place)", misses[0], misses[1], misses[2]);
+    assert!(misses[1] < misses[0] && misses[2] < misses[0], "the lookahead did not reduce misses: {misses:?}");
+}

@@ -1,6 +1,7 @@
 //! What a cache is created with: the model's spec, layer count, length and memory limits.
 
 use crate::cpu::HeadLayout;
+use crate::cuda::Widening;
 use crate::RuntimeError;
 use hga_dsl::tuned::TunedConfig;
 use hga_dsl::ValidSpec;
@@ -35,6 +36,14 @@ pub struct CacheConfig {
     /// the telemetry then times the chain as a whole (`StageTimes::device`) instead of per stage.
     /// Default `true`; the CPU backend ignores it.
     pub cuda_graph: bool,
+    /// GPU backend: after each layer's attend, a lookahead for the layer's next step
+    /// ([`crate::cuda::DecodeBatch::lookahead`]): the step's own queries routed this much wider on a
+    /// second stream, their runners-up read into the layer's slot cache while the rest of the model
+    /// runs. It removes misses from the next step's critical path for more PCIe reads off it (on
+    /// hga-bench's drifting queries, `8,32` cut the steady misses at 64K from 53 to 11 per step for
+    /// 210 groups read; BENCHMARKS.md): it pays while the reads of every layer fit in a token's time
+    /// on the bus. `None` (the default) runs none; the CPU backend ignores it.
+    pub lookahead: Option<Widening>,
 }
 
 /// How much telemetry an attend call gathers.
@@ -66,7 +75,14 @@ impl CacheConfig {
             tuned: Vec::new(),
             telemetry: TelemetryLevel::Full,
             cuda_graph: true,
+            lookahead: None,
         }
+    }
+
+    /// Sets the GPU backend's lookahead ([`CacheConfig::lookahead`]).
+    pub fn with_lookahead(mut self, widening: Option<Widening>) -> Self {
+        self.lookahead = widening;
+        self
     }
 
     /// Adds tuned configs for the GPU backend to resolve kernel parameters from.
@@ -111,6 +127,18 @@ impl CacheConfig {
         }
         if self.gpu_budget_bytes == Some(0) {
             return bad("gpu_budget_bytes", "0".into(), "must be > 0 (or None to derive it)");
+        }
+        if let Some(w) = self.lookahead {
+            // The resolve's list searches cover up to twice the largest power of two in top_groups.
+            let top = self.spec.routing().top_groups as usize;
+            let most = 2 * (1usize << top.max(1).ilog2()) - top;
+            if w == Widening::default() || w.extra_groups > most {
+                return bad(
+                    "lookahead",
+                    format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups),
+                    &format!("must widen the route: extra_groups in 1..={most} (or extra_chunks > 0), or None"),
+                );
+            }
         }
         Ok(())
     }

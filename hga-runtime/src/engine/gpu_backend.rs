@@ -45,6 +45,12 @@
 //! waits for the prefetch's routing before its resolve and for the prefetch's reads before its
 //! attention, so the slot cache never races it.
 //!
+//! **Lookahead** (`CacheConfig::lookahead`): after each layer's attend, the step's own queries route
+//! wider on a second lane ([`DecodeBatch::lookahead`]) and its runners-up are read into the layer's
+//! slot cache for the layer's next step, while the other layers run. The next append of the layer
+//! writes past the lookahead's position and runs beside it; the next attend finds it done (and then
+//! replays its graph) unless the rest of the model took less time than the lookahead.
+//!
 //! **Appends** of one (sequence, layer) are one block append (`append_block`, or
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
 //! summaries of every chunk the block closes, then the window rows that stay and the host records).
@@ -53,8 +59,8 @@ use super::config::{CacheConfig, TelemetryLevel};
 use super::telemetry::StepTelemetry;
 use super::SeqId;
 use crate::cuda::{
-    AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, PrefetchLane, StateBytes,
-    StepScratch,
+    AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane,
+    StateBytes, StepScratch,
 };
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
@@ -121,6 +127,8 @@ pub(crate) struct GpuBackend {
     batches: Vec<DecodeBatch<'static>>,
     /// Speculative prefetches of every layer ([`GpuBackend::prefetch`]), made on the first one.
     lane: Option<Box<PrefetchLane>>,
+    /// The lookahead lane (`CacheConfig::lookahead`), routing wider than the step; made with the cache.
+    ahead: Option<Box<PrefetchLane>>,
     kernels: &'static DecodeKernels,
     cap: Capacity,
     store: HostStore<PinnedSource>,
@@ -226,6 +234,20 @@ impl GpuBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let per_block = (config.host_budget_bytes / record).clamp(1, MAX_RECORDS_PER_BLOCK) as usize;
+        let ahead = match config.lookahead {
+            Some(w) => Some(Box::new(
+                PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Highest, w).map_err(|e| match e {
+                    // The widened union must fit each (row, KV head)'s share of the slot pool.
+                    CudaError::Invalid { field, value, rule } => RuntimeError::InvalidConfig {
+                        field: "lookahead",
+                        value: format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups),
+                        allowed: format!("{field} {value}: {rule}"),
+                    },
+                    e => cuda_err("make lookahead lane")(e),
+                })?,
+            )),
+            None => None,
+        };
         let kvh = spec.model().kv_heads as usize;
         let store = HostStore::new(PinnedSource::new(&gpu), layout, kvh, per_block, config.host_budget_bytes)?;
         Ok(GpuBackend {
@@ -235,6 +257,7 @@ impl GpuBackend {
             cuda_graph: config.cuda_graph,
             batches,
             lane: None,
+            ahead,
             kernels,
             cap,
             store,
@@ -439,6 +462,34 @@ impl GpuBackend {
         r
     }
 
+    /// The lookahead of `layer` for the coming token of each row in `rows` (their step just launched),
+    /// with the queries the batch holds, or with `q` (device address of the rows' queries in order)
+    /// when the step read them in place. Nothing without a lookahead lane.
+    fn look_ahead(&mut self, layer: usize, rows: &[usize], q: Option<u64>) -> Result<(), RuntimeError> {
+        let Some(lane) = self.ahead.as_deref_mut() else { return Ok(()) };
+        let coming = |row: usize| {
+            let id = self.rows[row].expect("an active row holds a sequence");
+            self.seqs[&id].lens[layer] as u32
+        };
+        let batch = &mut self.batches[layer];
+        match q {
+            // SAFETY: the caller's buffer holds the rows' queries until its stream, which waits for
+            // ours after this call, changes them; the copy is queued on ours.
+            Some(q) => {
+                let at: Vec<(usize, u32)> = rows.iter().map(|&r| (r, coming(r))).collect();
+                unsafe { batch.prefetch_device(lane, &at, q) }
+            }
+            None => {
+                let mut pos = vec![None; self.rows.len()];
+                for &r in rows {
+                    pos[r] = Some(coming(r));
+                }
+                batch.lookahead(lane, &pos)
+            }
+        }
+        .map_err(cuda_err("lookahead"))
+    }
+
     /// The rows of `seqs` and their coming positions in `layer` (the tokens the layer holds).
     fn prefetch_rows(&self, layer: usize, seqs: &[SeqId]) -> Result<Vec<(usize, u32)>, RuntimeError> {
         seqs.iter()
@@ -622,7 +673,8 @@ impl GpuBackend {
                 *d = bf16_to_f32(s);
             }
         }
-        Ok(())
+        // After the read-backs, which would wait for it.
+        self.look_ahead(layer, &rows, None)
     }
 
     /// Decode attention with queries and outputs in device buffers of bf16 bits (`[seqs][q_heads][d]`,
@@ -657,13 +709,16 @@ impl GpuBackend {
             if consecutive && !self.cuda_graph {
                 self.io[layer].replayed = false;
                 self.launch_stages(layer, Some((qp, op, first..first + rows.len())))?;
-                return self.gather(layer);
+                self.gather(layer)?;
+                // The queries were read in place: the lookahead copies them from there too.
+                return self.look_ahead(layer, &rows, Some(qp));
             }
             // SAFETY: `q` and `out` hold rows.len() rows (checked by the caller) and live until their
             // streams, which wait for ours below, free them.
             unsafe { self.batches[layer].copy_q_from_device(qp, &rows) }.map_err(cuda_err("copy q"))?;
             self.launch_chain(layer)?;
-            unsafe { self.batches[layer].copy_out_to_device(op, &rows) }.map_err(cuda_err("copy output"))
+            unsafe { self.batches[layer].copy_out_to_device(op, &rows) }.map_err(cuda_err("copy output"))?;
+            self.look_ahead(layer, &rows, None)
         })();
         for s in &others {
             self.events.join(s, &stream)?;
