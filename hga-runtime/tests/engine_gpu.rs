@@ -838,13 +838,14 @@ fn gpu_prefetch_changes_hits_not_outputs() {
 /// decoder's do: through host slices (layer 0) and device buffers (layer 1), with CUDA graphs (the
 /// queries copied into the batch) and without (read in place, so the lookahead copies them from the
 /// caller's buffer), the outputs are bit for bit those of a cache without it, and the next steps miss
-/// less. A widening past the kernels' list searches or the slot partitions is a typed config error.
+/// less; a sequence at `max_seq_len` is left out of it. A widening past the kernels' list searches or the slot partitions is a typed config error.
 #[test]
 fn gpu_lookahead_changes_hits_not_outputs() {
     use hga_runtime::cuda::Widening;
     let mut rng = rng();
     let layers = 2;
-    let mut config = CacheConfig::new(spec(routing()), layers, 8192);
+    // The longer sequence reaches max_seq_len at the last step: it has no coming token to look ahead for.
+    let mut config = CacheConfig::new(spec(routing()), layers, 3000 + 40);
     config.max_sequences = 2;
     let l = hga_runtime::cpu::HeadLayout::of(&config.spec);
     let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);

@@ -471,17 +471,29 @@ impl GpuBackend {
             let id = self.rows[row].expect("an active row holds a sequence");
             self.seqs[&id].lens[layer] as u32
         };
+        // A sequence at max_seq_len has no coming token.
+        let max = self.cap.max_context as u32;
+        let full = rows.len();
+        let rows: Vec<usize> = rows.iter().copied().filter(|&r| coming(r) < max).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
         let batch = &mut self.batches[layer];
         match q {
             // SAFETY: the caller's buffer holds the rows' queries until its stream, which waits for
             // ours after this call, changes them; the copy is queued on ours.
             Some(q) => {
+                // The rows' queries are consecutive in `q` (the in-place path): a row left out
+                // shifts the others, so a lookahead there needs every row.
+                if rows.len() < full {
+                    return Ok(());
+                }
                 let at: Vec<(usize, u32)> = rows.iter().map(|&r| (r, coming(r))).collect();
                 unsafe { batch.prefetch_device(lane, &at, q) }
             }
             None => {
                 let mut pos = vec![None; self.rows.len()];
-                for &r in rows {
+                for &r in &rows {
                     pos[r] = Some(coming(r));
                 }
                 batch.lookahead(lane, &pos)
