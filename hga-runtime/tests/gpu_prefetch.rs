@@ -206,8 +206,7 @@ fn lookahead_reads_the_runners_up_and_never_changes_the_output() {
     };
     // A lane as wide as the step would open nothing new; a budget past the list searches is refused.
     let mut narrow = PrefetchLane::new(&gpu, &kernels, cap).unwrap();
-    let coming: Vec<Option<u32>> = rows.iter().map(|r| Some(r.len as u32)).collect();
-    assert_eq!(field(look.lookahead(&mut narrow, &coming)), "lane");
+    assert_eq!(field(look.lookahead(&mut narrow)), "lane");
     let too_wide = Widening { extra_chunks: 8, extra_groups: 33 };
     match PrefetchLane::with_options(&gpu, &kernels, cap, LanePriority::Highest, too_wide) {
         Err(CudaError::Invalid { field: "extra_groups", .. }) => {}
@@ -231,15 +230,9 @@ fn lookahead_reads_the_runners_up_and_never_changes_the_output() {
             misses_look += look.last_misses().unwrap();
         }
         // For the coming step: routed at this step's position with this step's queries, wider.
-        // (Not after the last step: no step comes.)
-        let coming: Vec<Option<u32>> =
-            rows.iter().zip(&totals).map(|(r, &t)| (r.len < t).then_some(r.len as u32)).collect();
-        look.lookahead(&mut lane, &coming).unwrap();
+        look.lookahead(&mut lane).unwrap();
         let wide = lane.last_union().unwrap();
         for (i, (u, wd)) in sets(&union).iter().zip(&wide).enumerate() {
-            if coming[i / kvh].is_none() {
-                continue;
-            }
             let wd: BTreeSet<usize> = wd.iter().copied().collect();
             assert!(wd.len() > u.len(), "step {step}, partition {i}: the wider route opened no runner-up");
             assert!(u.is_subset(&wd), "step {step}, partition {i}: the wider union misses some of the step's groups");

@@ -105,8 +105,10 @@ struct Buffers {
     win_k: CudaSlice<u16>,
     win_v: CudaSlice<u16>,
     q: CudaSlice<u16>,
-    /// Guessed queries of a prefetch ([`DecodeBatch::prefetch`]), read by the lane's routing.
+    /// Guessed queries of a prefetch ([`DecodeBatch::prefetch`]) and the positions it routes at, read
+    /// by the lane's routing and gather.
     spec_q: CudaSlice<u16>,
+    spec_pos: CudaSlice<i32>,
     sel_group: CudaSlice<i32>,
     n_sel_group: CudaSlice<i32>,
     uni_group: CudaSlice<i32>,
@@ -204,6 +206,7 @@ impl<'k> DecodeBatch<'k> {
             win_v: zh(win)?,
             q: zh(bsz * qh * d)?,
             spec_q: zh(bsz * qh * d)?,
+            spec_pos: st.clone_htod(&vec![-1i32; bsz])?,
             sel_group: zi(bsz * l.units * l.kge)?,
             n_sel_group: zi(bsz * l.units)?,
             uni_group: zi(bsz * kvh * ucap)?,

@@ -182,7 +182,7 @@ impl Layout {
     pub fn step_bytes(&self) -> u64 {
         let (b, kvh) = (self.bsz, self.kvh);
         let elems = 2 * b * kvh * self.d + 3 * b * self.qh * self.d; // k_new, v_new, q, spec_q, out (2 bytes)
-        let ints = 2 * b // pos, close
+        let ints = 3 * b // pos, close, spec_pos
             + b * self.units * (self.kge + 1) // sel_group, n_sel_group
             + 2 * b * kvh * self.ucap // uni_group, uni_slot
             + 2 * b * kvh // n_uni, n_att

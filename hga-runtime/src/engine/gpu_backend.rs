@@ -234,9 +234,11 @@ impl GpuBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let per_block = (config.host_budget_bytes / record).clamp(1, MAX_RECORDS_PER_BLOCK) as usize;
+        // At the batches' priority: a lookahead is background work, and a higher-priority lane
+        // would take SMs from the next layer's step.
         let ahead = match config.lookahead {
             Some(w) => Some(Box::new(
-                PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Highest, w).map_err(|e| match e {
+                PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Default, w).map_err(|e| match e {
                     // The widened union must fit each (row, KV head)'s share of the slot pool.
                     CudaError::Invalid { field, value, rule } => RuntimeError::InvalidConfig {
                         field: "lookahead",
@@ -462,44 +464,30 @@ impl GpuBackend {
         r
     }
 
-    /// The lookahead of `layer` for the coming token of each row in `rows` (their step just launched),
+    /// The lookahead of `layer` for the coming token of the rows in `rows` (their step just launched):
     /// with the queries the batch holds, or with `q` (device address of the rows' queries in order)
     /// when the step read them in place. Nothing without a lookahead lane.
     fn look_ahead(&mut self, layer: usize, rows: &[usize], q: Option<u64>) -> Result<(), RuntimeError> {
         let Some(lane) = self.ahead.as_deref_mut() else { return Ok(()) };
-        let coming = |row: usize| {
-            let id = self.rows[row].expect("an active row holds a sequence");
-            self.seqs[&id].lens[layer] as u32
-        };
-        // A sequence at max_seq_len has no coming token.
-        let max = self.cap.max_context as u32;
-        let full = rows.len();
-        let rows: Vec<usize> = rows.iter().copied().filter(|&r| coming(r) < max).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
         let batch = &mut self.batches[layer];
-        match q {
-            // SAFETY: the caller's buffer holds the rows' queries until its stream, which waits for
-            // ours after this call, changes them; the copy is queued on ours.
-            Some(q) => {
-                // The rows' queries are consecutive in `q` (the in-place path): a row left out
-                // shifts the others, so a lookahead there needs every row.
-                if rows.len() < full {
-                    return Ok(());
-                }
-                let at: Vec<(usize, u32)> = rows.iter().map(|&r| (r, coming(r))).collect();
-                unsafe { batch.prefetch_device(lane, &at, q) }
+        let Some(q) = q else {
+            // Positions and queries copied on the device from the step's own.
+            return batch.lookahead(lane).map_err(cuda_err("lookahead"));
+        };
+        let mut at = Vec::with_capacity(rows.len());
+        for &row in rows {
+            let id = self.rows[row].expect("an active row holds a sequence");
+            let coming = self.seqs[&id].lens[layer];
+            // A sequence at max_seq_len has no coming token; the rows' queries are consecutive in `q`,
+            // so leaving one out would shift the others: no lookahead this time.
+            if coming >= self.cap.max_context {
+                return Ok(());
             }
-            None => {
-                let mut pos = vec![None; self.rows.len()];
-                for &r in &rows {
-                    pos[r] = Some(coming(r));
-                }
-                batch.lookahead(lane, &pos)
-            }
+            at.push((row, coming as u32));
         }
-        .map_err(cuda_err("lookahead"))
+        // SAFETY: the caller's buffer holds the rows' queries until its stream, which waits for ours
+        // after this call, changes them; the copy is queued on ours.
+        unsafe { batch.prefetch_device(lane, &at, q) }.map_err(cuda_err("lookahead"))
     }
 
     /// The rows of `seqs` and their coming positions in `layer` (the tokens the layer holds).

@@ -417,9 +417,10 @@ struct Samples {
     /// the MLP alone.
     layer: Vec<f64>,
     mlp: Vec<f64>,
-    /// Lookahead after each measured step: its time on the lane (start to gather done) and the
-    /// groups it read.
+    /// Lookahead after each measured step: its time on the lane (start to gather done), the host's
+    /// time to issue it, and the groups it read.
     ahead_us: Vec<f64>,
+    ahead_issue_us: Vec<f64>,
     ahead_fetched: u64,
 }
 
@@ -450,6 +451,7 @@ impl Samples {
         } else {
             json!({
                 "lookahead_us": median(&mut self.ahead_us),
+                "issue_host_us": median(&mut self.ahead_issue_us),
                 "fetched_per_step": self.ahead_fetched as f64 / self.steps.max(1) as f64,
             })
         };
@@ -574,12 +576,14 @@ impl Bench<'_> {
                 *p += 1;
             }
             if let Some(lane) = ahead.as_deref_mut() {
-                // For the coming step, at its position; done before it (the rest of the model runs
-                // in between in a decoder).
-                let coming: Vec<Option<u32>> = pos.iter().map(|&p| Some(p)).collect();
-                b.lookahead(lane, &coming)?;
+                // For the coming step; done before it (the rest of the model runs in between in a
+                // decoder). Its host time is the engine's too.
+                let t0 = Instant::now();
+                b.lookahead(lane)?;
+                let issue = t0.elapsed().as_secs_f64() * 1e6;
                 lane.synchronize()?;
                 if t >= warmup {
+                    s.ahead_issue_us.push(issue);
                     s.ahead_fetched += lane.last_misses()? as u64;
                     if let Some(ev) = lane.stage_events() {
                         s.ahead_us.push(us(&ev[0], &ev[2])?);
@@ -862,7 +866,7 @@ fn run(a: Args) -> Res<()> {
                     };
                     let mut ahead = match (a.lookahead, mode) {
                         (Some(w), "lookahead" | "lookahead_churn") => {
-                            let mut lane = PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Highest, w)?;
+                            let mut lane = PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Default, w)?;
                             lane.time_stages()?;
                             Some(lane)
                         }

@@ -78,7 +78,6 @@ pub struct PrefetchLane {
     /// Chunk scores and the other per-step scratch, committed for `max_context` (the lane does not
     /// follow its batches' growth).
     scratch: StepScratch,
-    pos: CudaSlice<i32>,
     /// The last prefetch's union lists (its resolve writes them here, not into the batch's) and a
     /// copy of the batch's slot-cache counters as that resolve left them: what the gather reads (the
     /// step may rewrite the batch's own meanwhile) and the lane's telemetry.
@@ -146,7 +145,6 @@ impl PrefetchLane {
         let st = lane.stream();
         let heads = layout.bsz * layout.kvh;
         Ok(PrefetchLane {
-            pos: st.clone_htod(&vec![-1i32; layout.bsz])?,
             uni_group: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             uni_slot: st.alloc_zeros::<i32>((heads * layout.ucap).max(1))?,
             n_uni: st.alloc_zeros::<i32>(heads.max(1))?,
@@ -175,8 +173,7 @@ impl PrefetchLane {
 
     /// Device bytes the lane holds (its scratch and buffers).
     pub fn committed_bytes(&self) -> u64 {
-        let i32s = self.pos.len()
-            + self.uni_group.len()
+        let i32s = self.uni_group.len()
             + self.uni_slot.len()
             + self.n_uni.len()
             + self.part_state.len()
@@ -284,14 +281,14 @@ impl DecodeBatch<'_> {
         })
     }
 
-    /// Lookahead for the next step of this layer: a [`DecodeBatch::prefetch`] whose guess is the
-    /// queries of the step just launched (`[B][q_heads][d]`, as the batch holds them), at `positions`
-    /// (per row the coming step's position, normally the step's + 1). On a lane of a [`Widening`],
-    /// it reads the step's runners-up (the groups just outside its budgets), which the next step of
-    /// the layer most likely opens anew, while the rest of the model runs. Errors as
-    /// [`DecodeBatch::prefetch`]; a lane without widening is refused (field `lane`: it would open
-    /// nothing the step did not).
-    pub fn lookahead(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>]) -> Result<(), CudaError> {
+    /// Lookahead for the next step of this layer: a prefetch for each row that took part in the step
+    /// just launched, at its next position, whose guess is that step's own queries (as the batch holds
+    /// them). On a lane of a [`Widening`] it reads the step's runners-up (the groups just outside its
+    /// budgets), which the next step of the layer most likely opens anew, while the rest of the model
+    /// runs. Positions and queries are copied on the device (no host data moves). Errors: a lane
+    /// without widening (field `lane`: it would open nothing the step did not), or of another spec
+    /// or capacity; a lookahead between a step's resolve and its attention (field `step`).
+    pub fn lookahead(&mut self, lane: &mut PrefetchLane) -> Result<(), CudaError> {
         if lane.widening == Widening::default() {
             return Err(CudaError::Invalid {
                 field: "lane",
@@ -299,9 +296,10 @@ impl DecodeBatch<'_> {
                 rule: "a lookahead needs a lane that routes wider than the step (PrefetchLane::with_options)".into(),
             });
         }
-        let n = self.b.spec_q.len();
-        self.prefetch_with(lane, positions, n, |batch, st| {
-            // A copy: the next step may upload its own queries while the lane still routes.
+        // The coming token of each row is the step's + 1: the lane routes at the step's own position.
+        let pos = self.pos_host.clone();
+        self.prefetch_at(lane, pos, true, |batch, st| {
+            // Copies: the next step may set its own queries and positions while the lane still routes.
             st.memcpy_dtod(&batch.b.q, &mut batch.b.spec_q)?;
             Ok(())
         })
@@ -314,12 +312,6 @@ impl DecodeBatch<'_> {
         q_len: usize,
         load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
-        let wide = self.layout.widened(
-            lane.widening.extra_chunks,
-            lane.widening.extra_groups,
-            self.kernels.spec().routing().top_groups as usize,
-        )?;
-        lane.scratch.check_compatible(&lane.gpu, &wide)?;
         if q_len != self.b.spec_q.len() {
             return Err(CudaError::Invalid {
                 field: "q",
@@ -327,6 +319,25 @@ impl DecodeBatch<'_> {
                 rule: format!("must have {} elements (batch × q_heads × d)", self.b.spec_q.len()),
             });
         }
+        let pos = self.prefetch_positions(positions)?;
+        self.prefetch_at(lane, pos, false, load_q)
+    }
+
+    /// A prefetch routing at `pos` (-1: the row sits out); with `step_pos`, `pos` is the batch's own
+    /// step positions, copied into the lane on the device.
+    fn prefetch_at(
+        &mut self,
+        lane: &mut PrefetchLane,
+        pos: Vec<i32>,
+        step_pos: bool,
+        load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        let wide = self.layout.widened(
+            lane.widening.extra_chunks,
+            lane.widening.extra_groups,
+            self.kernels.spec().routing().top_groups as usize,
+        )?;
+        lane.scratch.check_compatible(&lane.gpu, &wide)?;
         if self.awaiting_attend {
             return Err(CudaError::Invalid {
                 field: "step",
@@ -336,14 +347,20 @@ impl DecodeBatch<'_> {
                     .into(),
             });
         }
-        let pos = self.prefetch_positions(positions)?;
         if pos.iter().all(|&p| p < 0) {
             return Ok(());
         }
-        // The guesses go into the batch's own buffer on its stream (after their producer, before
-        // whatever reuses their memory); an earlier prefetch of this batch is done reading it by then.
+        // The guesses and positions go into the batch's own buffers on its stream (after their
+        // producer, before whatever reuses their memory), once an earlier prefetch of this batch,
+        // which reads them, is done (a step in between has waited for it already).
+        self.join_prefetch()?;
         let main = self.stream()?.clone();
         load_q(self, &main)?;
+        if step_pos {
+            main.memcpy_dtod(&self.b.pos, &mut self.b.spec_pos)?;
+        } else {
+            main.memcpy_htod(&pos, &mut self.b.spec_pos)?;
+        }
         let st = lane.gpu.stream().clone();
         lane.ready.record(&main)?;
         st.wait(&lane.ready)?;
@@ -363,10 +380,10 @@ impl DecodeBatch<'_> {
         Ok(())
     }
 
-    /// The prefetch's work on the lane's stream `st` at positions `pos` (after its wait for the batch).
+    /// The prefetch's work on the lane's stream `st` at positions `pos`, which `spec_pos` holds (after
+    /// its wait for the batch).
     fn queue_prefetch(&self, lane: &mut PrefetchLane, st: &Arc<CudaStream>, pos: &[i32]) -> Result<(), CudaError> {
         lane.record_stage(0);
-        st.memcpy_htod(pos, &mut lane.pos)?;
         // No output: the prefetch runs no attention.
         let q = ptr(&self.b.spec_q, &self.gpu);
         // The select and resolve write their lists into the lane's, which the gather reads, so the
@@ -378,7 +395,7 @@ impl DecodeBatch<'_> {
         let (sel_group, n_sel_group) = (ptr(&lane.sel_group, g), ptr(&lane.n_sel_group, g));
         let l = &lane.layout;
         let mut p = HgaParams {
-            pos: ptr(&lane.pos, g),
+            pos: ptr(&self.b.spec_pos, &self.gpu),
             q,
             out: 0,
             uni_group,
@@ -424,7 +441,7 @@ impl DecodeBatch<'_> {
         let (kvh_i, ps, cg) = (kvh as i32, p.part_slots, p.cap_groups);
         let g = &lane.gpu;
         let (lp, lg, ls, ln) =
-            (ptr(&lane.pos, g), ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
+            (ptr(&self.b.spec_pos, &self.gpu), ptr(&lane.uni_group, g), ptr(&lane.uni_slot, g), ptr(&lane.n_uni, g));
         lb.arg(&lp).arg(&lg).arg(&ls).arg(&ln).arg(&p.group_addr).arg(&p.slots);
         lb.arg(&kvh_i).arg(&ucap).arg(&ps).arg(&cg).arg(&rec_elems);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (GATHER_THREADS, 1, 1), shared_mem_bytes: 0 };
