@@ -7,14 +7,17 @@
 //!
 //! `cargo run --release -p hga-runtime --example engine_decode [-- PRESET CONTEXT STEPS PREFETCH LOOKAHEAD LAYERS]`
 //! (defaults: `qwen3-8b 16384 32 0 0 2`; `PREFETCH` 1 adds it; `LOOKAHEAD` `C,G` routes the lookahead C
-//! chunks and G groups wider, `0` runs none). Runs on the GPU when one is usable (kernel parameters from the
+//! chunks and G groups wider, `0` runs none). `ASYNC` (7th argument) 1 drives the GPU as an
+//! asynchronous engine does: queries, outputs and the new tokens' K/V in device buffers
+//! (`append_device`, `attend_device`) and `TelemetryLevel::Off`, so the host queues work ahead of the
+//! GPU; it prints the wall time per token (all layers) instead of the telemetry. Runs on the GPU when one is usable (kernel parameters from the
 //! checked-in tuned configs), else on the CPU backend. Keys, values and queries are random here; an
 //! engine passes its own (keys after RoPE), as host slices or, on the GPU, as device buffers
 //! (`append_device`, `attend_device`).
 
 use hga_dsl::{presets, Spec};
 use hga_runtime::cuda::Widening;
-use hga_runtime::engine::{BackendChoice, CacheConfig, HgaCache};
+use hga_runtime::engine::{BackendChoice, BackendKind, CacheConfig, HgaCache, TelemetryLevel};
 use rand::{Rng, SeedableRng};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let layers: usize = args.get(5).map_or(Ok(2), |s| s.parse())?;
+    let asynchronous = args.get(6).map_or(Ok(0), |s| s.parse::<u8>())? != 0;
 
     // The model's shape and the reference router; `hga_dsl::HfModel::from_file("config.json")?.shape`
     // reads a Hugging Face config instead of a preset.
@@ -38,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = CacheConfig::new(spec, layers, context + steps)
         // Kernel parameters tuned per GPU, context and batch (kernels-generated/configs).
         .with_tuned(kernels_generated::tuned::all()?)
-        .with_lookahead(lookahead);
+        .with_lookahead(lookahead)
+        .with_telemetry(if asynchronous { TelemetryLevel::Off } else { TelemetryLevel::Full });
     let mut cache = HgaCache::new(config, BackendChoice::Auto)?;
     println!("{preset}: backend {:?} ({})", cache.backend(), cache.device_name().unwrap_or("host"));
     if let Some(k) = cache.kernels() {
@@ -54,6 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Prefill: the prompt's keys and values of each layer in one append (`[tokens][kv_heads][head_dim]`).
     for layer in 0..layers {
         cache.append(seq, layer, &random(context * kv_row), &random(context * kv_row))?;
+    }
+    if asynchronous && cache.backend() == BackendKind::Gpu {
+        return decode_async(&mut cache, seq, layers, steps, q_row, kv_row);
     }
     // Decode: each step appends the new token to every layer and attends its query there.
     let mut out = vec![0.0f32; q_row];
@@ -90,5 +98,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         totals.steps, totals.hits, totals.misses, totals.bytes_h2d, totals.stages.total
     );
     assert!(out.iter().all(|x| x.is_finite()));
+    Ok(())
+}
+
+/// The decode loop with device buffers and no telemetry: the host queues every layer's append and
+/// attend without waiting, as an asynchronous engine does; wall time per token over the steps.
+fn decode_async(
+    cache: &mut HgaCache,
+    seq: hga_runtime::engine::SeqId,
+    layers: usize,
+    steps: usize,
+    q_row: usize,
+    kv_row: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = hga_runtime::cuda::Gpu::open(0)?;
+    let st = gpu.stream();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut bits = |n: usize| -> Vec<u16> {
+        (0..n).map(|_| half::bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_bits()).collect()
+    };
+    let (k, v) = (st.clone_htod(&bits(kv_row))?, st.clone_htod(&bits(kv_row))?);
+    // Per layer and step a query, drifting from step to step (made before timing).
+    let qs: Vec<Vec<_>> = (0..layers)
+        .map(|_| {
+            let mut q: Vec<f32> = (0..q_row).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            (0..steps)
+                .map(|_| {
+                    q.iter_mut().for_each(|x| *x = 0.9 * *x + 0.1 * rng.random_range(-1.0f32..1.0));
+                    st.clone_htod(&q.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect::<Vec<_>>())
+                })
+                .collect::<Result<_, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = st.alloc_zeros::<u16>(q_row)?;
+    let warm = steps.min(8);
+    let mut t0 = std::time::Instant::now();
+    for step in 0..steps {
+        if step == warm {
+            st.synchronize()?;
+            t0 = std::time::Instant::now();
+        }
+        for (layer, q) in qs.iter().enumerate() {
+            cache.append_device(seq, layer, &k, &v)?;
+            cache.attend_device(layer, &[seq], &q[step], &mut out)?;
+        }
+    }
+    let o = st.clone_dtoh(&out)?;
+    let per_token = t0.elapsed().as_secs_f64() * 1e6 / (steps - warm).max(1) as f64;
+    println!(
+        "async: {:.1} µs per token over {} layers ({:.1} µs per layer), {} steps timed",
+        per_token,
+        layers,
+        per_token / layers as f64,
+        steps - warm
+    );
+    assert!(o.iter().all(|&x| half::bf16::from_bits(x).to_f32().is_finite()));
     Ok(())
 }

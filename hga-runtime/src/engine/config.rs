@@ -42,7 +42,11 @@ pub struct CacheConfig {
     /// runs. It removes misses from the next step's critical path for more PCIe reads off it (on
     /// hga-bench's drifting queries, `8,32` cut the steady misses at 64K from 53 to 11 per step for
     /// 210 groups read; BENCHMARKS.md): it pays while the reads of every layer fit in a token's time
-    /// on the bus. `None` (the default) runs none; the CPU backend ignores it.
+    /// on the bus, and while the host has time to issue it: 28–50 µs of host time per attend call on
+    /// an H100 host (about ten driver calls), which a loop that waits for every step pays in series
+    /// (measured there: per-call time up 20–40%) and an engine that queues ahead of the GPU
+    /// (device buffers, [`TelemetryLevel::Off`]) hides. `None` (the default) runs none; the CPU
+    /// backend ignores it.
     pub lookahead: Option<Widening>,
 }
 
