@@ -105,6 +105,16 @@ impl Acc {
                     late_misses_per_kv_head: per(p.late_misses),
                 }
             }),
+            lookahead: (s.lookahead.routings > 0).then(|| {
+                let la = &s.lookahead;
+                let per = |x: u64| x as f64 / la.routings as f64;
+                LookaheadResult {
+                    recall: la.foreseen as f64 / la.new_groups.max(1) as f64,
+                    new_groups_per_kv_head: per(la.new_groups),
+                    critical_misses_per_kv_head: per(la.critical_misses),
+                    fetched_per_kv_head: per(la.fetched),
+                }
+            }),
         }
     }
 }
@@ -129,6 +139,24 @@ pub struct BucketResult {
     pub misses_per_kv_head: Option<[f64; 3]>,
     /// Speculative prefetch, for runs that replay it; `None` otherwise.
     pub speculation: Option<SpeculationResult>,
+    /// Lookahead prefetch, for runs that replay it; `None` otherwise.
+    pub lookahead: Option<LookaheadResult>,
+}
+
+/// Lookahead prefetch through a CLOCK slot cache (`crate::attention::LookaheadStats`), per KV head per
+/// token per layer like [`BucketResult::misses_per_kv_head`] (whose CLOCK entry is the same cache
+/// without prefetch).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LookaheadResult {
+    /// Of the groups each real route opened that the previous position's route (same layer and KV
+    /// head) did not, the fraction the previous position's wide route opened.
+    pub recall: f64,
+    /// Groups each real route opened that the previous position's route did not.
+    pub new_groups_per_kv_head: f64,
+    /// Misses of the real routes: reads on the step's critical path.
+    pub critical_misses_per_kv_head: f64,
+    /// Groups the wider routes fetched after their step, off the critical path.
+    pub fetched_per_kv_head: f64,
 }
 
 /// Speculative prefetch through a CLOCK slot cache (`crate::SpeculationStats`), per KV head per token
@@ -310,6 +338,10 @@ pub fn table(report: &EvalReport) -> String {
     if speculated {
         s.insert_str(s.len() - 1, &format!(" {:>33}", "speculation: recall late prefetch"));
     }
+    let looked_ahead = report.runs.iter().any(|r| r.overall.lookahead.is_some());
+    if looked_ahead {
+        s.insert_str(s.len() - 1, &format!(" {:>38}", "lookahead: new recall critical fetched"));
+    }
     let dense = report.runs.iter().find(|r| r.spec.is_none());
     for run in &report.runs {
         for (i, b) in run.buckets.iter().chain(std::iter::once(&run.overall)).enumerate() {
@@ -331,6 +363,13 @@ pub fn table(report: &EvalReport) -> String {
                     format!("{:.3} {:.2} {:.2}", p.recall, p.late_misses_per_kv_head, p.prefetched_per_kv_head)
                 });
                 s += &format!(" {p:>33}");
+            }
+            if looked_ahead {
+                let la = b.lookahead.map_or(String::from("-"), |la| {
+                    let (c, f) = (la.critical_misses_per_kv_head, la.fetched_per_kv_head);
+                    format!("{:.2} {:.3} {c:.2} {f:.2}", la.new_groups_per_kv_head, la.recall)
+                });
+                s += &format!(" {la:>38}");
             }
             s += "\n";
         }

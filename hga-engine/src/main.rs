@@ -3,10 +3,11 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hga_dsl::{ScoreKind, Sharing, ValidSpec};
+use hga_engine::attention::Lookahead;
 use hga_engine::eval::{self, EvalConfig, Progress, Run};
 use hga_engine::generate::generate;
 use hga_engine::reference::{check_logits, ReferenceLogits};
-use hga_engine::routing::{describe, spec_for_model, RoutingOverrides};
+use hga_engine::routing::{describe, spec_for_model, widen, RoutingOverrides};
 use hga_engine::{AttentionKind, BackendChoice, EngineError, Model, SpeculateFrom};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -80,6 +81,18 @@ struct EvalArgs {
     /// misses left on the critical path.
     #[arg(long, value_enum, requires = "replay_slots")]
     speculate: Option<SpeculateArg>,
+    /// With --replay-slots, also replay lookahead prefetch: right after each step of a layer, the
+    /// step's query routes again with CHUNKS more chunks and GROUPS more groups per query head, and that
+    /// wider union is brought into a CLOCK slot cache for the next position. Reports the misses left on
+    /// the critical path and the groups the lookahead fetched. The wider union must fit the slots.
+    #[arg(
+        long,
+        value_name = "CHUNKS,GROUPS",
+        value_parser = parse_lookahead,
+        allow_hyphen_values = true,
+        requires = "replay_slots"
+    )]
+    lookahead: Option<Lookahead>,
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -101,6 +114,13 @@ impl From<SpeculateArg> for SpeculateFrom {
             SpeculateArg::Mid => SpeculateFrom::AfterAttention,
         }
     }
+}
+
+/// `--lookahead CHUNKS,GROUPS`: two non-negative integers.
+fn parse_lookahead(s: &str) -> Result<Lookahead, String> {
+    let (c, g) = s.split_once(',').ok_or("expected CHUNKS,GROUPS (two integers >= 0, e.g. 4,16)")?;
+    let num = |what: &str, x: &str| x.trim().parse::<u32>().map_err(|e| format!("{what} {x:?}: {e}"));
+    Ok(Lookahead { chunks: num("CHUNKS", c)?, groups: num("GROUPS", g)? })
 }
 
 /// Backend of the engine API's cache (`--runtime`).
@@ -308,18 +328,26 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode, EngineError> {
     if a.replay_slots == Some(0) {
         return Err(EngineError::argument("--replay-slots", 0, "must be >= 1"));
     }
-    let kind_of = |spec: ValidSpec| match a.replay_slots {
-        Some(slots) => AttentionKind::HgaSlots { spec, slots, speculate: a.speculate.map(SpeculateFrom::from) },
-        None => hga_kind(spec, a.runtime, cfg.doc_bytes),
+    let kind_of = |spec: ValidSpec| -> Result<AttentionKind, EngineError> {
+        Ok(match a.replay_slots {
+            Some(slots) => {
+                if let Some(la) = a.lookahead {
+                    check_lookahead_fits(&spec, la, slots)?;
+                }
+                let speculate = a.speculate.map(SpeculateFrom::from);
+                AttentionKind::HgaSlots { spec, slots, speculate, lookahead: a.lookahead }
+            }
+            None => hga_kind(spec, a.runtime, cfg.doc_bytes),
+        })
     };
     for path in &a.spec {
         let spec = load_spec(path, &model)?;
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        runs.push(Run { name, kind: kind_of(spec) });
+        runs.push(Run { name, kind: kind_of(spec)? });
     }
     if a.routing.hga {
         let o = a.routing.overrides();
-        runs.push(Run { name: o.label(), kind: kind_of(o.spec(&model.config().attention)?) });
+        runs.push(Run { name: o.label(), kind: kind_of(o.spec(&model.config().attention)?)? });
     }
     if runs.is_empty() {
         return Err(EngineError::argument("--no-dense", true, "leaves nothing to evaluate: give --spec FILE or --hga"));
@@ -357,6 +385,24 @@ fn run_eval(a: EvalArgs) -> Result<ExitCode, EngineError> {
         write_json(path, &report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The wider route's largest union (`top_groups + GROUPS` per query head, times the query heads per KV
+/// head unless they share routing) must fit the partition: a prefetch that cannot keep what it fetches
+/// measures nothing.
+fn check_lookahead_fits(spec: &ValidSpec, la: Lookahead, slots: usize) -> Result<(), EngineError> {
+    let wide = widen(spec, la.chunks, la.groups)?;
+    let m = spec.model();
+    let heads = if wide.routing().sharing == Sharing::PerKvHead { 1 } else { (m.q_heads / m.kv_heads) as u64 };
+    let most = heads * wide.routing().top_groups as u64;
+    if most > slots as u64 {
+        let top = spec.routing().top_groups;
+        let rule =
+            format!("the wider union (up to {heads} × (top_groups {top} + GROUPS {}) = {most} groups)", la.groups);
+        let value = format!("{},{}", la.chunks, la.groups);
+        return Err(EngineError::argument("--lookahead", value, format!("{rule} must fit --replay-slots {slots}")));
+    }
+    Ok(())
 }
 
 fn run_generate(a: GenerateArgs) -> Result<ExitCode, EngineError> {

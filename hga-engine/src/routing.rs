@@ -122,6 +122,24 @@ impl RoutingOverrides {
     }
 }
 
+/// `spec` with `chunks` more `top_chunks` and `groups` more `top_groups`: the budgets of a lookahead
+/// route ([`crate::attention::Lookahead`]), validated (an error naming `--lookahead` when they overflow
+/// or break the spec's rules).
+pub fn widen(spec: &ValidSpec, chunks: u32, groups: u32) -> Result<ValidSpec, EngineError> {
+    let mut r = spec.routing().clone();
+    let value = format!("{chunks},{groups}");
+    let (Some(c), Some(g)) = (r.top_chunks.checked_add(chunks), r.top_groups.checked_add(groups)) else {
+        return Err(EngineError::argument(
+            "--lookahead",
+            value,
+            "top_chunks + CHUNKS and top_groups + GROUPS overflow",
+        ));
+    };
+    (r.top_chunks, r.top_groups) = (c, g);
+    spec.with_routing(r)
+        .map_err(|e| EngineError::argument("--lookahead", value, format!("the wider route is invalid: {e}")))
+}
+
 /// One-line description of a spec's routing, for tables.
 pub fn describe(spec: &ValidSpec) -> String {
     let r = spec.routing();
@@ -167,6 +185,17 @@ mod tests {
         let o = RoutingOverrides { top_groups: Some(1000), ..Default::default() };
         let e = o.spec(&tiny()).unwrap_err().to_string();
         assert!(e.contains("command-line flags") && e.contains("routing.top_groups = 1000"), "{e}");
+    }
+
+    #[test]
+    fn widen_adds_budgets_and_names_the_flag() {
+        let s = widen(&tiny(), 8, 32).unwrap();
+        assert_eq!((s.routing().top_chunks, s.routing().top_groups), (24, 64));
+        assert_eq!(s.model(), tiny().model());
+        let e = widen(&tiny(), 0, 100).unwrap_err().to_string();
+        assert!(e.contains("--lookahead = 0,100") && e.contains("routing.top_groups = 132"), "{e}");
+        let e = widen(&tiny(), u32::MAX, 0).unwrap_err().to_string();
+        assert!(e.contains("--lookahead") && e.contains("overflow"), "{e}");
     }
 
     #[test]

@@ -59,6 +59,27 @@ fn routing_errors_are_named() {
 }
 
 #[test]
+fn lookahead_errors_are_named() {
+    let (m, d) = paths();
+    let eval = ["eval", "--model", &m, "--data", &d, "--no-dense", "--hga"];
+    let with = |extra: &[&'static str]| [&eval[..], extra].concat();
+    // Parsing: clap's errors name the flag.
+    for bad in ["4", "4,16,2", "x,16", "4,", "-1,16", "4,-16", "4;16", ""] {
+        fails_with(&with(&["--replay-slots", "256", "--lookahead", bad]), "for '--lookahead <CHUNKS,GROUPS>'");
+    }
+    fails_with(&with(&["--replay-slots", "256", "--lookahead", "4"]), "expected CHUNKS,GROUPS");
+    fails_with(&with(&["--replay-slots", "256", "--lookahead", "x,16"]), "CHUNKS \"x\"");
+    fails_with(&with(&["--lookahead", "4,16"]), "--replay-slots");
+    // Values that parse but do not make a valid wider route, or one whose unions overflow the slots.
+    fails_with(&with(&["--replay-slots", "256", "--lookahead", "0,100"]), "--lookahead = 0,100");
+    fails_with(
+        &with(&["--replay-slots", "255", "--lookahead", "8,32"]),
+        "--lookahead = 8,32: the wider union (up to 4 × (top_groups 32 + GROUPS 32) = 256 groups) must fit \
+         --replay-slots 255",
+    );
+}
+
+#[test]
 fn model_and_generate_errors_are_named() {
     let (m, d) = paths();
     fails_with(&["eval", "--model", "/nonexistent", "--data", &d], "cannot access /nonexistent/config.json");

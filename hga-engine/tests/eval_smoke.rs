@@ -5,6 +5,7 @@
 mod common;
 
 use hga_dsl::Routing;
+use hga_engine::attention::Lookahead;
 use hga_engine::eval::{evaluate, EvalConfig, Run};
 use hga_engine::{AttentionKind, Model, SpeculateFrom};
 
@@ -34,6 +35,7 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
                 spec: base.with_routing(small.clone()).unwrap(),
                 slots: 64,
                 speculate: None,
+                lookahead: None,
             },
         },
         Run {
@@ -42,6 +44,7 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
                 spec: base.with_routing(small.clone()).unwrap(),
                 slots: 1024,
                 speculate: None,
+                lookahead: None,
             },
         },
         // Speculative prefetch, from each earlier hidden state.
@@ -51,14 +54,46 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
                 spec: base.with_routing(small.clone()).unwrap(),
                 slots: 1024,
                 speculate: Some(SpeculateFrom::LayerInput),
+                lookahead: None,
             },
         },
         Run {
             name: "speculate".into(),
             kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 64,
+                speculate: Some(SpeculateFrom::AfterAttention),
+                lookahead: None,
+            },
+        },
+        // Lookahead prefetch: a cache that never evicts; one whose wider unions (4 × (8 + 8) groups)
+        // just fit; and a lookahead no wider than the step, which fetches nothing. The last also
+        // speculates, in its own partitions.
+        Run {
+            name: "lookahead roomy".into(),
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 1024,
+                speculate: None,
+                lookahead: Some(Lookahead { chunks: 2, groups: 8 }),
+            },
+        },
+        Run {
+            name: "lookahead".into(),
+            kind: AttentionKind::HgaSlots {
+                spec: base.with_routing(small.clone()).unwrap(),
+                slots: 64,
+                speculate: None,
+                lookahead: Some(Lookahead { chunks: 2, groups: 8 }),
+            },
+        },
+        Run {
+            name: "lookahead none".into(),
+            kind: AttentionKind::HgaSlots {
                 spec: base.with_routing(small).unwrap(),
                 slots: 64,
                 speculate: Some(SpeculateFrom::AfterAttention),
+                lookahead: Some(Lookahead { chunks: 0, groups: 0 }),
             },
         },
     ];
@@ -87,6 +122,7 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
     let all = roomy.misses_per_kv_head.unwrap();
     assert!(all[0] == all[1] && all[1] == all[2] && all[0] <= m[0], "without evictions {all:?}, with {m:?}");
     assert!(replay.speculation.is_none() && roomy.speculation.is_none());
+    assert!(replay.lookahead.is_none() && r.runs[6].overall.lookahead.is_none());
     // Speculation changes no routing; a cache that never evicts loads each group once, ahead of its
     // layer or late, so it leaves at most the misses it had without prefetch.
     let (sr, sp) = (&r.runs[5].overall, &r.runs[6].overall);
@@ -99,4 +135,22 @@ fn dense_and_full_budget_hga_agree_and_small_budgets_route() {
     assert!(s.late_misses_per_kv_head + s.prefetched_per_kv_head >= all[1] - 1e-9, "{s:?} vs CLOCK {all:?}");
     let p = sp.speculation.unwrap();
     assert!(p.recall > 0.3 && p.late_misses_per_kv_head > 0.0 && p.prefetched_per_kv_head > 0.0, "{p:?}");
+    // Lookahead changes no routing; a cache that never evicts loads each group once, after the step
+    // before or on its own step's critical path.
+    let (lr, lp, l0) = (&r.runs[7].overall, &r.runs[8].overall, &r.runs[9].overall);
+    for x in [lr, lp, l0] {
+        assert_eq!((x.nll, x.groups_per_kv_head), (small.nll, small.groups_per_kv_head));
+    }
+    assert_eq!((lr.misses_per_kv_head, lp.misses_per_kv_head), (roomy.misses_per_kv_head, replay.misses_per_kv_head));
+    let (a, b, z) = (lr.lookahead.unwrap(), lp.lookahead.unwrap(), l0.lookahead.unwrap());
+    println!("lookahead roomy {a:?}\nlookahead {b:?}\nlookahead none {z:?}");
+    assert!(a.critical_misses_per_kv_head < all[1], "{a:?} vs CLOCK {all:?}");
+    assert!(a.critical_misses_per_kv_head + a.fetched_per_kv_head >= all[1] - 1e-9, "{a:?} vs CLOCK {all:?}");
+    assert!(b.critical_misses_per_kv_head > 0.0 && b.critical_misses_per_kv_head < m[1], "{b:?} vs CLOCK {m:?}");
+    assert!(b.fetched_per_kv_head > 0.0, "{b:?}");
+    // A lookahead no wider than the step foresees none of the next step's new groups.
+    assert_eq!((z.fetched_per_kv_head, z.recall), (0.0, 0.0), "{z:?}");
+    assert!(b.recall > 0.0 && b.recall <= 1.0 && b.new_groups_per_kv_head > 0.0, "{b:?}");
+    assert_eq!((a.recall, a.new_groups_per_kv_head), (b.recall, b.new_groups_per_kv_head), "routing only");
+    assert_eq!(l0.speculation.map(|s| s.late_misses_per_kv_head), Some(p.late_misses_per_kv_head));
 }

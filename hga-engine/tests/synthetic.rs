@@ -280,6 +280,7 @@ fn a_layer_past_the_model_is_an_error_in_every_backend() {
             spec: spec.clone(),
             slots: 64,
             speculate: Some(hga_engine::SpeculateFrom::AfterAttention),
+            lookahead: Some(hga_engine::attention::Lookahead { chunks: 1, groups: 4 }),
         },
         AttentionKind::HgaCache { spec, backend: hga_engine::BackendChoice::Cpu, max_seq_len: 64 },
     ];

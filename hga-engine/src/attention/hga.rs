@@ -1,7 +1,7 @@
 //! HGA attention through `hga_runtime::cpu::LayerCache`: every query position routes on its own, as in
 //! decode, and reports what it attended and which groups it opened.
 
-use super::{attend_rows, check_layer, Heads, PositionStats, SequenceAttention, SpeculateFrom, EVICTIONS};
+use super::{attend_rows, check_layer, Heads, Lookahead, PositionStats, SequenceAttention, SpeculateFrom, EVICTIONS};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use hga_dsl::ValidSpec;
@@ -19,7 +19,25 @@ pub struct HgaAttention {
     slots: Option<Mutex<Vec<[PartitionModel; 3]>>>,
     /// Speculative prefetch replay, when asked for.
     speculation: Option<(SpeculateFrom, Mutex<Speculation>)>,
+    /// Lookahead prefetch replay, when asked for.
+    lookahead: Option<LookaheadReplay>,
 }
+
+/// Per KV head, a union of routed groups.
+type PerKvHead = Vec<Vec<usize>>;
+
+/// Lookahead prefetch ([`Lookahead`]) through its own CLOCK partition per (layer, KV head).
+#[derive(Debug)]
+struct LookaheadReplay {
+    /// Per layer, a cache of the same K/V routing with the wider budgets (`routing::widen`): its
+    /// `route_closed` is the wide route over exactly the chunks the layer's own route sees.
+    wide: Vec<LayerCache>,
+    /// Per (layer, KV head): the partition, and the previous position's union and wide union (sorted).
+    parts: Mutex<Vec<(PartitionModel, Option<Previous>)>>,
+}
+
+/// A position's union and wide union, sorted: what the next position's new groups are measured against.
+type Previous = (Vec<u32>, Vec<u32>);
 
 /// Speculative prefetch through its own CLOCK partition per (layer, KV head).
 #[derive(Debug)]
@@ -41,19 +59,23 @@ impl HgaAttention {
             caches: (0..cfg.layers).map(|_| LayerCache::new(spec.clone())).collect(),
             slots: None,
             speculation: None,
+            lookahead: None,
         }
     }
 
     /// [`HgaAttention::new`], also replaying every (layer, KV head)'s routed groups, position by
     /// position, through a slot partition of `slots` slots under each of [`EVICTIONS`] (misses in
     /// [`PositionStats::misses`]), and with `speculate`, through a fourth CLOCK partition that
-    /// speculative routes prefetch into ([`PositionStats::speculation`]). An error when `slots` is 0 or
-    /// above 2^31.
+    /// speculative routes prefetch into ([`PositionStats::speculation`]), and with `lookahead`, through
+    /// another CLOCK partition that each step's wider route prefetches into after the step
+    /// ([`PositionStats::lookahead`]). An error when `slots` is 0 or above 2^31, or when the wider
+    /// budgets are invalid for the spec.
     pub fn with_slot_replay(
         cfg: &ModelConfig,
         spec: &ValidSpec,
         slots: usize,
         speculate: Option<SpeculateFrom>,
+        lookahead: Option<Lookahead>,
     ) -> Result<Self, EngineError> {
         let one = PartitionModel::new(slots)?;
         let n = cfg.layers * Heads::of(cfg).kv;
@@ -61,15 +83,29 @@ impl HgaAttention {
             let s = Speculation { parts: vec![one.clone(); n], pending: vec![None; cfg.layers] };
             (from, Mutex::new(s))
         });
+        let lookahead = match lookahead {
+            None => None,
+            Some(la) => {
+                let wide = crate::routing::widen(spec, la.chunks, la.groups)?;
+                Some(LookaheadReplay {
+                    wide: (0..cfg.layers).map(|_| LayerCache::new(wide.clone())).collect(),
+                    parts: Mutex::new(vec![(one.clone(), None); n]),
+                })
+            }
+        };
         let parts = vec![[one.clone(), one.clone(), one]; n];
-        Ok(HgaAttention { slots: Some(Mutex::new(parts)), speculation, ..HgaAttention::new(cfg, spec) })
+        Ok(HgaAttention { slots: Some(Mutex::new(parts)), speculation, lookahead, ..HgaAttention::new(cfg, spec) })
     }
 }
 
 impl SequenceAttention for HgaAttention {
     fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), EngineError> {
         let l = check_layer(layer, self.caches.len())?;
-        Ok(self.caches[l].append(k, v)?)
+        self.caches[l].append(k, v)?;
+        if let Some(la) = &mut self.lookahead {
+            la.wide[l].append(k, v)?;
+        }
+        Ok(())
     }
 
     fn attend(
@@ -83,13 +119,16 @@ impl SequenceAttention for HgaAttention {
         let h = self.heads;
         let row = h.q * h.dim;
         attend_rows(h, q, out, stats)?;
-        let cache = &self.caches[check_layer(layer, self.caches.len())?];
-        let unions: Vec<Vec<Vec<usize>>> = out
+        let l = check_layer(layer, self.caches.len())?;
+        let cache = &self.caches[l];
+        let wide = self.lookahead.as_ref().map(|la| &la.wide[l]);
+        // Per position: each KV head's union, and (with lookahead) its wide union.
+        let unions: Vec<(PerKvHead, PerKvHead)> = out
             .par_chunks_mut(row)
             .zip(q.par_chunks(row))
             .zip(stats.par_iter_mut())
             .enumerate()
-            .map(|(i, ((o, qi), s))| -> Result<Vec<Vec<usize>>, EngineError> {
+            .map(|(i, ((o, qi), s))| -> Result<(PerKvHead, PerKvHead), EngineError> {
                 let pos = start + i;
                 let trace = cache.attend_traced(qi, pos, o)?;
                 let unions = trace.union_per_kv_head(h.gqa());
@@ -97,7 +136,12 @@ impl SequenceAttention for HgaAttention {
                 s.visible += (h.q * (pos + 1)) as u64;
                 s.groups += unions.iter().map(|u| u.len() as u64).sum::<u64>();
                 s.routings += h.kv as u64;
-                Ok(if self.slots.is_some() { unions } else { Vec::new() })
+                // The lookahead route: the same query, after the step, over the chunks it saw.
+                let ahead = match wide {
+                    Some(w) => w.route_closed(qi, pos)?.union_per_kv_head(h.gqa()),
+                    None => Vec::new(),
+                };
+                Ok(if self.slots.is_some() { (unions, ahead) } else { Default::default() })
             })
             .collect::<Result<_, _>>()?;
         if let Some(slots) = &self.slots {
@@ -130,9 +174,11 @@ impl SequenceAttention for HgaAttention {
                     Ok(per_kv.into_iter().map(|u| u.into_iter().map(|g| g as u32).collect()).collect())
                 })
                 .collect::<Result<_, _>>()?;
-            for (i, (s, per_kv)) in stats.iter_mut().zip(unions).enumerate() {
+            let mut ahead_parts = self.lookahead.as_ref().map(|la| la.parts.lock().unwrap_or_else(|e| e.into_inner()));
+            let g32 = |u: &[usize]| -> Vec<u32> { u.iter().map(|&g| g as u32).collect() };
+            for (i, (s, (per_kv, ahead))) in stats.iter_mut().zip(unions).enumerate() {
                 for (kvh, union) in per_kv.iter().enumerate() {
-                    let union: Vec<u32> = union.iter().map(|&g| g as u32).collect();
+                    let union = g32(union);
                     let at = layer * h.kv + kvh;
                     for (p, policy) in EVICTIONS.iter().enumerate() {
                         s.misses[p] += parts[at][p].resolve(&union, *policy)?.misses as u64;
@@ -151,6 +197,28 @@ impl SequenceAttention for HgaAttention {
                             st.foreseen += union.iter().filter(|g| guess.contains(g)).count() as u64;
                         }
                         st.late_misses += part.resolve(&union, Eviction::Clock)?.misses as u64;
+                    }
+                    if let Some(parts) = ahead_parts.as_mut() {
+                        // The step (its misses are the critical path), then the prefetch of its wider
+                        // route, a step of its own off the critical path, for the next position.
+                        let ((part, prev), st) = (&mut parts[at], &mut s.lookahead);
+                        st.critical_misses += part.resolve(&union, Eviction::Clock)?.misses as u64;
+                        let wide = g32(&ahead[kvh]);
+                        let fetched = part.resolve(&wide, Eviction::Clock)?;
+                        st.fetched += (fetched.misses - fetched.uncached) as u64;
+                        st.routings += 1;
+                        if let Some((u, w)) = prev {
+                            let new = union.iter().filter(|g| u.binary_search(g).is_err());
+                            let (n, f) =
+                                new.fold((0, 0), |(n, f), g| (n + 1, f + u64::from(w.binary_search(g).is_ok())));
+                            st.new_groups += n;
+                            st.foreseen += f;
+                        }
+                        let sorted = |mut v: Vec<u32>| {
+                            v.sort_unstable();
+                            v
+                        };
+                        *prev = Some((sorted(union.clone()), sorted(wide)));
                     }
                 }
             }

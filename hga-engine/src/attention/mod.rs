@@ -35,6 +35,50 @@ pub struct PositionStats {
     pub cached_routings: u64,
     /// Speculative prefetch into the replayed slot cache ([`SequenceAttention::speculate`]).
     pub speculation: SpeculationStats,
+    /// Lookahead prefetch into the replayed slot cache ([`Lookahead`]).
+    pub lookahead: LookaheadStats,
+}
+
+/// Lookahead prefetch: right after position t's step of a layer, the same query is routed wider
+/// (`chunks` more chunks and `groups` more groups per query head than the spec's `top_chunks` and
+/// `top_groups`, over the chunks t's own route saw), and that wider union is resolved into a CLOCK
+/// slot cache as a step of its own, off the critical path; position t + 1's real union then resolves
+/// against it. As `hga-runtime/examples/eviction_sim.rs`'s `Clock+lookahead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookahead {
+    /// Extra chunks selected per query head.
+    pub chunks: u32,
+    /// Extra groups opened per query head.
+    pub groups: u32,
+}
+
+/// Lookahead prefetch ([`Lookahead`]) replayed through its own CLOCK slot cache, summed over KV heads
+/// and layers. Like speculation, the prefetch is a resolve step of its own, so this cache runs two
+/// steps per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LookaheadStats {
+    /// KV-head routings replayed through the lookahead cache.
+    pub routings: u64,
+    /// Misses of the real routes: reads on the step's critical path.
+    pub critical_misses: u64,
+    /// Groups the wide routes brought into the slot cache after their step (misses of the wide unions
+    /// that got a slot): PCIe reads off the critical path.
+    pub fetched: u64,
+    /// Groups of the real routes that the previous position's route (same layer and KV head) did not
+    /// open: what a prefetch after the previous step had to foresee (routings after the first only).
+    pub new_groups: u64,
+    /// Of those, groups the previous position's wide route opened.
+    pub foreseen: u64,
+}
+
+impl LookaheadStats {
+    fn add(&mut self, o: &LookaheadStats) {
+        self.routings += o.routings;
+        self.critical_misses += o.critical_misses;
+        self.fetched += o.fetched;
+        self.new_groups += o.new_groups;
+        self.foreseen += o.foreseen;
+    }
 }
 
 /// Where the forward pass takes the hidden state it computes layer `l + 1`'s speculative query from,
@@ -94,6 +138,7 @@ impl PositionStats {
         }
         self.cached_routings += other.cached_routings;
         self.speculation.add(&other.speculation);
+        self.lookahead.add(&other.lookahead);
     }
 }
 
@@ -155,6 +200,8 @@ pub enum AttentionKind {
         slots: usize,
         /// Also replay speculative prefetch (a fourth, CLOCK partition): [`SpeculationStats`].
         speculate: Option<SpeculateFrom>,
+        /// Also replay lookahead prefetch (another CLOCK partition): [`LookaheadStats`].
+        lookahead: Option<Lookahead>,
     },
     /// HGA with this spec through the runtime's engine API ([`CacheAttention`]) on a backend, for
     /// sequences of at most `max_seq_len` tokens.
@@ -175,8 +222,8 @@ impl AttentionKind {
         Ok(match self {
             AttentionKind::Dense => Box::new(DenseAttention::new(cfg)),
             AttentionKind::Hga(spec) => Box::new(HgaAttention::new(cfg, spec)),
-            AttentionKind::HgaSlots { spec, slots, speculate } => {
-                Box::new(HgaAttention::with_slot_replay(cfg, spec, *slots, *speculate)?)
+            AttentionKind::HgaSlots { spec, slots, speculate, lookahead } => {
+                Box::new(HgaAttention::with_slot_replay(cfg, spec, *slots, *speculate, *lookahead)?)
             }
             AttentionKind::HgaCache { spec, backend, max_seq_len } => {
                 Box::new(CacheAttention::new(cfg, spec, *backend, *max_seq_len)?)
