@@ -48,7 +48,8 @@
 //!   anew, read into the slot cache. The bench waits for it before the next step: in a decoder the
 //!   rest of the model (every other layer) runs between two steps of a layer. Reported: the rows'
 //!   steps and hit rates, and the lookahead's own time on its lane and groups read. Not modelled: its
-//!   PCIe reads sharing the bus with other layers' misses.
+//!   PCIe reads sharing the bus with other layers' misses. The bench's queries (slow random walks)
+//!   favour it: on real routing (`hga-engine eval --lookahead`) it removed no misses.
 //! - **Cold**: a fresh independent query every step and a slot pool of exactly one step's union, so
 //!   nearly every routed group is a miss (the measured hit rate is reported). Also reported: the very
 //!   first step of the cold instance, whose slot cache is empty, so every routed group is a miss.

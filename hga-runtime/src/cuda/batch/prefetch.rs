@@ -55,7 +55,8 @@ pub enum LanePriority {
 ///
 /// A lookahead ([`DecodeBatch::lookahead`]) needs it: the step's own queries routed as wide as the
 /// step open nothing the step did not, while the runners-up of a step are the groups the next step of
-/// the same layer most likely opens anew. With `extra_groups >= extra_chunks × groups per chunk` the
+/// the same layer opens anew when queries change slowly (hga-bench's do; on tiny-code's real routing
+/// the previous token's wide route foresaw only 11–32% of a token's new groups: BENCHMARKS.md). With `extra_groups >= extra_chunks × groups per chunk` the
 /// wider route opens every group the step's own route opens at the same position and query (each of
 /// those ranks at most `extra_chunks × groups per chunk` places lower among the wider candidates).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
