@@ -9,7 +9,13 @@
 //! ```text
 //! cargo run --release -p hga-runtime --example eviction_sim -- [--contexts 65536,1048576]
 //!     [--slots-factor 2] [--warmup 50] [--steps 300] [--rho 0.9] [--seed 1] [--speculate-cos C]
+//!     [--lookahead CHUNKS,GROUPS]
 //! ```
+//!
+//! `--lookahead C,G` adds a `Clock+lookahead` row: after each step, the step's own queries routed C
+//! chunks and G groups wider per query head are resolved into the partition (`DecodeBatch::lookahead`),
+//! off the critical path; the row's misses are the next steps' own. On this trace it beats Belady's
+//! bound; on real routing (`hga-engine eval --lookahead`) it removed no misses (BENCHMARKS.md).
 //!
 //! `--speculate-cos C` adds a `Clock+prefetch` row: before each step, a speculative query of cosine
 //! C to the step's own (hga-bench `--speculate-cos`: a stand-in for the next layer's query projected
