@@ -838,7 +838,8 @@ fn gpu_prefetch_changes_hits_not_outputs() {
 /// decoder's do: through host slices (layer 0) and device buffers (layer 1), with CUDA graphs (the
 /// queries copied into the batch) and without (read in place, so the lookahead copies them from the
 /// caller's buffer), the outputs are bit for bit those of a cache without it, and the next steps miss
-/// less; a sequence at `max_seq_len` is left out of it. A widening past the kernels' list searches or the slot partitions is a typed config error.
+/// less; a sequence reaching `max_seq_len` raises no error (the in-place path then skips the
+/// lookahead, the others route it to no purpose). A widening past the kernels' list searches or the slot partitions is a typed config error.
 #[test]
 fn gpu_lookahead_changes_hits_not_outputs() {
     use hga_runtime::cuda::Widening;

@@ -286,9 +286,11 @@ impl<'k> DecodeBatch<'k> {
     /// waits too).
     pub fn join_prefetch(&self) -> Result<(), CudaError> {
         // The gather follows the routing on the lane: its event covers both.
-        if self.lane_pending.swap(0, Ordering::AcqRel) & DONE != 0 {
+        let pending = self.lane_pending.swap(0, Ordering::AcqRel);
+        if pending & DONE != 0 {
             if let Err(e) = self.gpu.stream().wait(&self.lane_done) {
-                self.lane_pending.fetch_or(DONE, Ordering::AcqRel);
+                // Both bits stay pending: the routing was not waited for either.
+                self.lane_pending.fetch_or(pending, Ordering::AcqRel);
                 return Err(e.into());
             }
         }

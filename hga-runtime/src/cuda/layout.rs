@@ -71,8 +71,8 @@ impl Layout {
     /// each capped as [`Layout::of`] caps the spec's): a [`super::PrefetchLane`]'s wider route. The
     /// kernels take the budgets at run time; `top_groups` (the spec's) bounds the list searches.
     pub fn widened(&self, extra_chunks: usize, extra_groups: usize, top_groups: usize) -> Result<Layout, CudaError> {
-        let kce = (self.kce + extra_chunks).min(self.cap_chunks);
-        let kge = (self.kge + extra_groups).min(kce * self.gpc);
+        let kce = self.kce.saturating_add(extra_chunks).min(self.cap_chunks);
+        let kge = self.kge.saturating_add(extra_groups).min(kce * self.gpc);
         // The resolve's fixed-length binary searches cover lists of up to twice the largest power of
         // two in the spec's group budget.
         let most = 2 * (1usize << top_groups.max(1).ilog2());

@@ -60,7 +60,7 @@ use super::telemetry::StepTelemetry;
 use super::SeqId;
 use crate::cuda::{
     AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane,
-    StateBytes, StepScratch,
+    StateBytes, StepScratch, Widening,
 };
 use crate::jit::Jit;
 use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLayout};
@@ -193,7 +193,7 @@ impl GpuBackend {
         let free = free as u64;
         let layout = RecordLayout { group: spec.routing().group as usize, head_dim: spec.head_dim() };
         let record = layout.bytes() as u64;
-        let sizes = Sizes::of(&spec, max_seq_len, rows);
+        let sizes = Sizes::of(&spec, max_seq_len, rows, config.lookahead.unwrap_or_default());
         let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
         // More slots than the rows have groups would never fill.
         let per_layer = ((budget / layers as u64 / record) as usize)
@@ -813,20 +813,42 @@ impl StageEvents {
 
 /// Sizes of one layer's batch that the backend checks before allocating it.
 struct Sizes {
-    /// Slots each layer needs at least: rows × KV heads × the union one step can open per KV head.
+    /// Slots each layer needs at least: rows × KV heads × the union one step (or its lookahead, routed
+    /// wider) can open per KV head.
     need_slots: usize,
     /// Groups of all rows at max_seq_len (more slots would never fill).
     all_groups: usize,
 }
 
 impl Sizes {
-    fn of(spec: &ValidSpec, max_seq_len: usize, rows: usize) -> Sizes {
+    fn of(spec: &ValidSpec, max_seq_len: usize, rows: usize, wider: Widening) -> Sizes {
         let r = spec.routing();
         let kvh = spec.model().kv_heads as usize;
         let chunks = max_seq_len.div_ceil(r.chunk as usize);
-        let kce = (r.top_chunks as usize).min(chunks);
-        let kge = (r.top_groups as usize).min(kce * spec.groups_per_chunk());
+        let kce = (r.top_chunks as usize).saturating_add(wider.extra_chunks).min(chunks);
+        let kge = (r.top_groups as usize).saturating_add(wider.extra_groups).min(kce * spec.groups_per_chunk());
         let ucap = if r.sharing == Sharing::PerKvHead { kge } else { spec.gqa() * kge };
         Sizes { need_slots: rows * kvh * ucap, all_groups: rows * kvh * chunks * spec.groups_per_chunk() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hga_dsl::{presets, Spec};
+
+    /// With a lookahead, each layer's slot pool must hold the widened union even where the sequences
+    /// are shorter than it (max_seq_len 4096: 256 groups per KV head, a widened union of up to 512).
+    #[test]
+    fn slot_needs_count_the_widened_union() {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        let plain = Sizes::of(&spec, 4096, 2, Widening::default());
+        assert_eq!(plain.need_slots, 2 * 4 * 8 * 32);
+        assert_eq!(plain.all_groups, 2 * 4 * 64 * 4);
+        let wide = Sizes::of(&spec, 4096, 2, Widening { extra_chunks: 8, extra_groups: 32 });
+        assert_eq!(wide.need_slots, 2 * 4 * 8 * 64);
+        // Budgets are capped by the context: 4 chunks of 4 groups at most.
+        let tiny = Sizes::of(&spec, 256, 1, Widening { extra_chunks: 8, extra_groups: 32 });
+        assert_eq!(tiny.need_slots, 4 * 8 * 16);
     }
 }

@@ -241,6 +241,7 @@ fn widening(s: &str) -> Result<Widening, String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     match parts[..] {
         [c, g] => match (c.parse(), g.parse()) {
+            (Ok(0), Ok(0)) => Err(format!("{s:?} must widen the route (0,0 opens nothing new)")),
             (Ok(extra_chunks), Ok(extra_groups)) => Ok(Widening { extra_chunks, extra_groups }),
             _ => Err(format!("{s:?} must be two whole numbers, CHUNKS,GROUPS")),
         },
@@ -715,6 +716,23 @@ fn run(a: Args) -> Res<()> {
     let (qh, kvh, d) = (m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
     let (g, c, gpc) = (r.group as usize, r.chunk as usize, spec.groups_per_chunk());
     let record = (2 * g * d * 2) as u64;
+    if let Some(w) = a.lookahead {
+        // Each (row, KV head) partition must hold the widened union (checked here, not mid-run).
+        let wide = r.top_groups as usize + w.extra_groups;
+        if wide > a.slots_factor * r.top_groups as usize {
+            return Err(format!(
+                "--slots-factor {} is too small for --lookahead {},{}: the widened union needs {} (top_groups {} + {}) slots per query head, at least --slots-factor {}",
+                a.slots_factor,
+                w.extra_chunks,
+                w.extra_groups,
+                wide,
+                r.top_groups,
+                w.extra_groups,
+                wide.div_ceil(r.top_groups as usize)
+            )
+            .into());
+        }
+    }
 
     // A failing baseline is reported, not fatal: the HGA numbers still come back.
     let sdpa = a.sdpa.as_ref().and_then(|script| match run_sdpa(script, &a, m.q_heads, m.kv_heads, m.head_dim) {
@@ -1124,6 +1142,7 @@ mod tests {
             (&["--lookahead", "8"], "--lookahead"),
             (&["--lookahead", "8,x"], "--lookahead"),
             (&["--lookahead=-1,4"], "--lookahead"),
+            (&["--lookahead", "0,0"], "--lookahead"),
         ] {
             let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} parsed"));
             assert!(e.to_string().contains(flag), "{args:?}: {e}");

@@ -13,8 +13,8 @@
 //!   warp per group at a time and few warps in all (the reads are bound by PCIe), without attending
 //!   them (a real step fills its slots inside the attention).
 //!
-//! The lane has its own positions, step scratch and lists (opened groups, union; the guessed queries
-//! are copied into the batch on its stream, after whatever produced them), on a stream of the highest
+//! The lane has its own step scratch and lists (opened groups, union; the guessed queries and their
+//! positions are copied into the batch's own buffers on its stream, after whatever produced them), on a stream of the highest
 //! priority, so it runs beside another layer's work on the batch's stream. It shares the slot cache
 //! with its batch, so the batch waits in two places: its resolve (which updates the slot cache) for
 //! the prefetch's routing, and its attention, which reads and fills slots, and every read-back for the
@@ -57,8 +57,10 @@ pub enum LanePriority {
 /// step open nothing the step did not, while the runners-up of a step are the groups the next step of
 /// the same layer opens anew when queries change slowly (hga-bench's do; on tiny-code's real routing
 /// the previous token's wide route foresaw only 11–32% of a token's new groups: BENCHMARKS.md). With `extra_groups >= extra_chunks × groups per chunk` the
-/// wider route opens every group the step's own route opens at the same position and query (each of
-/// those ranks at most `extra_chunks × groups per chunk` places lower among the wider candidates).
+/// wider route opens every group the step's own route opens at the same position and query, with
+/// routing per query head (each of those ranks at most `extra_chunks × groups per chunk` places lower
+/// among the wider candidates; shared routing's softmax masses over the candidates give no such
+/// guarantee).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Widening {
     /// Chunks per routing unit beyond the spec's `top_chunks`.
@@ -286,7 +288,10 @@ impl DecodeBatch<'_> {
     /// just launched, at its next position, whose guess is that step's own queries (as the batch holds
     /// them). On a lane of a [`Widening`] it reads the step's runners-up (the groups just outside its
     /// budgets), which the next step of the layer most likely opens anew, while the rest of the model
-    /// runs. Positions and queries are copied on the device (no host data moves). Errors: a lane
+    /// runs. Positions and queries are copied on the device (no host data moves). Its resolve updates
+    /// the slot cache's counters: read the step's ([`DecodeBatch::last_misses`], the union) before it.
+    /// Every row that took part looks ahead, one at the last position of `max_context` too (its
+    /// reads are then wasted, never wrong). Errors: a lane
     /// without widening (field `lane`: it would open nothing the step did not), or of another spec
     /// or capacity; a lookahead between a step's resolve and its attention (field `step`).
     pub fn lookahead(&mut self, lane: &mut PrefetchLane) -> Result<(), CudaError> {
