@@ -334,10 +334,25 @@ fn main() {
                 (hits + misses) as f64 / a.steps as f64
             );
             if policy == "Clock+lookahead" {
+                // Of the groups each step opens that the step before did not, the share the step
+                // before's wider route opened (hga-engine eval --lookahead reports the same on real
+                // routing).
+                let (mut new, mut foreseen_new) = (0usize, 0usize);
+                for w in tr[a.warmup.max(1) - 1..].windows(2) {
+                    let ahead = w[0].ahead.as_ref().expect("traced with --lookahead");
+                    for kvh in 0..KVH {
+                        for g in w[1].unions[kvh].iter().filter(|g| !w[0].unions[kvh].contains(g)) {
+                            new += 1;
+                            foreseen_new += usize::from(ahead[kvh].contains(g));
+                        }
+                    }
+                }
                 println!(
-                    "|  | (lookahead {:?}: {:.1} groups fetched / step after the step) |  |  |  |",
+                    "|  | (lookahead {:?}: {:.1} groups fetched / step after the step; {:.1} new groups / step, {:.1}% of them foreseen) |  |  |  |",
                     a.lookahead.unwrap_or_default(),
-                    prefetched as f64 / a.steps as f64
+                    prefetched as f64 / a.steps as f64,
+                    new as f64 / a.steps as f64,
+                    100.0 * foreseen_new as f64 / new.max(1) as f64
                 );
             }
             if policy == "Clock+prefetch" {
