@@ -340,10 +340,10 @@ fn main() {
                 let (mut new, mut foreseen_new) = (0usize, 0usize);
                 for w in tr[a.warmup.max(1) - 1..].windows(2) {
                     let ahead = w[0].ahead.as_ref().expect("traced with --lookahead");
-                    for kvh in 0..KVH {
-                        for g in w[1].unions[kvh].iter().filter(|g| !w[0].unions[kvh].contains(g)) {
+                    for ((next, prev), wide) in w[1].unions.iter().zip(&w[0].unions).zip(ahead) {
+                        for g in next.iter().filter(|g| !prev.contains(g)) {
                             new += 1;
-                            foreseen_new += usize::from(ahead[kvh].contains(g));
+                            foreseen_new += usize::from(wide.contains(g));
                         }
                     }
                 }
