@@ -303,11 +303,21 @@ impl<'k> DecodeBatch<'k> {
     /// A prefetch already done (a lookahead that ran while the rest of the model did) is joined here,
     /// at no cost, and is not in flight.
     pub fn prefetch_in_flight(&self) -> bool {
-        if self.lane_pending.load(Ordering::Acquire) & DONE != 0 && self.lane_done.try_is_complete().unwrap_or(false) {
-            // A wait for a completed event: nothing to wait for, so a failure only keeps it pending.
-            let _ = self.join_prefetch();
-        }
+        self.join_finished_prefetch();
         self.lane_pending.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Joins, at no cost, whatever part of a pending prefetch has already finished on its lane: all
+    /// of it when its gather is done, else its routing when that is. Waits for completed events wait
+    /// for nothing, so a failed one only leaves its part pending (joined later by the work that needs
+    /// it, which reports the error).
+    fn join_finished_prefetch(&self) {
+        let pending = self.lane_pending.load(Ordering::Acquire);
+        if pending & DONE != 0 && self.lane_done.try_is_complete().unwrap_or(false) {
+            let _ = self.join_prefetch();
+        } else if pending & ROUTED != 0 && self.lane_routed.try_is_complete().unwrap_or(false) {
+            let _ = self.join_prefetch_route();
+        }
     }
 
     /// Makes the batch's stream wait for a prefetch's routing (not its gather): enough for work that
@@ -913,13 +923,8 @@ impl<'k> DecodeBatch<'k> {
     pub fn launch_route(&mut self) -> Result<(), CudaError> {
         self.launch_chunk_score()?;
         // With a prefetch's routing pending, the resolve runs apart (after it), so that the chunk
-        // score and select run beside it. A routing already done (a lookahead that ran while the rest
-        // of the model did) is waited for at no cost, and the resolve stays fused.
-        if self.lane_pending.load(Ordering::Acquire) & ROUTED != 0
-            && self.lane_routed.try_is_complete().unwrap_or(false)
-        {
-            self.join_prefetch_route()?;
-        }
+        // score and select run beside it; a routing already done leaves it fused.
+        self.join_finished_prefetch();
         let fuse = self.resolve_fuses() && self.lane_pending.load(Ordering::Acquire) & ROUTED == 0;
         self.launch_select_kernel(fuse)?;
         self.route_resolved = fuse;

@@ -7,6 +7,13 @@ use hga_dsl::codegen::LaunchParams;
 use hga_dsl::{Sharing, ValidSpec};
 use std::ops::Range;
 
+/// The largest group budget per routing unit the kernels of a spec with `top_groups` serve (a
+/// [`super::PrefetchLane`] may route wider than the spec): the resolve's fixed-length binary searches
+/// cover lists of up to twice the largest power of two in the spec's budget.
+pub(crate) fn max_group_budget(top_groups: usize) -> usize {
+    2 * (1usize << top_groups.max(1).ilog2())
+}
+
 /// Every dimension the buffers of a batch are sized by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -73,9 +80,7 @@ impl Layout {
     pub fn widened(&self, extra_chunks: usize, extra_groups: usize, top_groups: usize) -> Result<Layout, CudaError> {
         let kce = self.kce.saturating_add(extra_chunks).min(self.cap_chunks);
         let kge = self.kge.saturating_add(extra_groups).min(kce * self.gpc);
-        // The resolve's fixed-length binary searches cover lists of up to twice the largest power of
-        // two in the spec's group budget.
-        let most = 2 * (1usize << top_groups.max(1).ilog2());
+        let most = max_group_budget(top_groups);
         if kge > most {
             return Err(CudaError::Invalid {
                 field: "extra_groups",

@@ -46,7 +46,7 @@ mod attend_io;
 mod batch;
 mod gather;
 mod kernels;
-mod layout;
+pub(crate) mod layout;
 mod scratch;
 mod state_bytes;
 pub mod vmm;

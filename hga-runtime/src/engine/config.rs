@@ -135,9 +135,8 @@ impl CacheConfig {
             return bad("gpu_budget_bytes", "0".into(), "must be > 0 (or None to derive it)");
         }
         if let Some(w) = self.lookahead {
-            // The resolve's list searches cover up to twice the largest power of two in top_groups.
             let top = self.spec.routing().top_groups as usize;
-            let most = 2 * (1usize << top.max(1).ilog2()) - top;
+            let most = crate::cuda::layout::max_group_budget(top) - top;
             if w == Widening::default() || w.extra_groups > most {
                 return bad(
                     "lookahead",

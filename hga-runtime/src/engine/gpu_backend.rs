@@ -58,6 +58,7 @@
 use super::config::{CacheConfig, TelemetryLevel};
 use super::telemetry::StepTelemetry;
 use super::SeqId;
+use crate::cuda::layout::Layout;
 use crate::cuda::{
     AttendGraph, Capacity, CounterBuffer, CudaError, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane,
     StateBytes, StepScratch, Widening,
@@ -67,8 +68,9 @@ use crate::offload::{bf16_to_f32, f32_to_bf16, HostStore, PinnedSource, RecordLa
 use crate::RuntimeError;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
+use hga_dsl::codegen::LaunchParams;
 use hga_dsl::tuned::{resolve, Query, Resolved};
-use hga_dsl::{Sharing, ValidSpec};
+use hga_dsl::ValidSpec;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -193,7 +195,9 @@ impl GpuBackend {
         let free = free as u64;
         let layout = RecordLayout { group: spec.routing().group as usize, head_dim: spec.head_dim() };
         let record = layout.bytes() as u64;
-        let sizes = Sizes::of(&spec, max_seq_len, rows, config.lookahead.unwrap_or_default());
+        let wider = config.lookahead.unwrap_or_default();
+        let sizes =
+            Sizes::of(&spec, &kernels.generated().launch, max_seq_len, rows, wider).map_err(lookahead_err(wider))?;
         let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
         // More slots than the rows have groups would never fill.
         let per_layer = ((budget / layers as u64 / record) as usize)
@@ -238,15 +242,7 @@ impl GpuBackend {
         // would take SMs from the next layer's step.
         let ahead = match config.lookahead {
             Some(w) => Some(Box::new(
-                PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Default, w).map_err(|e| match e {
-                    // The widened union must fit each (row, KV head)'s share of the slot pool.
-                    CudaError::Invalid { field, value, rule } => RuntimeError::InvalidConfig {
-                        field: "lookahead",
-                        value: format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups),
-                        allowed: format!("{field} {value}: {rule}"),
-                    },
-                    e => cuda_err("make lookahead lane")(e),
-                })?,
+                PrefetchLane::with_options(&gpu, kernels, cap, LanePriority::Default, w).map_err(lookahead_err(w))?,
             )),
             None => None,
         };
@@ -731,6 +727,19 @@ impl GpuBackend {
     }
 }
 
+/// A widening the layout or the slot pool cannot serve, as the config error it is; other errors as
+/// the lookahead lane's.
+fn lookahead_err(w: Widening) -> impl Fn(CudaError) -> RuntimeError {
+    move |e| match e {
+        CudaError::Invalid { field, value, rule } => RuntimeError::InvalidConfig {
+            field: "lookahead",
+            value: format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups),
+            allowed: format!("{field} {value}: {rule}"),
+        },
+        e => cuda_err("make lookahead lane")(e),
+    }
+}
+
 /// The streams of `bufs` other than `ours`, each once.
 /// The prefetch lane in `slot`, made on first use (its step scratch is committed for `cap.max_context`).
 /// A free function over the field, so that the caller can borrow the batches beside it.
@@ -821,14 +830,18 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn of(spec: &ValidSpec, max_seq_len: usize, rows: usize, wider: Widening) -> Sizes {
-        let r = spec.routing();
-        let kvh = spec.model().kv_heads as usize;
-        let chunks = max_seq_len.div_ceil(r.chunk as usize);
-        let kce = (r.top_chunks as usize).saturating_add(wider.extra_chunks).min(chunks);
-        let kge = (r.top_groups as usize).saturating_add(wider.extra_groups).min(kce * spec.groups_per_chunk());
-        let ucap = if r.sharing == Sharing::PerKvHead { kge } else { spec.gqa() * kge };
-        Sizes { need_slots: rows * kvh * ucap, all_groups: rows * kvh * chunks * spec.groups_per_chunk() }
+    /// From the batches' layout (`lp`: the kernels' launch parameters), widened as the lookahead's.
+    fn of(
+        spec: &ValidSpec,
+        lp: &LaunchParams,
+        max_seq_len: usize,
+        rows: usize,
+        wider: Widening,
+    ) -> Result<Sizes, CudaError> {
+        let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: 0 };
+        let top_groups = spec.routing().top_groups as usize;
+        let l = Layout::of(spec, lp, cap).widened(wider.extra_chunks, wider.extra_groups, top_groups)?;
+        Ok(Sizes { need_slots: rows * l.kvh * l.ucap, all_groups: rows * l.kvh * l.cap_groups })
     }
 }
 
@@ -842,13 +855,15 @@ mod tests {
     #[test]
     fn slot_needs_count_the_widened_union() {
         let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
-        let plain = Sizes::of(&spec, 4096, 2, Widening::default());
+        let lp = hga_dsl::codegen::launch_params(&spec);
+        let sizes = |len, rows, w| Sizes::of(&spec, &lp, len, rows, w).unwrap();
+        let plain = sizes(4096, 2, Widening::default());
         assert_eq!(plain.need_slots, 2 * 4 * 8 * 32);
         assert_eq!(plain.all_groups, 2 * 4 * 64 * 4);
-        let wide = Sizes::of(&spec, 4096, 2, Widening { extra_chunks: 8, extra_groups: 32 });
+        let wide = sizes(4096, 2, Widening { extra_chunks: 8, extra_groups: 32 });
         assert_eq!(wide.need_slots, 2 * 4 * 8 * 64);
         // Budgets are capped by the context: 4 chunks of 4 groups at most.
-        let tiny = Sizes::of(&spec, 256, 1, Widening { extra_chunks: 8, extra_groups: 32 });
+        let tiny = sizes(256, 1, Widening { extra_chunks: 8, extra_groups: 32 });
         assert_eq!(tiny.need_slots, 4 * 8 * 16);
     }
 }

@@ -329,8 +329,8 @@ impl DecodeBatch<'_> {
         self.prefetch_at(lane, pos, false, load_q)
     }
 
-    /// A prefetch routing at `pos` (-1: the row sits out); with `step_pos`, `pos` is the batch's own
-    /// step positions, copied into the lane on the device.
+    /// A prefetch routing at `pos` (-1: the row sits out), copied into the batch's `spec_pos`: on the
+    /// device from the step's own positions with `step_pos` (`pos` is then `pos_host`), else from `pos`.
     fn prefetch_at(
         &mut self,
         lane: &mut PrefetchLane,
