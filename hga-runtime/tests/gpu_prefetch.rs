@@ -19,6 +19,7 @@ use cudarc::driver::DevicePtr;
 use half::bf16;
 use hga_dsl::{ModelShape, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, CudaError, DecodeBatch, DecodeKernels, LanePriority, PrefetchLane, Widening};
+use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeSet;
 
@@ -33,6 +34,34 @@ fn perturbed(rng: &mut impl Rng, q: &[f32], a: f32) -> Vec<u16> {
 
 fn sets(u: &[Vec<(usize, i32)>]) -> Vec<BTreeSet<usize>> {
     u.iter().map(|l| l.iter().map(|&(g, _)| g).collect()).collect()
+}
+
+/// The field a typed error names.
+fn field(r: Result<(), CudaError>) -> &'static str {
+    match r {
+        Err(CudaError::Invalid { field, .. }) => field,
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+}
+
+/// Rows of `totals[i]` tokens each, their first `starts[i]` appended in random blocks to both
+/// batches of `pair` (and their records) and to each row's CPU cache.
+fn fill_twins(
+    pair: &mut [(&mut DecodeBatch, &mut Records); 2],
+    spec: &ValidSpec,
+    starts: &[usize],
+    totals: &[usize],
+    rng: &mut StdRng,
+) -> Vec<Row> {
+    let w = spec.model().kv_heads as usize * spec.head_dim();
+    let mut rows: Vec<Row> = totals.iter().map(|&t| Row::new(spec, t, rng)).collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.cpu.append(&row.k[..starts[i] * w], &row.v[..starts[i] * w]).unwrap();
+        let bl = blocks(rng, starts[i], 2500);
+        append(pair, i, row, 0, &bl, spec);
+        row.len = starts[i];
+    }
+    rows
 }
 
 #[test]
@@ -65,14 +94,8 @@ fn run(unions: usize) {
     let mut lane = PrefetchLane::new(&gpu, &kernels, cap).unwrap();
     assert!(lane.committed_bytes() > 0);
     let (mut rec_p, mut rec_s) = (Records::new(&gpu, &spec, &totals), Records::new(&gpu, &spec, &totals));
-    let mut rows: Vec<Row> = totals.iter().map(|&t| Row::new(&spec, t, &mut rng)).collect();
-    let w = kvh * spec.head_dim();
-    for (i, row) in rows.iter_mut().enumerate() {
-        row.cpu.append(&row.k[..starts[i] * w], &row.v[..starts[i] * w]).unwrap();
-        let bl = blocks(&mut rng, starts[i], 2500);
-        append(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], i, row, 0, &bl, &spec);
-        row.len = starts[i];
-    }
+    let mut rows =
+        fill_twins(&mut [(&mut plain, &mut rec_p), (&mut spec_b, &mut rec_s)], &spec, &starts, &totals, &mut rng);
 
     let (mut misses_plain, mut misses_spec, mut exact_checked) = (0, 0, 0);
     for step in 0..steps {
@@ -145,10 +168,6 @@ fn run(unions: usize) {
     // Bad arguments: typed errors, nothing queued (the batch still decodes like its twin).
     let pos: Vec<Option<u32>> = rows.iter().map(|r| Some(r.len as u32)).collect();
     let q = next_query(&mut rng, 2, &spec);
-    let field = |r: Result<(), CudaError>| match r {
-        Err(CudaError::Invalid { field, .. }) => field,
-        other => panic!("expected a typed error, got {other:?}"),
-    };
     assert_eq!(field(spec_b.prefetch(&mut lane, &pos[..1], &q.0)), "positions");
     assert_eq!(field(spec_b.prefetch(&mut lane, &pos, &q.0[1..])), "q");
     let far = vec![Some(rows[0].len as u32 + 200), None];
@@ -192,18 +211,8 @@ fn lookahead_reads_the_runners_up_and_never_changes_the_output() {
     let mut lane = PrefetchLane::with_options(&gpu, &kernels, cap, LanePriority::Highest, widening).unwrap();
     assert_eq!(lane.widening(), widening);
     let (mut rec_p, mut rec_l) = (Records::new(&gpu, &spec, &totals), Records::new(&gpu, &spec, &totals));
-    let mut rows: Vec<Row> = totals.iter().map(|&t| Row::new(&spec, t, &mut rng)).collect();
-    let w = kvh * spec.head_dim();
-    for (i, row) in rows.iter_mut().enumerate() {
-        row.cpu.append(&row.k[..starts[i] * w], &row.v[..starts[i] * w]).unwrap();
-        let bl = blocks(&mut rng, starts[i], 2500);
-        append(&mut [(&mut plain, &mut rec_p), (&mut look, &mut rec_l)], i, row, 0, &bl, &spec);
-        row.len = starts[i];
-    }
-    let field = |r: Result<(), CudaError>| match r {
-        Err(CudaError::Invalid { field, .. }) => field,
-        other => panic!("expected a typed error, got {other:?}"),
-    };
+    let mut rows =
+        fill_twins(&mut [(&mut plain, &mut rec_p), (&mut look, &mut rec_l)], &spec, &starts, &totals, &mut rng);
     // A lane as wide as the step would open nothing new; a budget past the list searches is refused.
     let mut narrow = PrefetchLane::new(&gpu, &kernels, cap).unwrap();
     assert_eq!(field(look.lookahead(&mut narrow)), "lane");
