@@ -199,21 +199,15 @@ impl GpuBackend {
         let sizes =
             Sizes::of(&spec, &kernels.generated().launch, max_seq_len, rows, wider).map_err(lookahead_err(wider))?;
         let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
-        // More slots than the rows have groups would never fill.
-        let per_layer = ((budget / layers as u64 / record) as usize)
-            .min(sizes.all_groups.max(sizes.need_slots))
-            .min(i32::MAX as usize);
-        if per_layer < sizes.need_slots {
-            return Err(RuntimeError::InvalidConfig {
-                field: "gpu_budget_bytes",
-                value: budget.to_string(),
-                allowed: format!(
-                    "must give each of {layers} layers at least {} slots of {record} bytes \
-                     (max_sequences × kv_heads × groups one step opens per KV head)",
-                    sizes.need_slots
-                ),
-            });
-        }
+        let plain_need = match config.lookahead {
+            Some(_) => {
+                Sizes::of(&spec, &kernels.generated().launch, max_seq_len, rows, Widening::default())
+                    .map_err(lookahead_err(wider))?
+                    .need_slots
+            }
+            None => sizes.need_slots,
+        };
+        let per_layer = sizes.slots_per_layer(budget, layers, record, plain_need, wider)?;
         // What the layers commit at creation (window, slot pool, per-step buffers, one step scratch
         // shared by all layers). The summary and index tables grow with the sequences, a page at a time:
         // an append that cannot map its pages fails with GpuOutOfMemory and changes nothing.
@@ -843,6 +837,50 @@ impl Sizes {
         let l = Layout::of(spec, lp, cap).widened(wider.extra_chunks, wider.extra_groups, top_groups)?;
         Ok(Sizes { need_slots: rows * l.kvh * l.ucap, all_groups: rows * l.kvh * l.cap_groups })
     }
+
+    /// Slots per layer out of `budget` bytes for `layers` layers of `record`-byte groups: no more than
+    /// the rows' groups (they would never fill), and at least these sizes' need. `plain_need` is the
+    /// need without the lookahead `wider`: a budget that covers it but not the widened union is the
+    /// lookahead's error, a smaller one the budget's.
+    fn slots_per_layer(
+        &self,
+        budget: u64,
+        layers: usize,
+        record: u64,
+        plain_need: usize,
+        wider: Widening,
+    ) -> Result<usize, RuntimeError> {
+        let per_layer = ((budget / layers.max(1) as u64 / record.max(1)) as usize)
+            .min(self.all_groups.max(self.need_slots))
+            .min(i32::MAX as usize);
+        if per_layer >= self.need_slots {
+            return Ok(per_layer);
+        }
+        if per_layer >= plain_need {
+            return Err(RuntimeError::InvalidConfig {
+                field: "lookahead",
+                value: format!("{} chunks, {} groups", wider.extra_chunks, wider.extra_groups),
+                allowed: format!(
+                    "its widened union needs {} slots per layer, gpu_budget_bytes = {budget} gives {per_layer}: \
+                     raise the budget or narrow the lookahead",
+                    self.need_slots
+                ),
+            });
+        }
+        let with_lookahead = if plain_need < self.need_slots {
+            format!("; {} with the lookahead", self.need_slots)
+        } else {
+            String::new()
+        };
+        Err(RuntimeError::InvalidConfig {
+            field: "gpu_budget_bytes",
+            value: budget.to_string(),
+            allowed: format!(
+                "must give each of {layers} layers at least {plain_need} slots of {record} bytes \
+                 (max_sequences × kv_heads × groups one step opens per KV head{with_lookahead})"
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -865,5 +903,36 @@ mod tests {
         // Budgets are capped by the context: 4 chunks of 4 groups at most.
         let tiny = sizes(256, 1, Widening { extra_chunks: 8, extra_groups: 32 });
         assert_eq!(tiny.need_slots, 4 * 8 * 16);
+    }
+
+    /// A budget too small for the widened union but enough for the plain one names the lookahead; one
+    /// too small for the plain union names the budget (with the plain need); the slots are capped by
+    /// the rows' groups.
+    #[test]
+    fn a_budget_short_of_the_widened_union_is_the_lookaheads_error() {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        let lp = hga_dsl::codegen::launch_params(&spec);
+        let w = Widening { extra_chunks: 8, extra_groups: 32 };
+        let (plain, wide) =
+            (Sizes::of(&spec, &lp, 4096, 2, Widening::default()).unwrap(), Sizes::of(&spec, &lp, 4096, 2, w).unwrap());
+        let record = 8192u64;
+        let budget = |slots: usize| (2 * slots) as u64 * record;
+        let field = |r: Result<usize, RuntimeError>| match r {
+            Err(RuntimeError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert_eq!(
+            wide.slots_per_layer(budget(wide.need_slots), 2, record, plain.need_slots, w).unwrap(),
+            wide.need_slots
+        );
+        assert_eq!(field(wide.slots_per_layer(budget(plain.need_slots), 2, record, plain.need_slots, w)), "lookahead");
+        assert_eq!(
+            field(wide.slots_per_layer(budget(plain.need_slots - 1), 2, record, plain.need_slots, w)),
+            "gpu_budget_bytes"
+        );
+        assert_eq!(
+            plain.slots_per_layer(budget(1 << 20), 2, record, plain.need_slots, Widening::default()).unwrap(),
+            plain.all_groups
+        );
     }
 }
