@@ -47,8 +47,11 @@ pub struct CacheConfig {
     /// (measured there: per-call time up 20–40%) and an engine that queues ahead of the GPU
     /// (device buffers, [`TelemetryLevel::Off`]) hides. It needs queries that change slowly from
     /// token to token: on tiny-code's real routing of held-out text it removed no misses
-    /// (`hga-engine eval --lookahead`, BENCHMARKS.md). An error queueing it is returned by the attend
-    /// call after the output is written. `None` (the default) runs none; the CPU backend ignores it.
+    /// (`hga-engine eval --lookahead`, BENCHMARKS.md). Each layer's slot pool must hold the widened
+    /// union: a `gpu_budget_bytes` that serves the plain step but not that is an
+    /// [`RuntimeError::InvalidConfig`] on `lookahead` when the cache is made. An error queueing it is
+    /// returned by the attend call after the output is written. `None` (the default) runs none; the CPU
+    /// backend ignores it.
     pub lookahead: Option<Widening>,
 }
 
