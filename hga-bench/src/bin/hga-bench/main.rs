@@ -84,7 +84,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
-use hga_dsl::{presets, Sharing, Spec, ValidSpec};
+use hga_dsl::{presets, Routing, Sharing, Spec, ValidSpec};
 use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes, Widening};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
@@ -709,6 +709,37 @@ fn run_dense(a: Args) -> Res<()> {
     Ok(())
 }
 
+/// Whether a slot partition of `slots_factor` plain unions per (row, KV head) holds the union a
+/// lookahead `w` opens, at each capacity of `max_contexts`: both budgets capped by the context as the
+/// runtime's layout caps them (so short contexts may need less). An error names the flag and the
+/// smallest factor that fits.
+fn lookahead_fits(
+    r: &Routing,
+    gpc: usize,
+    max_contexts: impl Iterator<Item = usize>,
+    w: Widening,
+    slots_factor: usize,
+) -> Result<(), String> {
+    for max_context in max_contexts {
+        let cap = max_context.div_ceil(r.chunk as usize);
+        let budget = |chunks: usize, groups: usize| groups.min(chunks.min(cap) * gpc);
+        let plain = budget(r.top_chunks as usize, r.top_groups as usize);
+        let wide = budget(r.top_chunks as usize + w.extra_chunks, r.top_groups as usize + w.extra_groups);
+        if wide > slots_factor * plain {
+            return Err(format!(
+                "--slots-factor {slots_factor} is too small for --lookahead {},{} at a capacity of {max_context} tokens: \
+                 the widened union needs {wide} slots per query head, {slots_factor} plain unions of {plain} hold {}; \
+                 use --slots-factor {} or more",
+                w.extra_chunks,
+                w.extra_groups,
+                slots_factor * plain,
+                wide.div_ceil(plain.max(1))
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run(a: Args) -> Res<()> {
     let preset = presets::find(&a.model)?;
     let spec = Spec::new(preset.shape.clone()).validate()?;
@@ -716,22 +747,10 @@ fn run(a: Args) -> Res<()> {
     let (qh, kvh, d) = (m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
     let (g, c, gpc) = (r.group as usize, r.chunk as usize, spec.groups_per_chunk());
     let record = (2 * g * d * 2) as u64;
+    // Each (row, KV head) partition must hold the widened union (checked here, not mid-run).
+    let extra = a.warmup + a.steps.max(a.cold_steps) + c;
     if let Some(w) = a.lookahead {
-        // Each (row, KV head) partition must hold the widened union (checked here, not mid-run).
-        let wide = r.top_groups as usize + w.extra_groups;
-        if wide > a.slots_factor * r.top_groups as usize {
-            return Err(format!(
-                "--slots-factor {} is too small for --lookahead {},{}: the widened union needs {} (top_groups {} + {}) slots per query head, at least --slots-factor {}",
-                a.slots_factor,
-                w.extra_chunks,
-                w.extra_groups,
-                wide,
-                r.top_groups,
-                w.extra_groups,
-                wide.div_ceil(r.top_groups as usize)
-            )
-            .into());
-        }
+        lookahead_fits(r, gpc, a.contexts.iter().map(|&n| n + extra), w, a.slots_factor)?;
     }
 
     // A failing baseline is reported, not fatal: the HGA numbers still come back.
@@ -766,7 +785,6 @@ fn run(a: Args) -> Res<()> {
     let arch = gpu.arch().to_string();
     let mut loaded: HashMap<String, &'static DecodeKernels> = HashMap::new();
 
-    let extra = a.warmup + a.steps.max(a.cold_steps) + c;
     let cap_groups = |n: usize| (n + extra).div_ceil(c) * gpc;
     let store_len = a
         .batches
@@ -1122,6 +1140,26 @@ mod tests {
                 assert!((dot(b, b).sqrt() - (d as f32).sqrt()).abs() < 0.05, "norm");
             }
         }
+    }
+
+    #[test]
+    fn the_lookahead_needs_a_slot_factor_that_holds_its_union_at_each_capacity() {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        let (r, gpc) = (spec.routing(), spec.groups_per_chunk());
+        let w = Widening { extra_chunks: 8, extra_groups: 32 };
+        // 32 groups per query head, 64 widened: two plain unions hold it, one does not.
+        assert!(lookahead_fits(r, gpc, [4096, 1 << 20].into_iter(), w, 2).is_ok());
+        let e = lookahead_fits(r, gpc, [4096, 1 << 20].into_iter(), w, 1).unwrap_err();
+        assert!(
+            e.contains("--slots-factor 1") && e.contains("64 slots") && e.contains("--slots-factor 2 or more"),
+            "{e}"
+        );
+        // 256 tokens: 4 chunks of 4 groups cap both budgets at 16, so one plain union holds the lookahead.
+        assert!(lookahead_fits(r, gpc, [256].into_iter(), w, 1).is_ok());
+        // Wider than three unions: 32 + 72 = 104 groups per head need a factor of 4.
+        let wider = Widening { extra_chunks: 24, extra_groups: 72 };
+        let e = lookahead_fits(r, gpc, [65536].into_iter(), wider, 3).unwrap_err();
+        assert!(e.contains("--slots-factor 4 or more"), "{e}");
     }
 
     #[test]
