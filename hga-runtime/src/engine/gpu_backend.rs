@@ -199,15 +199,7 @@ impl GpuBackend {
         let sizes =
             Sizes::of(&spec, &kernels.generated().launch, max_seq_len, rows, wider).map_err(lookahead_err(wider))?;
         let budget = config.gpu_budget_bytes.unwrap_or(free / 4);
-        let plain_need = match config.lookahead {
-            Some(_) => {
-                Sizes::of(&spec, &kernels.generated().launch, max_seq_len, rows, Widening::default())
-                    .map_err(lookahead_err(wider))?
-                    .need_slots
-            }
-            None => sizes.need_slots,
-        };
-        let per_layer = sizes.slots_per_layer(budget, layers, record, plain_need, wider)?;
+        let per_layer = sizes.slots_per_layer(budget, layers, record, wider)?;
         // What the layers commit at creation (window, slot pool, per-step buffers, one step scratch
         // shared by all layers). The summary and index tables grow with the sequences, a page at a time:
         // an append that cannot map its pages fails with GpuOutOfMemory and changes nothing.
@@ -727,11 +719,16 @@ fn lookahead_err(w: Widening) -> impl Fn(CudaError) -> RuntimeError {
     move |e| match e {
         CudaError::Invalid { field, value, rule } => RuntimeError::InvalidConfig {
             field: "lookahead",
-            value: format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups),
+            value: widening_value(w),
             allowed: format!("{field} {value}: {rule}"),
         },
         e => cuda_err("make lookahead lane")(e),
     }
+}
+
+/// A widening as the value of a `lookahead` config error.
+fn widening_value(w: Widening) -> String {
+    format!("{} chunks, {} groups", w.extra_chunks, w.extra_groups)
 }
 
 /// The streams of `bufs` other than `ours`, each once.
@@ -819,6 +816,8 @@ struct Sizes {
     /// Slots each layer needs at least: rows × KV heads × the union one step (or its lookahead, routed
     /// wider) can open per KV head.
     need_slots: usize,
+    /// The same without the lookahead.
+    plain_slots: usize,
     /// Groups of all rows at max_seq_len (more slots would never fill).
     all_groups: usize,
 }
@@ -834,22 +833,21 @@ impl Sizes {
     ) -> Result<Sizes, CudaError> {
         let cap = Capacity { batch: rows, max_context: max_seq_len, n_slots: 0 };
         let top_groups = spec.routing().top_groups as usize;
-        let l = Layout::of(spec, lp, cap).widened(wider.extra_chunks, wider.extra_groups, top_groups)?;
-        Ok(Sizes { need_slots: rows * l.kvh * l.ucap, all_groups: rows * l.kvh * l.cap_groups })
+        let plain = Layout::of(spec, lp, cap);
+        let l = plain.widened(wider.extra_chunks, wider.extra_groups, top_groups)?;
+        Ok(Sizes {
+            need_slots: rows * l.kvh * l.ucap,
+            plain_slots: rows * plain.kvh * plain.ucap,
+            all_groups: rows * l.kvh * l.cap_groups,
+        })
     }
 
     /// Slots per layer out of `budget` bytes for `layers` layers of `record`-byte groups: no more than
-    /// the rows' groups (they would never fill), and at least these sizes' need. `plain_need` is the
-    /// need without the lookahead `wider`: a budget that covers it but not the widened union is the
-    /// lookahead's error, a smaller one the budget's.
-    fn slots_per_layer(
-        &self,
-        budget: u64,
-        layers: usize,
-        record: u64,
-        plain_need: usize,
-        wider: Widening,
-    ) -> Result<usize, RuntimeError> {
+    /// the rows' groups (they would never fill), and at least these sizes' need. A budget that covers
+    /// the plain need but not the lookahead `wider`'s widened union is the lookahead's error, a smaller
+    /// one the budget's.
+    fn slots_per_layer(&self, budget: u64, layers: usize, record: u64, wider: Widening) -> Result<usize, RuntimeError> {
+        let plain_need = self.plain_slots;
         let per_layer = ((budget / layers.max(1) as u64 / record.max(1)) as usize)
             .min(self.all_groups.max(self.need_slots))
             .min(i32::MAX as usize);
@@ -859,7 +857,7 @@ impl Sizes {
         if per_layer >= plain_need {
             return Err(RuntimeError::InvalidConfig {
                 field: "lookahead",
-                value: format!("{} chunks, {} groups", wider.extra_chunks, wider.extra_groups),
+                value: widening_value(wider),
                 allowed: format!(
                     "its widened union needs {} slots per layer, gpu_budget_bytes = {budget} gives {per_layer}: \
                      raise the budget or narrow the lookahead",
@@ -915,24 +913,16 @@ mod tests {
         let w = Widening { extra_chunks: 8, extra_groups: 32 };
         let (plain, wide) =
             (Sizes::of(&spec, &lp, 4096, 2, Widening::default()).unwrap(), Sizes::of(&spec, &lp, 4096, 2, w).unwrap());
+        assert_eq!(wide.plain_slots, plain.need_slots);
         let record = 8192u64;
         let budget = |slots: usize| (2 * slots) as u64 * record;
         let field = |r: Result<usize, RuntimeError>| match r {
             Err(RuntimeError::InvalidConfig { field, .. }) => field,
             other => panic!("expected a config error, got {other:?}"),
         };
-        assert_eq!(
-            wide.slots_per_layer(budget(wide.need_slots), 2, record, plain.need_slots, w).unwrap(),
-            wide.need_slots
-        );
-        assert_eq!(field(wide.slots_per_layer(budget(plain.need_slots), 2, record, plain.need_slots, w)), "lookahead");
-        assert_eq!(
-            field(wide.slots_per_layer(budget(plain.need_slots - 1), 2, record, plain.need_slots, w)),
-            "gpu_budget_bytes"
-        );
-        assert_eq!(
-            plain.slots_per_layer(budget(1 << 20), 2, record, plain.need_slots, Widening::default()).unwrap(),
-            plain.all_groups
-        );
+        assert_eq!(wide.slots_per_layer(budget(wide.need_slots), 2, record, w).unwrap(), wide.need_slots);
+        assert_eq!(field(wide.slots_per_layer(budget(plain.need_slots), 2, record, w)), "lookahead");
+        assert_eq!(field(wide.slots_per_layer(budget(plain.need_slots - 1), 2, record, w)), "gpu_budget_bytes");
+        assert_eq!(plain.slots_per_layer(budget(1 << 20), 2, record, Widening::default()).unwrap(), plain.all_groups);
     }
 }
