@@ -2,8 +2,8 @@
 //! Qwen3-30B-A3B shape (32 q heads, 4 KV heads, d 128) at 64K and 1M context, batch 1, next to two
 //! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
 //!
-//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace]` (kernel parameters default
-//! to `KernelParams::default()`). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
+//! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace] [--top-chunks N]
+//! [--top-groups N]` (kernel parameters default to `KernelParams::default()`, budgets to the reference router's). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
 //! the timings, prints when the first and the last block reached each point of the step (mean over
 //! `--iters` graph replays, µs from the first block's start). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
@@ -42,6 +42,8 @@ struct Args {
     /// Compile the step trace in and print when blocks reached each point of the step, instead of timings.
     #[arg(long)]
     trace: bool,
+    #[command(flatten)]
+    budgets: hga_bench::Budgets,
 }
 
 const KERNELS: [&str; 6] = ["append", "summarize", "chunk_score", "select", "resolve", "attend"];
@@ -66,11 +68,15 @@ impl Rng {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("hga_kernel_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (json_path, iters, trace) = (args.json, args.iters as usize, args.trace);
-    let gpu = Gpu::open(0)?;
-    let jit = if trace { Jit::from_env()?.traced() } else { Jit::from_env()? };
     let d = hga_dsl::KernelParams::default();
     let kp = hga_dsl::KernelParams {
         threads: args.threads.unwrap_or(d.threads),
@@ -78,7 +84,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tile_tokens: args.tile_tokens.unwrap_or(d.tile_tokens),
         vec_width: args.vec_width.unwrap_or(d.vec_width),
     };
-    let spec = Spec::new(presets::find("qwen3-30b")?.shape).with_kernel(kp).validate()?;
+    let spec = Spec::new(presets::find("qwen3-30b")?.shape)
+        .with_routing(args.budgets.apply(hga_dsl::Routing::default()))
+        .with_kernel(kp)
+        .validate()?;
+    // After the spec: bad flags are reported on a machine without a GPU too.
+    let gpu = Gpu::open(0)?;
+    let jit = if trace { Jit::from_env()?.traced() } else { Jit::from_env()? };
     let t = std::time::Instant::now();
     let kernels = DecodeKernels::load(&gpu, &jit, &spec)?;
     println!(

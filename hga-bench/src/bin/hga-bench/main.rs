@@ -57,6 +57,8 @@
 //!   kernels-generated/configs/h200-qwen3-30b.toml`, `--gpu h200`) by `hga_dsl::tuned::resolve`, as the
 //!   runtime picks them; the built-in defaults without one; `--kernel THREADS,SPLIT_K,TILE_TOKENS` for
 //!   every row (comparisons of parameters). The JSON names each variant and its source.
+//! - Routing: the reference router; `--top-chunks` / `--top-groups` measure other budgets (a config
+//!   tuned for the reference routing then resolves to its architecture's default only).
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
@@ -188,6 +190,8 @@ struct Args {
     /// Kernel parameters for every row instead: THREADS,SPLIT_K,TILE_TOKENS.
     #[arg(long, value_parser = kernel_params)]
     kernel: Option<hga_dsl::KernelParams>,
+    #[command(flatten)]
+    budgets: hga_bench::Budgets,
 }
 
 /// `s` parsed as a `T` that `ok` accepts; the error names the value and the rule.
@@ -742,7 +746,7 @@ fn lookahead_fits(
 
 fn run(a: Args) -> Res<()> {
     let preset = presets::find(&a.model)?;
-    let spec = Spec::new(preset.shape.clone()).validate()?;
+    let spec = Spec::new(preset.shape.clone()).with_routing(a.budgets.apply(Routing::default())).validate()?;
     let (m, r) = (spec.model(), spec.routing());
     let (qh, kvh, d) = (m.q_heads as usize, m.kv_heads as usize, m.head_dim as usize);
     let (g, c, gpc) = (r.group as usize, r.chunk as usize, spec.groups_per_chunk());
