@@ -134,6 +134,7 @@ fn regenerate(cfg: &TunedConfig, text: &str) -> Option<Vec<String>> {
         mode,
         progress: false,
         nvrtc: false,
+        budgets: crate::Budgets::from_command(&cfg.provenance.command),
     };
     let compiler = if cfg.provenance.nvrtc == "none" {
         Compiler::None
@@ -151,7 +152,7 @@ fn regenerate(cfg: &TunedConfig, text: &str) -> Option<Vec<String>> {
     }
     let mut why = Vec::new();
     if routing_changed(cfg, &out.config) {
-        why.push("routing: the default routing of the spec language changed".into());
+        why.push("routing: the spec language's reference routing changed".into());
     }
     for (old, new) in cfg.choices.iter().zip(&out.config.choices) {
         if old.pick != new.pick || old.time_us != new.time_us {

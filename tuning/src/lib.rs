@@ -30,7 +30,7 @@ use error::TuneError;
 use gpu::GpuSpec;
 use hga_dsl::tuned::short_name;
 use hga_dsl::tuned::{Mode, Provenance, TunedConfig};
-use hga_dsl::{presets, HfModel, ModelShape, Spec, ValidSpec};
+use hga_dsl::{presets, HfModel, ModelShape, Routing, Spec, ValidSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -116,6 +116,59 @@ pub struct Request {
     pub progress: bool,
     /// Modeled mode: prune spilling winners with NVRTC's figures when NVRTC is present.
     pub nvrtc: bool,
+    /// Routing budgets other than the reference router's (`--top-chunks`, `--top-groups`).
+    pub budgets: Budgets,
+}
+
+/// Routing budgets a config is tuned for instead of the reference router's: the runtime resolves a
+/// config only for the routing it records, so an engine that routes wider or narrower tunes for that.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets {
+    /// Chunks selected per routing unit.
+    pub top_chunks: Option<u32>,
+    /// Groups opened per routing unit.
+    pub top_groups: Option<u32>,
+}
+
+impl Budgets {
+    /// The reference routing with these budgets.
+    pub fn routing(self) -> Routing {
+        let r = Routing::default();
+        Routing {
+            top_chunks: self.top_chunks.unwrap_or(r.top_chunks),
+            top_groups: self.top_groups.unwrap_or(r.top_groups),
+            ..r
+        }
+    }
+
+    /// The flags that name these budgets (none for the reference router's), as a command line has them.
+    pub fn flags(self) -> String {
+        let (r, d) = (self.routing(), Routing::default());
+        let mut s = String::new();
+        if r.top_chunks != d.top_chunks {
+            s += &format!(" --top-chunks {}", r.top_chunks);
+        }
+        if r.top_groups != d.top_groups {
+            s += &format!(" --top-groups {}", r.top_groups);
+        }
+        s
+    }
+
+    /// The budgets a command line written by [`command_line`] names.
+    pub fn from_command(command: &str) -> Budgets {
+        let flag =
+            |name: &str| command.split(name).nth(1).and_then(|s| s.split(' ').next()).and_then(|v| v.parse().ok());
+        Budgets { top_chunks: flag(" --top-chunks "), top_groups: flag(" --top-groups ") }
+    }
+
+    /// What a file name adds for these budgets: `-c64g16`, or nothing for the reference router's.
+    pub fn file_suffix(self) -> String {
+        if self.flags().is_empty() {
+            return String::new();
+        }
+        let r = self.routing();
+        format!("-c{}g{}", r.top_chunks, r.top_groups)
+    }
 }
 
 /// What a run produced.
@@ -142,15 +195,26 @@ pub fn command_line(req: &Request, gpu_name: &str) -> String {
     if b.join(",") != buckets::DEFAULT_BATCHES {
         s += &format!(" --batch {}", b.join(","));
     }
+    s += &req.budgets.flags();
     if req.mode == ModeArg::Modeled {
         s += " --mode modeled";
     }
     s
 }
 
-/// The model and default routing as a validated spec.
-pub fn base_spec(model: &ModelChoice) -> Result<ValidSpec, TuneError> {
-    Spec::new(model.shape.clone()).validate().map_err(|source| TuneError::Model { arg: model.name.clone(), source })
+/// The model and the request's routing (the reference router with its budgets) as a validated spec.
+/// A model the reference router cannot serve is a `--model` error; budgets it cannot take are one of
+/// the budget's flag, with the spec's rule.
+pub fn base_spec(model: &ModelChoice, budgets: Budgets) -> Result<ValidSpec, TuneError> {
+    let plain = Spec::new(model.shape.clone());
+    plain.clone().validate().map_err(|source| TuneError::Model { arg: model.name.clone(), source })?;
+    plain.with_routing(budgets.routing()).validate().map_err(|e| {
+        let (arg, value) = match budgets.top_groups {
+            Some(g) if e.to_string().contains("routing.top_groups") => ("--top-groups", g),
+            _ => ("--top-chunks", budgets.routing().top_chunks),
+        };
+        TuneError::BadArg { arg, value: value.to_string(), rule: e.to_string() }
+    })
 }
 
 /// Where the modeled search gets compiled resource figures from.
@@ -175,7 +239,7 @@ const NVRTC_TOP: usize = 3;
 
 /// Runs the cost model over the space: the modeled search, deterministic for a given compiler.
 pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Compiler) -> Result<Outcome, TuneError> {
-    let base = base_spec(model)?;
+    let base = base_spec(model, req.budgets)?;
     let a = Assumptions::default();
     let workloads = workloads(req);
     let (nvrtc, mut known, compile) = match compiler {
@@ -242,7 +306,7 @@ pub fn modeled(gpu: &GpuSpec, model: &ModelChoice, req: &Request, compiler: Comp
             gpu.full_name
         ),
     ]);
-    Ok(Outcome { file_name: output::file_name(&gpu.name, &model.name), config, text, notes })
+    Ok(Outcome { file_name: output::file_name(&gpu.name, &model.name, req.budgets), config, text, notes })
 }
 
 /// [`nvrtc_resources`] of several variants on all cores.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tuning::error::TuneError;
-use tuning::{buckets, check, gpu, report, ModeArg, Request};
+use tuning::{buckets, check, gpu, report, Budgets, ModeArg, Request};
 
 /// Tunes the HGA decode-step kernels for one model on one GPU and writes a TOML config.
 ///
@@ -51,6 +51,13 @@ struct Cli {
     /// the same file on every machine).
     #[arg(long)]
     no_nvrtc: bool,
+    /// Chunks selected per routing unit, if not the reference router's 16 (the file name then says
+    /// `-c<chunks>g<groups>`; the runtime resolves a config only for the routing it records).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "check")]
+    top_chunks: Option<u32>,
+    /// Groups opened per routing unit, if not the reference router's 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "check")]
+    top_groups: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +119,7 @@ fn run(cli: Cli) -> Result<(), TuneError> {
         mode: cli.mode,
         progress: !cli.quiet,
         nvrtc: !cli.no_nvrtc,
+        budgets: Budgets { top_chunks: cli.top_chunks, top_groups: cli.top_groups },
     };
     let start = Instant::now();
     let out = tuning::tune(&req)?;

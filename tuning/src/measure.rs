@@ -455,7 +455,7 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
     let nvrtc = Jit::nvrtc_version().map(|(a, b)| format!("{a}.{b}")).map_err(|e| cannot(e.to_string()))?;
     let gpu = Gpu::open(0).map_err(|e| cannot(e.to_string()))?;
     let jit = Jit::from_env().map_err(|e| cannot(e.to_string()))?;
-    let base = base_spec(model)?;
+    let base = base_spec(model, req.budgets)?;
     let g = &present.spec;
     let space = space::build(&base, g, &ResourceSource::Modeled);
     let a = Assumptions::default();
@@ -589,7 +589,7 @@ pub fn measured(present: &Present, model: &ModelChoice, req: &Request) -> Result
             100.0 * miss_share
         ),
     ]);
-    Ok(Outcome { file_name: output::file_name(&g.name, &model.name), config, text, notes })
+    Ok(Outcome { file_name: output::file_name(&g.name, &model.name, req.budgets), config, text, notes })
 }
 
 #[cfg(test)]

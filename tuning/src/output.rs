@@ -118,10 +118,10 @@ pub fn render(cfg: &TunedConfig) -> String {
 
 const COST_NAME: &str = crate::cost::COST_MODEL_VERSION;
 
-/// The file name for a (GPU, model): `rtx5090-qwen3-30b.toml`.
-pub fn file_name(gpu: &str, model: &str) -> String {
+/// The file name for a (GPU, model, budgets): `rtx5090-qwen3-30b.toml`, `h200-qwen3-30b-c64g16.toml`.
+pub fn file_name(gpu: &str, model: &str, budgets: crate::Budgets) -> String {
     let clean = |s: &str| {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect::<String>()
     };
-    format!("{}-{}.toml", clean(gpu), clean(model))
+    format!("{}-{}{}.toml", clean(gpu), clean(model), budgets.file_suffix())
 }

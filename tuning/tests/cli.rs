@@ -51,6 +51,39 @@ fn bad_input_exits_2_with_a_clear_message() {
     assert_bad_input(&["--gpu", "auto", "--model", "qwen3-30b", "--mode", "modeled"], "needs a named GPU");
     assert_bad_input(&["--gpu", "rtx5090"], "--model");
     assert_bad_input(&["--check", "/definitely/not/here.toml"], "cannot read /definitely/not/here.toml");
+    assert_bad_input(&["--gpu", "rtx5090", "--model", "qwen3-30b", "--top-chunks", "0"], "--top-chunks");
+    assert_bad_input(
+        &["--gpu", "rtx5090", "--model", "qwen3-30b", "--mode", "modeled", "--top-chunks", "2", "--top-groups", "9"],
+        "--top-groups 9: invalid HGA spec: routing.top_groups = 9: must be <=",
+    );
+}
+
+#[test]
+fn other_budgets_get_their_own_file_which_records_them_and_checks() {
+    // An engine that routes wider or narrower than the reference router tunes for its budgets: the
+    // runtime resolves a config only for the routing it records.
+    let d = temp_dir("budgets");
+    let args = ["--gpu", "l40s", "--model", "qwen3-8b", "--out", d.to_str().unwrap(), "--quiet", "--no-nvrtc"];
+    let o = tuning(&[&args[..], &["--top-chunks", "64", "--top-groups", "16"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let path = d.join("l40s-qwen3-8b-c64g16.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = hga_dsl::tuned::TunedConfig::from_toml(&text).unwrap();
+    assert_eq!((cfg.routing.top_chunks, cfg.routing.top_groups), (64, 16));
+    assert!(cfg.provenance.command.contains("--top-chunks 64 --top-groups 16"), "{}", cfg.provenance.command);
+    let o = tuning(&["--check", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The reference budgets named explicitly are the reference file.
+    let o = tuning(&[&args[..], &["--top-chunks", "16"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plain = std::fs::read_to_string(d.join("l40s-qwen3-8b.toml")).unwrap();
+    assert!(!plain.contains("--top-chunks"), "{plain}");
+    // A file whose routing is not the one its command names is stale.
+    let p = d.join("edited.toml");
+    std::fs::write(&p, text.replace("top_groups = 16", "top_groups = 24")).unwrap();
+    let o = tuning(&["--check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]

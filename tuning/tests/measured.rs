@@ -23,6 +23,7 @@ fn measures_the_present_gpu() {
         mode: ModeArg::Auto,
         progress: false,
         nvrtc: false,
+        budgets: Default::default(),
     };
     let out = tuning::tune(&req).unwrap_or_else(|e| panic!("{e}"));
     for n in &out.notes {

@@ -17,6 +17,7 @@ fn config(gpu: &str, model: &str) -> TunedConfig {
         mode: ModeArg::Modeled,
         progress: false,
         nvrtc: false,
+        budgets: Default::default(),
     };
     let g = tuning::gpu::find(gpu).unwrap();
     let m = tuning::resolve_model(model).unwrap();
