@@ -345,6 +345,18 @@ pub enum Source {
         /// The bucket's batch.
         batch: u32,
     },
+    /// No config for this GPU, model and routing; the exact or nearest bucket of a config for this GPU
+    /// and model layout tuned for other routing budgets.
+    OtherRouting {
+        /// The config's `gpu/model`.
+        config: String,
+        /// measured or modeled.
+        mode: Mode,
+        /// The bucket's context.
+        context: u64,
+        /// The bucket's batch.
+        batch: u32,
+    },
     /// No config for this GPU and model; the default of a config for the same architecture.
     ArchDefault {
         /// The config's `gpu/model`.
@@ -364,6 +376,12 @@ impl fmt::Display for Source {
             Source::NearestBucket { config, mode, context, batch } => {
                 write!(f, "nearest bucket (context {context}, batch {batch}) of {config} ({mode})")
             }
+            Source::OtherRouting { config, mode, context, batch } => {
+                write!(
+                    f,
+                    "bucket (context {context}, batch {batch}) of {config} ({mode}), tuned for other routing budgets"
+                )
+            }
             Source::ArchDefault { config, mode } => write!(f, "same-arch default of {config} ({mode})"),
             Source::BuiltIn => f.write_str("built-in default"),
         }
@@ -379,6 +397,23 @@ pub struct Resolved {
     pub source: Source,
 }
 
+/// The config's choice for the query's bucket, else its nearest bucket's, whose parameters validate with
+/// the query's spec.
+fn nearest_pick<'c>(
+    c: &'c TunedConfig,
+    query: &Query<'_>,
+    with: &impl Fn(&KernelParams) -> Option<ValidSpec>,
+) -> Option<(&'c Choice, ValidSpec)> {
+    let mut near: Vec<&Choice> = c.choices.iter().collect();
+    // The exact bucket sorts first (distance 0).
+    near.sort_by(|a, b| {
+        bucket_distance(a, query.context, query.batch)
+            .partial_cmp(&bucket_distance(b, query.context, query.batch))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    near.into_iter().find_map(|ch| with(&ch.pick.kernel).map(|s| (ch, s)))
+}
+
 /// Distance of a bucket to the asked (context, batch): log-scale, context first. Ties go to the larger
 /// bucket (its parameters have more parallelism, the safer error).
 fn bucket_distance(c: &Choice, context: u64, batch: u32) -> (f64, f64, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>) {
@@ -387,41 +422,46 @@ fn bucket_distance(c: &Choice, context: u64, batch: u32) -> (f64, f64, std::cmp:
     (lc, lb, std::cmp::Reverse(c.context), std::cmp::Reverse(c.batch))
 }
 
-/// Picks kernel parameters for a query: exact key → nearest bucket → same-arch default → built-in default.
+/// Picks kernel parameters for a query: exact key → nearest bucket → other routing → same-arch default →
+/// built-in default.
 ///
 /// A config applies to the exact and nearest rules when its GPU preset name equals `query.gpu` and it was
-/// tuned for the query's model layout and routing. Configs for the same arch are tried for their
-/// `default` pick, those for the same model first. A pick whose parameters do not validate with the
-/// query's spec is skipped, so the result is always a valid spec.
+/// tuned for the query's model layout and routing. Then a config for the same GPU and model layout
+/// tuned for other routing budgets gives its exact or nearest bucket's pick (the shapes and contexts
+/// are the query's; only the routing's share of the work differs). Configs for the same arch are tried
+/// for their `default` pick, those for the same model first (its routing, then others). A pick whose parameters do not validate
+/// with the query's spec is skipped, so the result is always a valid spec.
 pub fn resolve(configs: &[TunedConfig], query: &Query<'_>) -> Resolved {
     let name = |c: &TunedConfig| format!("{}/{}", c.provenance.gpu, c.provenance.model);
     let with = |k: &KernelParams| query.spec.with_kernel(k.clone()).ok();
     let gpu = query.gpu.to_ascii_lowercase();
     let same_model: Vec<&TunedConfig> = configs.iter().filter(|c| c.matches_spec(query.spec)).collect();
-    for c in same_model.iter().filter(|c| c.provenance.gpu.eq_ignore_ascii_case(&gpu)) {
-        if let Some(ch) = c.choices.iter().find(|ch| ch.context == query.context && ch.batch == query.batch) {
-            if let Some(spec) = with(&ch.pick.kernel) {
-                return Resolved { spec, source: Source::Exact { config: name(c), mode: c.provenance.mode } };
-            }
-        }
-        let mut near: Vec<&Choice> = c.choices.iter().collect();
-        near.sort_by(|a, b| {
-            bucket_distance(a, query.context, query.batch)
-                .partial_cmp(&bucket_distance(b, query.context, query.batch))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        if let Some((ch, spec)) = near.into_iter().find_map(|ch| with(&ch.pick.kernel).map(|s| (ch, s))) {
-            let source = Source::NearestBucket {
-                config: name(c),
-                mode: c.provenance.mode,
-                context: ch.context,
-                batch: ch.batch,
+    let other_routing: Vec<&TunedConfig> = configs
+        .iter()
+        .filter(|c| !c.matches_spec(query.spec) && c.base_spec().is_ok_and(|b| b.model() == query.spec.model()))
+        .collect();
+    let this_gpu = |c: &&TunedConfig| c.provenance.gpu.eq_ignore_ascii_case(&gpu);
+    for c in same_model.iter().copied().filter(this_gpu) {
+        if let Some((ch, spec)) = nearest_pick(c, query, &with) {
+            let (config, mode) = (name(c), c.provenance.mode);
+            let source = if ch.context == query.context && ch.batch == query.batch {
+                Source::Exact { config, mode }
+            } else {
+                Source::NearestBucket { config, mode, context: ch.context, batch: ch.batch }
             };
             return Resolved { spec, source };
         }
     }
+    for c in other_routing.iter().copied().filter(this_gpu) {
+        if let Some((ch, spec)) = nearest_pick(c, query, &with) {
+            let source =
+                Source::OtherRouting { config: name(c), mode: c.provenance.mode, context: ch.context, batch: ch.batch };
+            return Resolved { spec, source };
+        }
+    }
     let same_arch = |c: &&TunedConfig| c.provenance.arch == query.arch;
-    let arch_first = same_model.iter().copied().filter(same_arch).chain(configs.iter().filter(same_arch));
+    let arch_first =
+        same_model.iter().chain(&other_routing).copied().filter(same_arch).chain(configs.iter().filter(same_arch));
     for c in arch_first {
         if let Some(spec) = with(&c.default.kernel) {
             return Resolved { spec, source: Source::ArchDefault { config: name(c), mode: c.provenance.mode } };

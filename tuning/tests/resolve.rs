@@ -1,5 +1,5 @@
-//! The loader's resolution order (hga_dsl::tuned::resolve): exact bucket → nearest bucket → same-arch
-//! default → built-in default, with the rule used reported; on configs written by the tuner.
+//! The loader's resolution order (hga_dsl::tuned::resolve): exact bucket → nearest bucket → other
+//! routing budgets → same-arch default → built-in default, with the rule used reported; on configs written by the tuner.
 
 use hga_dsl::tuned::{resolve, short_name, Mode, Query, Source, TunedConfig};
 use hga_dsl::{presets, KernelParams, Spec};
@@ -8,6 +8,10 @@ use rand::{Rng, SeedableRng};
 use tuning::{ModeArg, Request};
 
 fn config(gpu: &str, model: &str) -> TunedConfig {
+    config_with(gpu, model, Default::default())
+}
+
+fn config_with(gpu: &str, model: &str, budgets: tuning::Budgets) -> TunedConfig {
     let req = Request {
         gpu: gpu.into(),
         model: model.into(),
@@ -17,7 +21,7 @@ fn config(gpu: &str, model: &str) -> TunedConfig {
         mode: ModeArg::Modeled,
         progress: false,
         nvrtc: false,
-        budgets: Default::default(),
+        budgets,
     };
     let g = tuning::gpu::find(gpu).unwrap();
     let m = tuning::resolve_model(model).unwrap();
@@ -85,13 +89,31 @@ fn resolution_order() {
     assert_eq!(got.source, Source::BuiltIn);
     assert_eq!(got.spec.kernel(), &KernelParams::default());
     assert_eq!(resolve(&[], &q).source, Source::BuiltIn);
-    // A different routing is a different model: not exact.
-    let other = spec.with_routing(hga_dsl::Routing { top_groups: 64, ..spec.routing().clone() }).unwrap();
+    // Other routing budgets: never exact; this GPU's config for the model layout gives its bucket's
+    // pick (the routing is the query's), before any other model's.
+    let other = spec.with_routing(hga_dsl::Routing { top_chunks: 64, ..spec.routing().clone() }).unwrap();
     let q = Query { gpu: "h200", arch: "sm_90", spec: &other, context: 65536, batch: 1 };
     let got = resolve(&all, &q);
-    assert!(matches!(got.source, Source::ArchDefault { .. }), "{:?}", got.source);
+    assert_eq!(
+        got.source,
+        Source::OtherRouting { config: "h200/qwen3-30b".into(), mode: Mode::Modeled, context: 65536, batch: 1 }
+    );
+    let pick = h200.choices.iter().find(|c| c.context == 65536 && c.batch == 1).unwrap();
+    assert_eq!(got.spec.kernel(), &pick.pick.kernel);
     assert_eq!(got.spec.routing(), other.routing());
-    assert!(got.source.to_string().contains("same-arch default of h200/"), "{}", got.source);
+    assert!(got.source.to_string().contains("tuned for other routing budgets"), "{}", got.source);
+    // ... and a config tuned for these budgets wins over it.
+    let wide = config_with("h200", "qwen3-30b", tuning::Budgets { top_chunks: Some(64), top_groups: None });
+    let got = resolve(&[h200.clone(), wide.clone()], &q);
+    assert_eq!(got.source, Source::Exact { config: "h200/qwen3-30b".into(), mode: Mode::Modeled });
+    assert_eq!(
+        got.spec.kernel(),
+        &wide.choices.iter().find(|c| c.context == 65536 && c.batch == 1).unwrap().pick.kernel
+    );
+    // On another GPU of the arch: the same model's default comes before another model's.
+    let q = Query { gpu: "h100-sxm", arch: "sm_90", spec: &other, context: 65536, batch: 1 };
+    let got = resolve(&[h200_8b.clone(), h200.clone()], &q);
+    assert_eq!(got.source, Source::ArchDefault { config: "h200/qwen3-30b".into(), mode: Mode::Modeled });
 }
 
 #[test]

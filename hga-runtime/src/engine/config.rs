@@ -24,8 +24,8 @@ pub struct CacheConfig {
     /// (a quarter of it). The CPU backend uses it to size its modelled slot pool.
     pub gpu_budget_bytes: Option<u64>,
     /// Tuned configs (`kernels-generated/configs/*.toml`, or the tuner's `--out`) the GPU backend
-    /// resolves its kernel parameters from (exact bucket → nearest bucket → same-arch default →
-    /// built-in default, `hga_dsl::tuned::resolve`); empty: the spec's own kernel parameters.
+    /// resolves its kernel parameters from (exact bucket → nearest bucket → other routing budgets → same-arch
+    /// default → built-in default, `hga_dsl::tuned::resolve`); empty: the spec's own kernel parameters.
     pub tuned: Vec<TunedConfig>,
     /// What each attend call reports ([`TelemetryLevel::Full`] by default).
     pub telemetry: TelemetryLevel,
