@@ -19,11 +19,7 @@ pub struct Budgets {
 impl Budgets {
     /// `r` with the budgets named here.
     pub fn apply(self, r: Routing) -> Routing {
-        Routing {
-            top_chunks: self.top_chunks.unwrap_or(r.top_chunks),
-            top_groups: self.top_groups.unwrap_or(r.top_groups),
-            ..r
-        }
+        r.with_budgets(self.top_chunks, self.top_groups)
     }
 }
 

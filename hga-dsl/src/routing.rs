@@ -107,4 +107,14 @@ impl Routing {
         self.top_groups = u32::MAX / 1024;
         self
     }
+
+    /// These budgets where given, the others as they are (the benchmarks' and the tuner's
+    /// `--top-chunks` / `--top-groups`).
+    pub fn with_budgets(self, top_chunks: Option<u32>, top_groups: Option<u32>) -> Self {
+        Routing {
+            top_chunks: top_chunks.unwrap_or(self.top_chunks),
+            top_groups: top_groups.unwrap_or(self.top_groups),
+            ..self
+        }
+    }
 }

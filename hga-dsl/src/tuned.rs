@@ -428,9 +428,10 @@ fn bucket_distance(c: &Choice, context: u64, batch: u32) -> (f64, f64, std::cmp:
 /// A config applies to the exact and nearest rules when its GPU preset name equals `query.gpu` and it was
 /// tuned for the query's model layout and routing. Then a config for the same GPU and model layout
 /// tuned for other routing budgets gives its exact or nearest bucket's pick (the shapes and contexts
-/// are the query's; only the routing's share of the work differs). Configs for the same arch are tried
-/// for their `default` pick, those for the same model first (its routing, then others). A pick whose parameters do not validate
-/// with the query's spec is skipped, so the result is always a valid spec.
+/// are the query's; only the routing's share of the work differs). Configs for the same arch are
+/// tried for their `default` pick, those for the same model first (its routing, then others). A pick
+/// whose parameters do not validate with the query's spec is skipped, so the result is always a
+/// valid spec.
 pub fn resolve(configs: &[TunedConfig], query: &Query<'_>) -> Resolved {
     let name = |c: &TunedConfig| format!("{}/{}", c.provenance.gpu, c.provenance.model);
     let with = |k: &KernelParams| query.spec.with_kernel(k.clone()).ok();

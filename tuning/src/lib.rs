@@ -30,7 +30,7 @@ use error::TuneError;
 use gpu::GpuSpec;
 use hga_dsl::tuned::short_name;
 use hga_dsl::tuned::{Mode, Provenance, TunedConfig};
-use hga_dsl::{presets, HfModel, ModelShape, Routing, Spec, ValidSpec};
+use hga_dsl::{presets, HfModel, ModelShape, Routing, Spec, SpecError, ValidSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,12 +133,7 @@ pub struct Budgets {
 impl Budgets {
     /// The reference routing with these budgets.
     pub fn routing(self) -> Routing {
-        let r = Routing::default();
-        Routing {
-            top_chunks: self.top_chunks.unwrap_or(r.top_chunks),
-            top_groups: self.top_groups.unwrap_or(r.top_groups),
-            ..r
-        }
+        Routing::default().with_budgets(self.top_chunks, self.top_groups)
     }
 
     /// The flags that name these budgets (none for the reference router's), as a command line has them.
@@ -163,10 +158,10 @@ impl Budgets {
 
     /// What a file name adds for these budgets: `-c64g16`, or nothing for the reference router's.
     pub fn file_suffix(self) -> String {
-        if self.flags().is_empty() {
+        let r = self.routing();
+        if r == Routing::default() {
             return String::new();
         }
-        let r = self.routing();
         format!("-c{}g{}", r.top_chunks, r.top_groups)
     }
 }
@@ -208,10 +203,12 @@ pub fn command_line(req: &Request, gpu_name: &str) -> String {
 pub fn base_spec(model: &ModelChoice, budgets: Budgets) -> Result<ValidSpec, TuneError> {
     let plain = Spec::new(model.shape.clone());
     plain.clone().validate().map_err(|source| TuneError::Model { arg: model.name.clone(), source })?;
-    plain.with_routing(budgets.routing()).validate().map_err(|e| {
+    let routing = budgets.routing();
+    plain.with_routing(routing.clone()).validate().map_err(|e| {
+        let on_groups = matches!(&e, SpecError::Invalid(vs) if vs.iter().any(|v| v.field == "routing.top_groups"));
         let (arg, value) = match budgets.top_groups {
-            Some(g) if e.to_string().contains("routing.top_groups") => ("--top-groups", g),
-            _ => ("--top-chunks", budgets.routing().top_chunks),
+            Some(g) if on_groups => ("--top-groups", g),
+            _ => ("--top-chunks", routing.top_chunks),
         };
         TuneError::BadArg { arg, value: value.to_string(), rule: e.to_string() }
     })

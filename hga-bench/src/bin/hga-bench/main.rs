@@ -58,7 +58,8 @@
 //!   runtime picks them; the built-in defaults without one; `--kernel THREADS,SPLIT_K,TILE_TOKENS` for
 //!   every row (comparisons of parameters). The JSON names each variant and its source.
 //! - Routing: the reference router; `--top-chunks` / `--top-groups` measure other budgets (a config
-//!   tuned for the reference routing then resolves to its architecture's default only).
+//!   tuned for other budgets of the model on this GPU then gives its bucket's parameters, reported as
+//!   such: `Source::OtherRouting`).
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
