@@ -2,7 +2,7 @@
 //! capacity: used to allocate them ([`super::DecodeBatch`], [`super::StepScratch`]) and to count them
 //! ([`super::StateBytes`]), so that the two cannot drift apart.
 
-use super::{Capacity, CudaError};
+use super::{Capacity, CudaError, Widening};
 use hga_dsl::codegen::LaunchParams;
 use hga_dsl::{Sharing, ValidSpec};
 use std::ops::Range;
@@ -12,6 +12,17 @@ use std::ops::Range;
 /// cover lists of up to twice the largest power of two in the spec's budget.
 pub(crate) fn max_group_budget(top_groups: usize) -> usize {
     2 * (1usize << top_groups.max(1).ilog2())
+}
+
+/// Slots one (row, KV head) of a batch of `spec` with capacity `max_context` needs for the union of one
+/// step routed `wider` than the spec (the lookahead's; `Widening::default()` for the spec's own route):
+/// the group budget per routing unit capped by the context, as the batches' buffers are sized. A slot
+/// pool of `batch × kv_heads ×` this many holds any one step's union.
+pub fn union_slots(spec: &ValidSpec, max_context: usize, wider: Widening) -> Result<usize, CudaError> {
+    let lp = hga_dsl::codegen::launch_params(spec);
+    let cap = Capacity { batch: 1, max_context, n_slots: 0 };
+    let top_groups = spec.routing().top_groups as usize;
+    Ok(Layout::of(spec, &lp, cap).widened(wider.extra_chunks, wider.extra_groups, top_groups)?.ucap)
 }
 
 /// Every dimension the buffers of a batch are sized by.
@@ -274,6 +285,22 @@ mod tests {
     fn qwen(cap: Capacity) -> Layout {
         let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
         Layout::of(&spec, &hga_dsl::codegen::launch_params(&spec), cap)
+    }
+
+    #[test]
+    fn union_slots_are_the_batches_union_capacity_capped_by_the_context() {
+        let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
+        let w = Widening { extra_chunks: 8, extra_groups: 32 };
+        // 8 query heads per KV head, 32 groups each; widened 64.
+        assert_eq!(union_slots(&spec, 1 << 16, Widening::default()).unwrap(), 256);
+        assert_eq!(union_slots(&spec, 1 << 16, w).unwrap(), 512);
+        // 256 tokens: 4 chunks of 4 groups cap both at 16 per head.
+        assert_eq!(union_slots(&spec, 256, w).unwrap(), 128);
+        let cap = Capacity { batch: 3, max_context: 1 << 20, n_slots: 0 };
+        assert_eq!(union_slots(&spec, 1 << 20, Widening::default()).unwrap(), qwen(cap).ucap);
+        // Past what the kernels' list searches serve: the typed error of the widening.
+        let e = union_slots(&spec, 1 << 16, Widening { extra_chunks: 8, extra_groups: 33 }).unwrap_err();
+        assert!(matches!(e, CudaError::Invalid { field: "extra_groups", .. }), "{e}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub use attend_io::{AttendGraph, CounterBuffer, StepCounters};
 pub use batch::{Capacity, DecodeBatch, LanePriority, PrefetchLane, StepGraph, Widening};
 pub use gather::gather_source;
 pub use kernels::{DecodeKernels, FuncAttributes, TraceSpan};
+pub use layout::union_slots;
 pub use scratch::StepScratch;
 pub use state_bytes::StateBytes;
 pub use vmm::GrowableBuffer;

@@ -87,8 +87,10 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice};
 use hga_bench::median;
 use hga_dsl::tuned::{resolve, Query, TunedConfig};
-use hga_dsl::{presets, Routing, Sharing, Spec, ValidSpec};
-use hga_runtime::cuda::{Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes, Widening};
+use hga_dsl::{presets, Routing, Spec, ValidSpec};
+use hga_runtime::cuda::{
+    union_slots, Capacity, DecodeBatch, DecodeKernels, Gpu, LanePriority, PrefetchLane, StateBytes, Widening,
+};
 use hga_runtime::jit::Jit;
 use hga_runtime::offload::{f32_to_bf16, PinnedBuffer};
 use mlp::{MlpGrid, MlpStandIn};
@@ -715,31 +717,29 @@ fn run_dense(a: Args) -> Res<()> {
 }
 
 /// Whether a slot partition of `slots_factor` plain unions per (row, KV head) holds the union a
-/// lookahead `w` opens, at each capacity of `max_contexts`: both budgets capped by the context as the
-/// runtime's layout caps them (so short contexts may need less). An error names the flag and the
-/// smallest factor that fits.
+/// lookahead `w` opens, at each capacity of `max_contexts` (budgets capped by the context as the
+/// runtime's batches cap them: `union_slots`, so short contexts may need less). An error names the flag
+/// and the smallest factor that fits.
 fn lookahead_fits(
-    r: &Routing,
-    gpc: usize,
+    spec: &ValidSpec,
     max_contexts: impl Iterator<Item = usize>,
     w: Widening,
     slots_factor: usize,
-) -> Result<(), String> {
+) -> Res<()> {
     for max_context in max_contexts {
-        let cap = max_context.div_ceil(r.chunk as usize);
-        let budget = |chunks: usize, groups: usize| groups.min(chunks.min(cap) * gpc);
-        let plain = budget(r.top_chunks as usize, r.top_groups as usize);
-        let wide = budget(r.top_chunks as usize + w.extra_chunks, r.top_groups as usize + w.extra_groups);
+        let plain = union_slots(spec, max_context, Widening::default())?;
+        let wide = union_slots(spec, max_context, w)?;
         if wide > slots_factor * plain {
             return Err(format!(
                 "--slots-factor {slots_factor} is too small for --lookahead {},{} at a capacity of {max_context} tokens: \
-                 the widened union needs {wide} slots per query head, {slots_factor} plain unions of {plain} hold {}; \
+                 the widened union needs {wide} slots per KV head, {slots_factor} plain unions of {plain} hold {}; \
                  use --slots-factor {} or more",
                 w.extra_chunks,
                 w.extra_groups,
                 slots_factor * plain,
                 wide.div_ceil(plain.max(1))
-            ));
+            )
+            .into());
         }
     }
     Ok(())
@@ -755,7 +755,7 @@ fn run(a: Args) -> Res<()> {
     // Each (row, KV head) partition must hold the widened union (checked here, not mid-run).
     let extra = a.warmup + a.steps.max(a.cold_steps) + c;
     if let Some(w) = a.lookahead {
-        lookahead_fits(r, gpc, a.contexts.iter().map(|&n| n + extra), w, a.slots_factor)?;
+        lookahead_fits(&spec, a.contexts.iter().map(|&n| n + extra), w, a.slots_factor)?;
     }
 
     // A failing baseline is reported, not fatal: the HGA numbers still come back.
@@ -814,7 +814,6 @@ fn run(a: Args) -> Res<()> {
         }
         None => None,
     };
-    let units = if r.sharing == Sharing::PerKvHead { 1 } else { spec.gqa() };
     let layers = presets::find(&a.model)?.layers as usize;
 
     let mut rows = Vec::new();
@@ -858,8 +857,7 @@ fn run(a: Args) -> Res<()> {
                 }
             };
             let cap_chunks = max_context.div_ceil(c);
-            let kge = (r.top_groups as usize).min((r.top_chunks as usize).min(cap_chunks) * gpc);
-            let need = bsz * kvh * units * kge;
+            let need = bsz * kvh * union_slots(kernels.spec(), max_context, Widening::default())?;
             let mut result = json!({ "batch": bsz, "context": n, "variant": key, "kernel_source": source });
             let mut seed = (bsz * 1_000_003 + n) as u64;
             let mut one = |result: &mut Value| -> Res<()> {
@@ -1150,21 +1148,21 @@ mod tests {
     #[test]
     fn the_lookahead_needs_a_slot_factor_that_holds_its_union_at_each_capacity() {
         let spec = Spec::new(presets::find("qwen3-30b").unwrap().shape).validate().unwrap();
-        let (r, gpc) = (spec.routing(), spec.groups_per_chunk());
         let w = Widening { extra_chunks: 8, extra_groups: 32 };
-        // 32 groups per query head, 64 widened: two plain unions hold it, one does not.
-        assert!(lookahead_fits(r, gpc, [4096, 1 << 20].into_iter(), w, 2).is_ok());
-        let e = lookahead_fits(r, gpc, [4096, 1 << 20].into_iter(), w, 1).unwrap_err();
+        // 32 groups per query head, 64 widened (8 query heads per KV head): two plain unions hold it, one
+        // does not.
+        assert!(lookahead_fits(&spec, [4096, 1 << 20].into_iter(), w, 2).is_ok());
+        let e = lookahead_fits(&spec, [4096, 1 << 20].into_iter(), w, 1).unwrap_err().to_string();
         assert!(
-            e.contains("--slots-factor 1") && e.contains("64 slots") && e.contains("--slots-factor 2 or more"),
+            e.contains("--slots-factor 1") && e.contains("512 slots") && e.contains("--slots-factor 2 or more"),
             "{e}"
         );
         // 256 tokens: 4 chunks of 4 groups cap both budgets at 16, so one plain union holds the lookahead.
-        assert!(lookahead_fits(r, gpc, [256].into_iter(), w, 1).is_ok());
-        // Wider than three unions: 32 + 72 = 104 groups per head need a factor of 4.
-        let wider = Widening { extra_chunks: 24, extra_groups: 72 };
-        let e = lookahead_fits(r, gpc, [65536].into_iter(), wider, 3).unwrap_err();
-        assert!(e.contains("--slots-factor 4 or more"), "{e}");
+        assert!(lookahead_fits(&spec, [256].into_iter(), w, 1).is_ok());
+        // Wider than three unions: 32 + 32 = 64 groups per head (the most a spec of 32 serves) at a
+        // factor of 1 fails, and an invalid widening is the runtime's typed error.
+        let e = lookahead_fits(&spec, [65536].into_iter(), Widening { extra_chunks: 24, extra_groups: 72 }, 3);
+        assert!(e.unwrap_err().to_string().contains("extra_groups"));
     }
 
     #[test]
