@@ -436,11 +436,15 @@ pub fn resolve(configs: &[TunedConfig], query: &Query<'_>) -> Resolved {
     let name = |c: &TunedConfig| format!("{}/{}", c.provenance.gpu, c.provenance.model);
     let with = |k: &KernelParams| query.spec.with_kernel(k.clone()).ok();
     let gpu = query.gpu.to_ascii_lowercase();
-    let same_model: Vec<&TunedConfig> = configs.iter().filter(|c| c.matches_spec(query.spec)).collect();
-    let other_routing: Vec<&TunedConfig> = configs
-        .iter()
-        .filter(|c| !c.matches_spec(query.spec) && c.base_spec().is_ok_and(|b| b.model() == query.spec.model()))
-        .collect();
+    // Configs for the query's model layout: its routing (same_model), or other budgets (other_routing).
+    let (mut same_model, mut other_routing): (Vec<&TunedConfig>, Vec<&TunedConfig>) = (Vec::new(), Vec::new());
+    for c in configs {
+        match c.base_spec() {
+            Ok(b) if b.model() == query.spec.model() && b.routing() == query.spec.routing() => same_model.push(c),
+            Ok(b) if b.model() == query.spec.model() => other_routing.push(c),
+            _ => {}
+        }
+    }
     let this_gpu = |c: &&TunedConfig| c.provenance.gpu.eq_ignore_ascii_case(&gpu);
     for c in same_model.iter().copied().filter(this_gpu) {
         if let Some((ch, spec)) = nearest_pick(c, query, &with) {
