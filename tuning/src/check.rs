@@ -116,14 +116,8 @@ fn regenerate(cfg: &TunedConfig, text: &str) -> Option<Vec<String>> {
     batches.dedup();
     let model = ModelChoice { name: cfg.provenance.model.clone(), shape: cfg.model.clone(), source: String::new() };
     // The request that reproduces the recorded command line.
-    let model_arg = cfg
-        .provenance
-        .command
-        .split(" --model ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or(&cfg.provenance.model)
-        .to_string();
+    let model_arg =
+        crate::command_flag(&cfg.provenance.command, "--model").unwrap_or(&cfg.provenance.model).to_string();
     let mode = if cfg.provenance.command.contains("--mode modeled") { ModeArg::Modeled } else { ModeArg::Auto };
     let req = Request {
         gpu: g.name.clone(),

@@ -151,9 +151,8 @@ impl Budgets {
 
     /// The budgets a command line written by [`command_line`] names.
     pub fn from_command(command: &str) -> Budgets {
-        let flag =
-            |name: &str| command.split(name).nth(1).and_then(|s| s.split(' ').next()).and_then(|v| v.parse().ok());
-        Budgets { top_chunks: flag(" --top-chunks "), top_groups: flag(" --top-groups ") }
+        let flag = |name| command_flag(command, name).and_then(|v| v.parse().ok());
+        Budgets { top_chunks: flag("--top-chunks"), top_groups: flag("--top-groups") }
     }
 
     /// What a file name adds for these budgets: `-c64g16`, or nothing for the reference router's.
@@ -195,6 +194,11 @@ pub fn command_line(req: &Request, gpu_name: &str) -> String {
         s += " --mode modeled";
     }
     s
+}
+
+/// The value of `flag` (`--model`) in a command line written by [`command_line`], if it names one.
+pub fn command_flag<'c>(command: &'c str, flag: &str) -> Option<&'c str> {
+    command.split(&format!(" {flag} ")).nth(1).and_then(|s| s.split(' ').next())
 }
 
 /// The model and the request's routing (the reference router with its budgets) as a validated spec.

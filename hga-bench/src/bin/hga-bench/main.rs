@@ -1159,8 +1159,8 @@ mod tests {
         );
         // 256 tokens: 4 chunks of 4 groups cap both budgets at 16, so one plain union holds the lookahead.
         assert!(lookahead_fits(&spec, [256].into_iter(), w, 1).is_ok());
-        // Wider than three unions: 32 + 32 = 64 groups per head (the most a spec of 32 serves) at a
-        // factor of 1 fails, and an invalid widening is the runtime's typed error.
+        // 32 + 72 groups per head: past the 64 the kernels of a spec of 32 serve, so the runtime's typed
+        // error of the widening, whatever the factor.
         let e = lookahead_fits(&spec, [65536].into_iter(), Widening { extra_chunks: 24, extra_groups: 72 }, 3);
         assert!(e.unwrap_err().to_string().contains("extra_groups"));
     }
