@@ -837,8 +837,8 @@ fn gpu_prefetch_changes_hits_not_outputs() {
 /// `CacheConfig::lookahead` (2 chunks and 8 groups wider per query head) while the queries drift as a
 /// decoder's do: through host slices (layer 0) and device buffers (layer 1), with CUDA graphs (the
 /// queries copied into the batch) and without (read in place, so the lookahead copies them from the
-/// caller's buffer), the outputs are bit for bit those of a cache without it, and the next steps miss
-/// less; a sequence reaching `max_seq_len` raises no error (the in-place path then skips the
+/// caller's buffer), the outputs are bit for bit those of a cache without it, the graphed cache
+/// replays its graph behind a pending lookahead, and the next steps miss less; a sequence reaching `max_seq_len` raises no error (the in-place path then skips the
 /// lookahead, the others route it to no purpose). A widening past the kernels' list searches or the slot partitions is a typed config error.
 #[test]
 fn gpu_lookahead_changes_hits_not_outputs() {
@@ -909,9 +909,11 @@ fn gpu_lookahead_changes_hits_not_outputs() {
                     let t = c.attend_device(layer, id, &qd, &mut od).unwrap();
                     (st.clone_dtoh(&od).unwrap().into_iter().map(bf16_to_f32).collect(), t)
                 };
-                outs.push((o, t.hits + t.misses, t.misses));
+                outs.push((o, t.hits + t.misses, t.misses, t.graph_replay));
             }
-            for (i, (o, routed, m)) in outs.iter().enumerate() {
+            // A pending lookahead does not keep the graphed cache from replaying (it waits for it).
+            assert!(outs[1].3, "step {step}, layer {layer}: the graphed cache with a lookahead launched its stages");
+            for (i, (o, routed, m, _)) in outs.iter().enumerate() {
                 assert!(*o == outs[0].0, "step {step}, layer {layer}: cache {i}'s output differs");
                 assert_eq!(*routed, outs[0].1, "step {step}, layer {layer}: routed groups");
                 if step >= 4 {
@@ -922,4 +924,70 @@ fn gpu_lookahead_changes_hits_not_outputs() {
     }
     eprintln!("misses: {} without lookahead, {} with (graphs), {} with (in place)", misses[0], misses[1], misses[2]);
     assert!(misses[1] < misses[0] && misses[2] < misses[0], "the lookahead did not reduce misses: {misses:?}");
+}
+
+/// An engine that queues work ahead of the GPU (device buffers, `TelemetryLevel::Off`): every attend
+/// of a cache with a lookahead replays its graph, although the layer's lookahead, queued one model step
+/// before, may still be pending as far as the host can see (the replay waits for it on the GPU), and
+/// the outputs are bit for bit those of a cache without a lookahead.
+#[test]
+fn gpu_lookahead_replays_when_queued_ahead() {
+    use hga_runtime::cuda::Widening;
+    let mut rng = rng();
+    let (layers, steps, lens) = (4, 24, [3000, 1700]);
+    let mut config = CacheConfig::new(spec(routing()), layers, 3000 + steps);
+    config.max_sequences = 2;
+    config.telemetry = TelemetryLevel::Off;
+    let l = hga_runtime::cpu::HeadLayout::of(&config.spec);
+    let (kvrow, qrow) = (l.kv_heads * l.head_dim, l.q_heads * l.head_dim);
+    // Two widened unions per (row, KV head) of 16 KiB records: 8 query heads × (8 + 8) groups × 2.
+    config.gpu_budget_bytes = Some((layers * 2 * 4 * (8 * 16 * 2) * (2 * 16 * 128 * 2)) as u64);
+    let look = config.clone().with_lookahead(Some(Widening { extra_chunks: 2, extra_groups: 8 }));
+    let Some(mut plain) = gpu_cache(config) else { return };
+    let mut ahead = gpu_cache(look).unwrap();
+    let mut ids: [Vec<SeqId>; 2] = Default::default();
+    for len in lens {
+        let s = [plain.add_sequence().unwrap(), ahead.add_sequence().unwrap()];
+        for layer in 0..layers {
+            let (k, v) = (randv(&mut rng, len * kvrow), randv(&mut rng, len * kvrow));
+            for (c, &id) in [&mut plain, &mut ahead].into_iter().zip(&s) {
+                c.append(id, layer, &k, &v).unwrap();
+            }
+        }
+        for (i, &id) in s.iter().enumerate() {
+            ids[i].push(id);
+        }
+    }
+    let gpu = hga_runtime::cuda::Gpu::open(0).unwrap();
+    let st = gpu.stream();
+    let bf = |x: &[f32]| x.iter().map(|&x| f32_to_bf16(x)).collect::<Vec<u16>>();
+    // Every step's inputs on the device first, so that the loop below queues only the caches' work.
+    let mut q: Vec<Vec<f32>> = (0..layers).map(|_| randv(&mut rng, 2 * qrow)).collect();
+    let mut inputs = Vec::new();
+    for _ in 0..steps {
+        for ql in q.iter_mut() {
+            for x in ql.iter_mut() {
+                *x = bf16_to_f32(f32_to_bf16(0.9 * *x + 0.1 * rng.random_range(-1.0f32..1.0)));
+            }
+            let kv: Vec<_> = (0..4).map(|_| st.clone_htod(&bf(&randv(&mut rng, kvrow))).unwrap()).collect();
+            inputs.push((st.clone_htod(&bf(ql)).unwrap(), kv));
+        }
+    }
+    let mut outs: [Vec<_>; 2] = Default::default();
+    for (i, (qd, kv)) in inputs.iter().enumerate() {
+        let layer = i % layers;
+        for (c, (cache, id)) in [&mut plain, &mut ahead].into_iter().zip(&ids).enumerate() {
+            for (s, &seq) in id.iter().enumerate() {
+                cache.append_device(seq, layer, &kv[2 * s], &kv[2 * s + 1]).unwrap();
+            }
+            let mut od = st.alloc_zeros::<u16>(2 * qrow).unwrap();
+            let t = cache.attend_device(layer, id, qd, &mut od).unwrap();
+            assert!(t.graph_replay, "step {}, layer {layer}, cache {c}: launched its stages", i / layers);
+            outs[c].push(od);
+        }
+    }
+    for (i, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
+        let (a, b) = (st.clone_dtoh(a).unwrap(), st.clone_dtoh(b).unwrap());
+        assert!(a == b, "step {}, layer {}: the lookahead changed the output", i / layers, i % layers);
+    }
 }

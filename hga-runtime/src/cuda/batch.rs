@@ -123,9 +123,11 @@ struct Buffers {
     slots: CudaSlice<u16>,
 }
 
-/// [`DecodeBatch::lane_pending`] bits: a prefetch's routing, and its gather, not yet waited for.
+/// [`DecodeBatch::lane_pending`] bits: a prefetch's routing, and its gather, not yet waited for; and
+/// whether that prefetch is a lookahead (for the layer's next step, queued a whole model step before it).
 const ROUTED: u8 = 1;
 const DONE: u8 = 2;
+const AHEAD: u8 = 4;
 
 /// One launch of a step kernel: stream, params, kernel, grid, block size, and extra arguments.
 struct Launch<'a> {
@@ -299,12 +301,23 @@ impl<'k> DecodeBatch<'k> {
 
     /// Whether a prefetch's gather has not been waited for yet: the next attention would wait for it.
     /// A graph replay waits for the whole prefetch before its routing, launched stages only before
-    /// the attention, so an engine launches the stages while this holds.
-    /// A prefetch already done (a lookahead that ran while the rest of the model did) is joined here,
+    /// the attention, so an engine launches the stages while a speculative prefetch is in flight
+    /// ([`DecodeBatch::speculation_in_flight`]). A prefetch already done (a lookahead that ran while the rest of the model did) is joined here,
     /// at no cost, and is not in flight.
     pub fn prefetch_in_flight(&self) -> bool {
         self.join_finished_prefetch();
         self.lane_pending.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Whether a speculative prefetch ([`DecodeBatch::prefetch`], [`DecodeBatch::prefetch_device`]) is
+    /// in flight: then launched stages route beside it, where a graph replay would wait for all of it.
+    /// A lookahead in flight does not count. It was queued right after this layer's last step, so by
+    /// the time the GPU reaches the next step it has run beside every other layer and is done: waiting
+    /// for it costs the GPU nothing, and a replay saves the host a launch per stage. An engine that
+    /// queues work ahead of the GPU cannot see that from the host, since the lookahead's event is
+    /// still pending when it queues the step.
+    pub fn speculation_in_flight(&self) -> bool {
+        self.prefetch_in_flight() && self.lane_pending.load(Ordering::Acquire) & AHEAD == 0
     }
 
     /// Joins, at no cost, whatever part of a pending prefetch has already finished on its lane: all

@@ -64,7 +64,7 @@ pub enum TelemetryLevel {
     /// group had a host record).
     #[default]
     Full,
-    /// Only `sequences` and the host time `stages.total`. The GPU backend reads nothing back, so
+    /// Only `sequences`, `graph_replay` and the host time `stages.total`. The GPU backend reads nothing back, so
     /// [`super::HgaCache::attend_device`] returns without waiting for the GPU (the output is complete in
     /// the output buffer's stream order). The CPU backend fills the telemetry anyway.
     Off,

@@ -48,8 +48,8 @@
 //! **Lookahead** (`CacheConfig::lookahead`): after each layer's attend, the step's own queries route
 //! wider on a second lane ([`DecodeBatch::lookahead`]) and its runners-up are read into the layer's
 //! slot cache for the layer's next step, while the other layers run. The next append of the layer
-//! writes past the lookahead's position and runs beside it; the next attend finds it done (and then
-//! replays its graph) unless the rest of the model took less time than the lookahead.
+//! writes past the lookahead's position and runs beside it; the next attend replays its graph behind
+//! it (on the GPU the lookahead is done by then unless the rest of the model took less time than it).
 //!
 //! **Appends** of one (sequence, layer) are one block append (`append_block`, or
 //! `append_block_device` for device buffers): two launches whatever the number of tokens (the
@@ -469,7 +469,7 @@ impl GpuBackend {
         }
         // SAFETY: the caller's buffer holds the rows' queries until its stream, which waits for ours
         // after this call, changes them; the copy is queued on ours.
-        unsafe { batch.prefetch_device(lane, &at, q) }.map_err(cuda_err("lookahead"))
+        unsafe { batch.lookahead_device(lane, &at, q) }.map_err(cuda_err("lookahead"))
     }
 
     /// The rows of `seqs` and their coming positions in `layer` (the tokens the layer holds).
@@ -491,9 +491,10 @@ impl GpuBackend {
     /// the layer's graph with `cuda_graph` (captured again when it no longer fits) unless a prefetch is
     /// in flight, else launched.
     fn launch_chain(&mut self, layer: usize) -> Result<(), RuntimeError> {
-        // A replay would wait for a pending prefetch's gather before routing; launched stages route
-        // beside it and wait only before the resolve (its routing) and the attention (its gather).
-        let replay = self.cuda_graph && !self.batches[layer].prefetch_in_flight();
+        // A replay would wait for a pending speculative prefetch's gather before routing; launched
+        // stages route beside it and wait only before the resolve (its routing) and the attention (its
+        // gather). A pending lookahead ran beside the other layers and is done on the GPU by now.
+        let replay = self.cuda_graph && !self.batches[layer].speculation_in_flight();
         self.io[layer].replayed = replay;
         if replay {
             return self.replay_graph(layer);
@@ -506,6 +507,8 @@ impl GpuBackend {
     fn replay_graph(&mut self, layer: usize) -> Result<(), RuntimeError> {
         let full = self.full_telemetry();
         let (batch, io) = (&mut self.batches[layer], &mut self.io[layer]);
+        // The replay waits for a pending lookahead: first, so that a capture finds none pending.
+        batch.join_prefetch().map_err(cuda_err("join lookahead"))?;
         if !io.graph.as_ref().is_some_and(|g| batch.attend_graph_fits(g)) {
             // The counter buffer moves into the new graph (its replays write it).
             let counters = match io.graph.take() {
@@ -587,9 +590,7 @@ impl GpuBackend {
         }
         let ms = |a, b| self.events.elapsed(a, b);
         tel.stages.device = ms(0, 3)?;
-        if io.replayed {
-            tel.graph_replay = true;
-        } else {
+        if !io.replayed {
             (tel.stages.route, tel.stages.fetch, tel.stages.attend) = (ms(0, 1)?, ms(1, 2)?, ms(2, 3)?);
         }
         let kvh = self.spec().model().kv_heads as usize;
@@ -647,6 +648,7 @@ impl GpuBackend {
         self.batches[layer].upload_q_rows(lo, &qb).map_err(cuda_err("upload q"))?;
         self.launch_chain(layer)?;
         let o = self.batches[layer].read_output_rows(lo..hi + 1).map_err(cuda_err("read output"))?;
+        tel.graph_replay = self.io[layer].replayed;
         if self.full_telemetry() {
             self.read_telemetry(layer, &rows, tel)?;
         }
@@ -706,6 +708,7 @@ impl GpuBackend {
             self.events.join(s, &stream)?;
         }
         result?;
+        tel.graph_replay = self.io[layer].replayed;
         if self.full_telemetry() {
             self.read_telemetry(layer, &rows, tel)?;
         }

@@ -47,7 +47,8 @@ pub struct StepTelemetry {
     pub attended_tokens: u64,
     /// Time per stage.
     pub stages: StageTimes,
-    /// The GPU backend replayed the launch chain as a CUDA graph (see [`StageTimes`]).
+    /// The GPU backend replayed the launch chain as a CUDA graph (see [`StageTimes`]); reported at
+    /// every telemetry level.
     pub graph_replay: bool,
 }
 

@@ -29,7 +29,7 @@
 //! The real step routes with its own query, so a guess changes which groups hit, never the output
 //! (`tests/gpu_prefetch.rs` checks that bit for bit).
 
-use super::{ptr, upload, DecodeBatch, DONE, ROUTED};
+use super::{ptr, upload, DecodeBatch, AHEAD, DONE, ROUTED};
 use crate::cuda::gather::{GATHER_THREADS, GATHER_WARPS};
 use crate::cuda::kernels::HgaParams;
 use crate::cuda::layout::Layout;
@@ -169,6 +169,18 @@ impl PrefetchLane {
         self.widening
     }
 
+    /// A lookahead on a lane of no widening would open nothing the step did not: field `lane`.
+    fn require_widening(&self) -> Result<(), CudaError> {
+        if self.widening == Widening::default() {
+            return Err(CudaError::Invalid {
+                field: "lane",
+                value: "a lane of no widening".into(),
+                rule: "a lookahead needs a lane that routes wider than the step (PrefetchLane::with_options)".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The lane's stream.
     pub fn stream(&self) -> &Arc<CudaStream> {
         self.gpu.stream()
@@ -254,7 +266,7 @@ impl DecodeBatch<'_> {
     /// queued): a lane of another spec or capacity, a position the row's tables do not reach, a `q` of
     /// the wrong length.
     pub fn prefetch(&mut self, lane: &mut PrefetchLane, positions: &[Option<u32>], q: &[u16]) -> Result<(), CudaError> {
-        self.prefetch_with(lane, positions, q.len(), |batch, st| upload(st, "q", q, &mut batch.b.spec_q))
+        self.prefetch_with(lane, positions, q.len(), false, |batch, st| upload(st, "q", q, &mut batch.b.spec_q))
     }
 
     /// [`DecodeBatch::prefetch`] with the guessed queries in device memory: entry `i` of `q`
@@ -271,6 +283,36 @@ impl DecodeBatch<'_> {
         rows: &[(usize, u32)],
         q: u64,
     ) -> Result<(), CudaError> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.prefetch_rows_device(lane, rows, q, false) }
+    }
+
+    /// [`DecodeBatch::lookahead`] with the step's queries at a device address of the caller's (an
+    /// engine whose step read them in place): rows and coming positions as in
+    /// [`DecodeBatch::prefetch_device`], counted as a lookahead by
+    /// [`DecodeBatch::speculation_in_flight`].
+    ///
+    /// # Safety
+    /// As [`DecodeBatch::prefetch_device`].
+    pub unsafe fn lookahead_device(
+        &mut self,
+        lane: &mut PrefetchLane,
+        rows: &[(usize, u32)],
+        q: u64,
+    ) -> Result<(), CudaError> {
+        lane.require_widening()?;
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.prefetch_rows_device(lane, rows, q, true) }
+    }
+
+    /// Safety: as [`DecodeBatch::prefetch_device`]; `ahead`: the prefetch is a lookahead.
+    unsafe fn prefetch_rows_device(
+        &mut self,
+        lane: &mut PrefetchLane,
+        rows: &[(usize, u32)],
+        q: u64,
+        ahead: bool,
+    ) -> Result<(), CudaError> {
         let ids: Vec<usize> = rows.iter().map(|&(r, _)| r).collect();
         self.check_rows(&ids)?;
         let mut positions = vec![None; self.cap.batch];
@@ -278,7 +320,7 @@ impl DecodeBatch<'_> {
             positions[r] = Some(p);
         }
         let n = self.b.spec_q.len();
-        self.prefetch_with(lane, &positions, n, |batch, st| {
+        self.prefetch_with(lane, &positions, n, ahead, |batch, st| {
             // SAFETY: the batch's buffer holds every row; the caller vouches for `q`.
             unsafe { batch.copy_row_runs(st, q, ptr(&batch.b.spec_q, &batch.gpu), &ids, true) }
         })
@@ -295,16 +337,10 @@ impl DecodeBatch<'_> {
     /// without widening (field `lane`: it would open nothing the step did not), or of another spec
     /// or capacity; a lookahead between a step's resolve and its attention (field `step`).
     pub fn lookahead(&mut self, lane: &mut PrefetchLane) -> Result<(), CudaError> {
-        if lane.widening == Widening::default() {
-            return Err(CudaError::Invalid {
-                field: "lane",
-                value: "a lane of no widening".into(),
-                rule: "a lookahead needs a lane that routes wider than the step (PrefetchLane::with_options)".into(),
-            });
-        }
+        lane.require_widening()?;
         // The coming token of each row is the step's + 1: the lane routes at the step's own position.
         let pos = self.pos_host.clone();
-        self.prefetch_at(lane, pos, true, |batch, st| {
+        self.prefetch_at(lane, pos, true, true, |batch, st| {
             // Copies: the next step may set its own queries and positions while the lane still routes.
             st.memcpy_dtod(&batch.b.q, &mut batch.b.spec_q)?;
             Ok(())
@@ -316,6 +352,7 @@ impl DecodeBatch<'_> {
         lane: &mut PrefetchLane,
         positions: &[Option<u32>],
         q_len: usize,
+        ahead: bool,
         load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
         if q_len != self.b.spec_q.len() {
@@ -326,16 +363,18 @@ impl DecodeBatch<'_> {
             });
         }
         let pos = self.prefetch_positions(positions)?;
-        self.prefetch_at(lane, pos, false, load_q)
+        self.prefetch_at(lane, pos, false, ahead, load_q)
     }
 
     /// A prefetch routing at `pos` (-1: the row sits out), copied into the batch's `spec_pos`: on the
-    /// device from the step's own positions with `step_pos` (`pos` is then `pos_host`), else from `pos`.
+    /// device from the step's own positions with `step_pos` (`pos` is then `pos_host`), else from `pos`;
+    /// `ahead`: it is a lookahead.
     fn prefetch_at(
         &mut self,
         lane: &mut PrefetchLane,
         pos: Vec<i32>,
         step_pos: bool,
+        ahead: bool,
         load_q: impl FnOnce(&mut Self, &Arc<CudaStream>) -> Result<(), CudaError>,
     ) -> Result<(), CudaError> {
         let wide = self.layout.widened(
@@ -382,7 +421,7 @@ impl DecodeBatch<'_> {
         }
         self.prefetch_pos.clone_from(&pos);
         lane.last_pos = pos;
-        self.lane_pending.store(ROUTED | DONE, Ordering::Release);
+        self.lane_pending.store(ROUTED | DONE | if ahead { AHEAD } else { 0 }, Ordering::Release);
         Ok(())
     }
 
