@@ -62,7 +62,7 @@ fn random_spec(r: &mut StdRng) -> ValidSpec {
         keep_last: r.random_range(0..=64),
         top_chunks,
         top_groups: r.random_range(1..=top_chunks * (chunk / group)),
-        score: *[ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax].choose(r).unwrap(),
+        score: *[ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax, ScoreKind::MeanVar].choose(r).unwrap(),
         sharing: *[Sharing::PerQueryHead, Sharing::PerKvHead].choose(r).unwrap(),
     };
     // Power-of-two groups are always a multiple or a divisor of a power-of-two tile.
@@ -294,6 +294,7 @@ fn one_field_changes() -> Vec<(&'static str, ValidSpec)> {
         ("top_groups", r(|r| r.top_groups = 48)),
         ("score sum", r(|r| r.score = ScoreKind::SumRotated)),
         ("score minmax", r(|r| r.score = ScoreKind::MinMax)),
+        ("score meanvar", r(|r| r.score = ScoreKind::MeanVar)),
         ("sharing", r(|r| r.sharing = Sharing::PerKvHead)),
         ("threads", k(|k| k.threads = 256)),
         ("split_k", k(|k| k.split_k = 8)),

@@ -191,9 +191,14 @@ struct LogitsArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ScoreArg {
+    /// Mixed-RoPE sums (the reference).
     Mixed,
+    /// Sums of the rotated keys.
     Sum,
+    /// Quest-style element-wise min/max bound.
     Minmax,
+    /// Mean and per-dimension variance: the span's expected softmax mass (CPU backend only).
+    Meanvar,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -252,6 +257,7 @@ impl RoutingArgs {
                 ScoreArg::Mixed => ScoreKind::MixedRope,
                 ScoreArg::Sum => ScoreKind::SumRotated,
                 ScoreArg::Minmax => ScoreKind::MinMax,
+                ScoreArg::Meanvar => ScoreKind::MeanVar,
             }),
             sharing: self.sharing.map(|s| match s {
                 SharingArg::Qh => Sharing::PerQueryHead,

@@ -991,3 +991,17 @@ fn gpu_lookahead_replays_when_queued_ahead() {
         assert!(a == b, "step {}, layer {}: the lookahead changed the output", i / layers, i % layers);
     }
 }
+
+/// A score kind the GPU kernels do not implement (mean-variance summaries, CPU backend only) is a typed
+/// config error naming the field, never kernels that route by another score.
+#[test]
+fn gpu_refuses_a_score_kind_its_kernels_lack() {
+    use hga_dsl::ScoreKind;
+    let config = CacheConfig::new(spec(Routing { score: ScoreKind::MeanVar, ..routing() }), 1, 4096);
+    match HgaCache::new(config, BackendChoice::Gpu { ordinal: 0 }) {
+        Err(RuntimeError::NoGpu { reason }) => common::skip_without_gpu(&reason),
+        Err(RuntimeError::InvalidConfig { field: "spec.routing.score", value, .. }) => assert_eq!(value, "meanvar"),
+        Err(e) => panic!("expected a spec.routing.score error, got {e}"),
+        Ok(_) => panic!("expected a spec.routing.score error, got a GPU cache"),
+    }
+}

@@ -229,7 +229,15 @@ fn score_batch(head_dim: u32) -> u32 {
     }
 }
 
-/// Generates the CUDA source of every decode-step kernel for `spec`.
+/// Whether the generated kernels score summaries of `kind`: every kind but [`ScoreKind::MeanVar`], which
+/// only the CPU backend implements so far. [`generate`] emits no scoring of its own for a kind it does
+/// not score, so callers check this first (the runtime's kernel loader refuses such a spec).
+pub fn scores(kind: ScoreKind) -> bool {
+    kind != ScoreKind::MeanVar
+}
+
+/// Generates the CUDA source of every decode-step kernel for `spec` (whose score kind must be one the
+/// kernels [`scores`]).
 pub fn generate(spec: &ValidSpec) -> GeneratedSource {
     let (m, r, k) = (spec.model(), spec.routing(), spec.kernel());
     let lp = launch_params(spec);

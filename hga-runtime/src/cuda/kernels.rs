@@ -70,6 +70,14 @@ impl DecodeKernels {
         if gpu.arch().cc() < MIN_CC {
             return Err(CudaError::UnsupportedArch { arch: gpu.arch().to_string() });
         }
+        let score = spec.routing().score;
+        if !codegen::scores(score) {
+            return Err(CudaError::Invalid {
+                field: "routing.score",
+                value: score.short().into(),
+                rule: "the GPU kernels score mixed, sum and minmax summaries; this kind runs on the CPU backend".into(),
+            });
+        }
         let generated = codegen::generate(spec);
         let compiled = jit.compile(&generated, gpu.arch())?;
         let module = gpu.context().load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin.clone()))?;

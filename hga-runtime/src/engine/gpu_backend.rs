@@ -173,6 +173,15 @@ impl GpuBackend {
             });
         }
         let gpu = Gpu::open(ordinal).map_err(cuda_err("open device"))?;
+        // After the device opened, so that `BackendChoice::Auto` without a GPU still takes the CPU.
+        let score = config.spec.routing().score;
+        if !hga_dsl::codegen::scores(score) {
+            return Err(RuntimeError::InvalidConfig {
+                field: "spec.routing.score",
+                value: score.short().into(),
+                allowed: "mixed, sum or minmax on the GPU backend (this kind runs on BackendChoice::Cpu)".into(),
+            });
+        }
         // Configs name their GPU by preset (`h200`) and by the device's own name (`NVIDIA H200`).
         let preset =
             config.tuned.iter().find(|c| c.provenance.gpu_name == gpu.name()).map(|c| c.provenance.gpu.clone());
