@@ -128,7 +128,7 @@ fn full_budget_equals_dense() {
             }
         }
     }
-    assert_eq!(cases, 48);
+    assert_eq!(cases, 64);
 }
 
 /// Keys that are one unit vector before RoPE: the rotated keys of pair `i` are (cos pθ, sin pθ).
