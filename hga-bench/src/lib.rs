@@ -1,25 +1,54 @@
 //! What the device benchmarks of this crate (`hga-bench`, `hga_kernel_bench`) share.
 
-use hga_dsl::Routing;
+use hga_dsl::{Routing, ScoreKind};
 
-/// Routing budgets a benchmark measures instead of the reference router's (`--top-chunks`,
-/// `--top-groups`): what a wider chunk selection costs on the device (a wider chunk stage at the same
-/// group budget moves the same bytes over PCIe, and routes closer to dense: hga-engine's README).
-/// The spec's validation checks the values (`routing.top_groups` at most the selected chunks' groups).
+/// Routing a benchmark measures instead of the reference router's: budgets (`--top-chunks`,
+/// `--top-groups`: what a wider chunk selection costs on the device; a wider chunk stage at the same
+/// group budget moves the same bytes over PCIe, and routes closer to dense: hga-engine's README) and the
+/// summary kind (`--score`). The spec's validation checks the budgets (`routing.top_groups` at most the
+/// selected chunks' groups); the kernel loader refuses a kind the kernels do not score.
 #[derive(clap::Args, Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Budgets {
+pub struct RoutingArgs {
     /// Chunks selected per routing unit (default: the reference router's 16).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_chunks: Option<u32>,
     /// Groups opened per routing unit (default: the reference router's 32).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_groups: Option<u32>,
+    /// Summary kind (default: the reference's mixed RoPE).
+    #[arg(long, value_enum)]
+    pub score: Option<ScoreArg>,
 }
 
-impl Budgets {
-    /// `r` with the budgets named here.
+/// The summary kinds by their short names (`ScoreKind::short`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreArg {
+    /// Mixed-RoPE sums (the reference).
+    Mixed,
+    /// Sums of the rotated keys.
+    Sum,
+    /// Element-wise min/max bound.
+    Minmax,
+    /// Mean and per-dimension variance.
+    Meanvar,
+}
+
+impl From<ScoreArg> for ScoreKind {
+    fn from(a: ScoreArg) -> ScoreKind {
+        match a {
+            ScoreArg::Mixed => ScoreKind::MixedRope,
+            ScoreArg::Sum => ScoreKind::SumRotated,
+            ScoreArg::Minmax => ScoreKind::MinMax,
+            ScoreArg::Meanvar => ScoreKind::MeanVar,
+        }
+    }
+}
+
+impl RoutingArgs {
+    /// `r` with the budgets and the kind named here.
     pub fn apply(self, r: Routing) -> Routing {
-        r.with_budgets(self.top_chunks, self.top_groups)
+        let score = self.score.map_or(r.score, ScoreKind::from);
+        Routing { score, ..r.with_budgets(self.top_chunks, self.top_groups) }
     }
 }
 
@@ -35,17 +64,17 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Budgets;
+    use super::RoutingArgs;
     use clap::Parser;
 
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        budgets: Budgets,
+        budgets: RoutingArgs,
     }
 
     #[test]
-    fn budgets_replace_only_what_is_named() {
+    fn routing_args_replace_only_what_is_named() {
         let r = hga_dsl::Routing::default();
         let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
         assert_eq!(parse(&[]).unwrap().budgets.apply(r.clone()), r);
@@ -60,6 +89,15 @@ mod tests {
         let shape = hga_dsl::presets::find("qwen3-30b").unwrap().shape;
         let err = hga_dsl::Spec::new(shape).with_routing(past).validate().unwrap_err().to_string();
         assert!(err.contains("routing.top_groups"), "{err}");
+        let mv = parse(&["--score", "meanvar"]).unwrap().budgets.apply(hga_dsl::Routing::default());
+        assert_eq!((mv.score, mv.top_chunks), (hga_dsl::ScoreKind::MeanVar, 16));
+        assert!(parse(&["--score", "best"]).is_err());
+        // Every kind's flag value is its short name.
+        use clap::ValueEnum;
+        for a in super::ScoreArg::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(hga_dsl::ScoreKind::from(*a).short(), name);
+        }
     }
 
     #[test]

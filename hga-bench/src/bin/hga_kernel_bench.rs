@@ -3,7 +3,7 @@
 //! floors: bytes moved over the HBM bandwidth measured in the same run, and launch overhead.
 //!
 //! `hga_kernel_bench [--json PATH] [--iters N] [--threads N] [--split-k N] [--tile-tokens N] [--vec-width N] [--trace] [--top-chunks N]
-//! [--top-groups N]` (kernel parameters default to `KernelParams::default()`, budgets to the reference router's). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
+//! [--top-groups N] [--score KIND]` (kernel parameters default to `KernelParams::default()`, routing to the reference router's). `--trace` compiles the step trace in (`Jit::traced`) and, instead of
 //! the timings, prints when the first and the last block reached each point of the step (mean over
 //! `--iters` graph replays, µs from the first block's start). Inputs are random bf16 (never zeros); several copies
 //! of the state rotate so that the summary tables read per step exceed the 60 MB L2. Two regimes: "hit"
@@ -43,7 +43,7 @@ struct Args {
     #[arg(long)]
     trace: bool,
     #[command(flatten)]
-    budgets: hga_bench::Budgets,
+    budgets: hga_bench::RoutingArgs,
 }
 
 const KERNELS: [&str; 6] = ["append", "summarize", "chunk_score", "select", "resolve", "attend"];

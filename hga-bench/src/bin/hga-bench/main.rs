@@ -57,9 +57,9 @@
 //!   kernels-generated/configs/h200-qwen3-30b.toml`, `--gpu h200`) by `hga_dsl::tuned::resolve`, as the
 //!   runtime picks them; the built-in defaults without one; `--kernel THREADS,SPLIT_K,TILE_TOKENS` for
 //!   every row (comparisons of parameters). The JSON names each variant and its source.
-//! - Routing: the reference router; `--top-chunks` / `--top-groups` measure other budgets (a config
-//!   tuned for other budgets of the model on this GPU then gives its bucket's parameters, reported as
-//!   such: `Source::OtherRouting`).
+//! - Routing: the reference router; `--top-chunks` / `--top-groups` measure other budgets and `--score`
+//!   another summary kind (a config tuned for other routing of the model on this GPU then gives its
+//!   bucket's parameters, reported as such: `Source::OtherRouting`).
 //! - Times are CUDA events, medians. `step_us`: route + fetch + attend + merge as launched from the host
 //!   (launch gaps included). `gpu_us`: the same kernels queued behind a 512 MiB memset so the host
 //!   runs ahead: the device time alone (what a CUDA graph of the step would approach). `append_us`:
@@ -194,7 +194,7 @@ struct Args {
     #[arg(long, value_parser = kernel_params)]
     kernel: Option<hga_dsl::KernelParams>,
     #[command(flatten)]
-    budgets: hga_bench::Budgets,
+    budgets: hga_bench::RoutingArgs,
 }
 
 /// `s` parsed as a `T` that `ok` accepts; the error names the value and the rule.
