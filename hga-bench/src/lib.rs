@@ -17,38 +17,13 @@ pub struct RoutingArgs {
     pub top_groups: Option<u32>,
     /// Summary kind (default: the reference's mixed RoPE).
     #[arg(long, value_enum)]
-    pub score: Option<ScoreArg>,
-}
-
-/// The summary kinds by their short names (`ScoreKind::short`).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScoreArg {
-    /// Mixed-RoPE sums (the reference).
-    Mixed,
-    /// Sums of the rotated keys.
-    Sum,
-    /// Element-wise min/max bound.
-    Minmax,
-    /// Mean and per-dimension variance.
-    Meanvar,
-}
-
-impl From<ScoreArg> for ScoreKind {
-    fn from(a: ScoreArg) -> ScoreKind {
-        match a {
-            ScoreArg::Mixed => ScoreKind::MixedRope,
-            ScoreArg::Sum => ScoreKind::SumRotated,
-            ScoreArg::Minmax => ScoreKind::MinMax,
-            ScoreArg::Meanvar => ScoreKind::MeanVar,
-        }
-    }
+    pub score: Option<ScoreKind>,
 }
 
 impl RoutingArgs {
     /// `r` with the budgets and the kind named here.
     pub fn apply(self, r: Routing) -> Routing {
-        let score = self.score.map_or(r.score, ScoreKind::from);
-        Routing { score, ..r.with_budgets(self.top_chunks, self.top_groups) }
+        Routing { score: self.score.unwrap_or(r.score), ..r.with_budgets(self.top_chunks, self.top_groups) }
     }
 }
 
@@ -94,9 +69,10 @@ mod tests {
         assert!(parse(&["--score", "best"]).is_err());
         // Every kind's flag value is its short name.
         use clap::ValueEnum;
-        for a in super::ScoreArg::value_variants() {
-            let name = a.to_possible_value().unwrap().get_name().to_string();
-            assert_eq!(hga_dsl::ScoreKind::from(*a).short(), name);
+        assert_eq!(hga_dsl::ScoreKind::value_variants(), hga_dsl::ScoreKind::ALL);
+        for k in hga_dsl::ScoreKind::ALL {
+            assert_eq!(k.to_possible_value().unwrap().get_name(), k.short());
+            assert_eq!(parse(&["--score", k.short()]).unwrap().budgets.score, Some(k));
         }
     }
 

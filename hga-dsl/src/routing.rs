@@ -6,18 +6,23 @@ use serde::{Deserialize, Serialize};
 /// How a chunk or group summary is built and scored against a query.
 ///
 /// Non-exhaustive: better routers are added as new kinds.
+/// With the `clap` feature it is a `clap::ValueEnum` of its short names ([`ScoreKind::short`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ScoreKind {
     /// The reference: token-wise sum on high-frequency pairs, anchor-rotated raw sum on low ones.
     #[default]
+    #[cfg_attr(feature = "clap", value(name = "mixed", help = "Mixed-RoPE sums (the reference)"))]
     MixedRope,
     /// Plain sum of the rotated keys.
+    #[cfg_attr(feature = "clap", value(name = "sum", help = "Sums of the rotated keys"))]
     SumRotated,
     /// Quest-style bound: element-wise min and max of the rotated keys, score `Σ max(q·min, q·max)`.
     /// Written `minmax` (the name), not serde's `min_max`.
     #[serde(rename = "minmax")]
+    #[cfg_attr(feature = "clap", value(name = "minmax", help = "Quest-style element-wise min/max bound"))]
     MinMax,
     /// The span's keys as a Gaussian: the mixed-RoPE mean `μ` and the per-dimension variance `σ²` of
     /// the rotated keys, score `q·μ + λ·s·Σ_j q_j² σ_j²` (times `s = 1/√D`), λ =
@@ -27,10 +32,18 @@ pub enum ScoreKind {
     /// 64 / 32, the gap to dense 67% below the reference's). CPU backend only for now (the GPU kernels
     /// refuse it with a typed error).
     #[serde(rename = "meanvar")]
+    #[cfg_attr(
+        feature = "clap",
+        value(name = "meanvar", help = "Mean and per-dimension variance: expected softmax mass")
+    )]
     MeanVar,
 }
 
 impl ScoreKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ScoreKind; 4] =
+        [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax, ScoreKind::MeanVar];
+
     /// λ of [`ScoreKind::MeanVar`]. Larger than the Gaussian's ½ because the diagonal variance leaves
     /// out the dimensions' covariance: on tiny-code (development document 0, [16K,32K), top 16 / 32) λ
     /// ½, 1, 2, 4 gave NLL 0.6211, 0.6151, 0.6118, 0.6328 against the reference's 0.6292.

@@ -62,7 +62,7 @@ fn random_spec(r: &mut StdRng) -> ValidSpec {
         keep_last: r.random_range(0..=64),
         top_chunks,
         top_groups: r.random_range(1..=top_chunks * (chunk / group)),
-        score: *[ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax, ScoreKind::MeanVar].choose(r).unwrap(),
+        score: *ScoreKind::ALL.choose(r).unwrap(),
         sharing: *[Sharing::PerQueryHead, Sharing::PerKvHead].choose(r).unwrap(),
     };
     // Power-of-two groups are always a multiple or a divisor of a power-of-two tile.

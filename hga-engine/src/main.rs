@@ -190,18 +190,6 @@ struct LogitsArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ScoreArg {
-    /// Mixed-RoPE sums (the reference).
-    Mixed,
-    /// Sums of the rotated keys.
-    Sum,
-    /// Quest-style element-wise min/max bound.
-    Minmax,
-    /// Mean and per-dimension variance: the span's expected softmax mass (CPU backend only).
-    Meanvar,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum SharingArg {
     /// Each query head routes (the reference).
     Qh,
@@ -235,7 +223,7 @@ struct RoutingArgs {
     top_groups: Option<u32>,
     /// Summary kind.
     #[arg(long, value_enum, requires = "hga")]
-    score: Option<ScoreArg>,
+    score: Option<ScoreKind>,
     /// Who routes.
     #[arg(long, value_enum, requires = "hga")]
     sharing: Option<SharingArg>,
@@ -253,12 +241,7 @@ impl RoutingArgs {
             keep_last: self.keep_last,
             top_chunks: self.top_chunks,
             top_groups: self.top_groups,
-            score: self.score.map(|s| match s {
-                ScoreArg::Mixed => ScoreKind::MixedRope,
-                ScoreArg::Sum => ScoreKind::SumRotated,
-                ScoreArg::Minmax => ScoreKind::MinMax,
-                ScoreArg::Meanvar => ScoreKind::MeanVar,
-            }),
+            score: self.score,
             sharing: self.sharing.map(|s| match s {
                 SharingArg::Qh => Sharing::PerQueryHead,
                 SharingArg::Kvh => Sharing::PerKvHead,

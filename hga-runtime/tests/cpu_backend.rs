@@ -68,7 +68,7 @@ fn full_budget_equals_dense() {
     let mut cases = 0;
     for &(q_heads, kv_heads, d) in &[(4u32, 4u32, 64u32), (8, 2, 128), (6, 2, 64), (8, 1, 96)] {
         for style in [RopeStyle::Neox, RopeStyle::Gptj] {
-            for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax, ScoreKind::MeanVar] {
+            for score in ScoreKind::ALL {
                 for sharing in [Sharing::PerQueryHead, Sharing::PerKvHead] {
                     let chunk = [16u32, 32, 64][r.random_range(0..3)];
                     let routing = Routing {

@@ -418,7 +418,7 @@ fn gpu_decode_step_matches_cpu_every_preset_shape() {
 fn gpu_decode_step_matches_cpu_every_score_kind_and_sharing() {
     let Some((gpu, jit)) = gpu_or_skip() else { return };
     let mut rng = rng();
-    for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
+    for score in ScoreKind::ALL.into_iter().filter(|&k| hga_dsl::codegen::scores(k)) {
         for sharing in [Sharing::PerQueryHead, Sharing::PerKvHead] {
             let spec = preset("llama3.1-8b", Routing { score, sharing, ..Routing::default() });
             let case =

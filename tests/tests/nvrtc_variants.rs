@@ -104,7 +104,7 @@ fn every_score_kind_sharing_and_element_type_compiles() {
     }
     let shape = presets::find("llama3.1-8b").unwrap().shape;
     let mut jobs = Vec::new();
-    for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
+    for score in ScoreKind::ALL.into_iter().filter(|&k| codegen::scores(k)) {
         for sharing in [Sharing::PerQueryHead, Sharing::PerKvHead] {
             let spec = Spec::new(shape.clone()).with_routing(Routing { score, sharing, ..Routing::default() });
             jobs.push((format!("{score:?}/{sharing:?}"), spec.validate().unwrap(), Arch::new(90), false));

@@ -236,6 +236,11 @@ pub fn scores(kind: ScoreKind) -> bool {
     kind != ScoreKind::MeanVar
 }
 
+/// The short names of the kinds the kernels [`scores`], for error messages ("mixed, sum, minmax").
+pub fn scored_names() -> String {
+    ScoreKind::ALL.into_iter().filter(|&k| scores(k)).map(ScoreKind::short).collect::<Vec<_>>().join(", ")
+}
+
 /// Generates the CUDA source of every decode-step kernel for `spec` (whose score kind must be one the
 /// kernels [`scores`]).
 pub fn generate(spec: &ValidSpec) -> GeneratedSource {
@@ -335,7 +340,7 @@ mod tests {
         use crate::model::DType;
         use crate::routing::ScoreKind;
         for dtype in [DType::Bf16, DType::F16] {
-            for score in [ScoreKind::MixedRope, ScoreKind::SumRotated, ScoreKind::MinMax] {
+            for score in ScoreKind::ALL.into_iter().filter(|&k| scores(k)) {
                 let mut shape = presets::find("qwen3-8b").unwrap().shape;
                 shape.dtype = dtype;
                 let spec = Spec::new(shape).with_routing(Routing { score, ..Routing::default() }).validate().unwrap();

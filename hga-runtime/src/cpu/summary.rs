@@ -52,10 +52,11 @@ impl Summarizer {
                 out.extend_from_slice(&hi);
             }
             ScoreKind::SumRotated => out.extend(sum_rows(keys, d)),
-            ScoreKind::MixedRope => out.extend(self.mixed_sum(keys, start)),
+            ScoreKind::MixedRope => out.extend(self.mixed(sum_rows(keys, d), keys, start)),
             ScoreKind::MeanVar => {
                 let inv = 1.0 / (keys.len() / d) as f32;
-                out.extend(self.mixed_sum(keys, start).into_iter().map(|x| x * inv));
+                let sum = sum_rows(keys, d);
+                out.extend(self.mixed(sum.clone(), keys, start).into_iter().map(|x| x * inv));
                 // E[k²] − E[k]² of the rotated keys, both sums in token order (as a kernel's one pass).
                 let mut sq = vec![0.0f32; d];
                 for k in keys.chunks_exact(d) {
@@ -63,19 +64,17 @@ impl Summarizer {
                         sq[j] += k[j] * k[j];
                     }
                 }
-                let sum = sum_rows(keys, d);
                 out.extend(sq.iter().zip(&sum).map(|(&s2, &s1)| (s2 * inv - (s1 * inv) * (s1 * inv)).max(0.0)));
             }
             other => unreachable!("score kind {other:?} has no CPU summary"),
         }
     }
 
-    /// The reference summary: the token-wise sum on high-frequency pairs, the raw (pre-RoPE) sum
-    /// rotated to the span's centre on low-frequency ones.
-    fn mixed_sum(&self, keys: &[f32], start: usize) -> Vec<f32> {
+    /// The reference summary from `summary`, the token-wise sum of `keys`: kept on high-frequency
+    /// pairs, replaced by the raw (pre-RoPE) sum rotated to the span's centre on low-frequency ones.
+    fn mixed(&self, mut summary: Vec<f32>, keys: &[f32], start: usize) -> Vec<f32> {
         let d = self.head_dim;
         let n = keys.len() / d;
-        let mut summary = sum_rows(keys, d);
         let mut raw = vec![0.0f32; d];
         let mut row = vec![0.0f32; d];
         for (i, k) in keys.chunks_exact(d).enumerate() {

@@ -302,8 +302,8 @@ impl<'k> DecodeBatch<'k> {
     /// Whether a prefetch's gather has not been waited for yet: the next attention would wait for it.
     /// A graph replay waits for the whole prefetch before its routing, launched stages only before
     /// the attention, so an engine launches the stages while a speculative prefetch is in flight
-    /// ([`DecodeBatch::speculation_in_flight`]). A prefetch already done (a lookahead that ran while the rest of the model did) is joined here,
-    /// at no cost, and is not in flight.
+    /// ([`DecodeBatch::speculation_in_flight`]). A prefetch already done (a lookahead that ran while
+    /// the rest of the model did) is joined here, at no cost, and is not in flight.
     pub fn prefetch_in_flight(&self) -> bool {
         self.join_finished_prefetch();
         self.lane_pending.load(Ordering::Acquire) & DONE != 0

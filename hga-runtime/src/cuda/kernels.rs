@@ -75,7 +75,7 @@ impl DecodeKernels {
             return Err(CudaError::Invalid {
                 field: "routing.score",
                 value: score.short().into(),
-                rule: "the GPU kernels score mixed, sum and minmax summaries; this kind runs on the CPU backend".into(),
+                rule: format!("the GPU kernels score {}; this kind runs on the CPU backend", codegen::scored_names()),
             });
         }
         let generated = codegen::generate(spec);

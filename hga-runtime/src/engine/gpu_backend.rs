@@ -179,7 +179,10 @@ impl GpuBackend {
             return Err(RuntimeError::InvalidConfig {
                 field: "spec.routing.score",
                 value: score.short().into(),
-                allowed: "mixed, sum or minmax on the GPU backend (this kind runs on BackendChoice::Cpu)".into(),
+                allowed: format!(
+                    "one of {} on the GPU backend (this kind runs on BackendChoice::Cpu)",
+                    hga_dsl::codegen::scored_names()
+                ),
             });
         }
         // Configs name their GPU by preset (`h200`) and by the device's own name (`NVIDIA H200`).
